@@ -1,0 +1,363 @@
+"""The autograd engine: `Tensor`, `Function`, the topological backward and `no_grad`.
+
+Read this file in one sitting, as micrograd's engine.py: a `Function` computes its output
+from NumPy arrays and records a node (its class, a context, its inputs) when a gradient is
+needed; `Tensor.backward` walks those nodes in reverse topological order, iteratively, and
+sums broadcast dimensions back to each input's shape. The ops live in `ops.py`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from npllm.errors import GradError, ShapeError
+
+_grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("grad_enabled", default=True)
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled.get()
+
+
+class no_grad:
+    """Context manager (and decorator) under which no graph is recorded."""
+
+    def __enter__(self) -> no_grad:
+        self._token = _grad_enabled.set(False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _grad_enabled.reset(self._token)
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = getattr(fn, "__doc__", None)
+        return wrapper
+
+
+def _as_array(data: Any, dtype: Any = None) -> np.ndarray:
+    """NumPy arrays and scalars keep their dtype (float64 stays float64 for gradcheck);
+    Python numbers and lists of floats become float32, the library's default."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, (np.ndarray, np.generic)):
+        return np.asarray(data, dtype=dtype)
+    arr = np.asarray(data, dtype=dtype)
+    if dtype is None and arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum `grad` over the dimensions NumPy broadcast to reach it from `shape`."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    if lead > 0:
+        grad = grad.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+class Context:
+    """What a Function's forward leaves for its backward."""
+
+    __slots__ = ("saved", "needs_input_grad", "attrs", "freed")
+
+    def __init__(self, needs_input_grad: tuple[bool, ...]):
+        self.saved: tuple[Any, ...] = ()
+        self.needs_input_grad = needs_input_grad
+        self.attrs: dict[str, Any] = {}
+        self.freed = False
+
+    def save_for_backward(self, *values: Any) -> None:
+        self.saved = values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.attrs[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in Context.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            self.attrs[name] = value
+
+
+class Function:
+    """One differentiable op. Subclasses write `forward(ctx, *arrays, **attrs) -> array`
+    and, right beside it, `backward(ctx, grad) -> one gradient (or None) per input`.
+    A backward may return a gradient in the broadcast shape; the engine reduces it."""
+
+    @staticmethod
+    def forward(ctx: Context, *arrays: np.ndarray, **attrs: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx: Context, grad: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs: Any, **attrs: Any) -> Tensor:
+        like = next((x.dtype for x in inputs if isinstance(x, Tensor)), None)
+        tensors = tuple(x if isinstance(x, Tensor) else _constant(x, like) for x in inputs)
+        needs = tuple(t.requires_grad for t in tensors)
+        ctx = Context(needs)
+        out = cls.forward(ctx, *(t.data for t in tensors), **attrs)
+        result = Tensor(out)
+        if any(needs) and is_grad_enabled():
+            result.requires_grad = True
+            result._node = (cls, ctx, tensors)
+        return result
+
+
+def _constant(value: Any, like: np.dtype | None) -> Tensor:
+    """A non-Tensor operand: Python numbers take the dtype of the Tensor they meet, so
+    `x * 2.0` stays float32."""
+    if like is not None and np.issubdtype(like, np.floating) and not isinstance(value, np.ndarray):
+        arr = np.asarray(value)
+        if arr.dtype.kind in "biuf":
+            return Tensor(arr.astype(like))
+    return Tensor(value)
+
+
+class Tensor:
+    """A NumPy array with an optional gradient and the node that produced it."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_node", "__weakref__")
+    __array_priority__ = 1000  # `ndarray + Tensor` defers to Tensor.__radd__
+
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None):
+        self.data: np.ndarray = _as_array(data, dtype)
+        if requires_grad and not np.issubdtype(self.data.dtype, np.floating):
+            raise GradError(
+                f"only floating-point tensors can require grad, got dtype {self.data.dtype}; "
+                "convert the data to float32 or float64 first"
+            )
+        self.grad: np.ndarray | None = None
+        self.requires_grad = requires_grad
+        self._node: tuple[type[Function], Context, tuple[Tensor, ...]] | None = None
+
+    # ---- array-like properties -------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}{grad})"
+
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def item(self) -> float:
+        if self.data.size != 1:
+            raise ShapeError(
+                f"item() needs a tensor with one element, got shape {self.shape}; "
+                "reduce it first (e.g. .sum())"
+            )
+        return self.data.item()
+
+    def detach(self) -> Tensor:
+        return Tensor(self.data)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ---- backward --------------------------------------------------------------------
+    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) * grad into `.grad` of every leaf requiring grad.
+        Without `retain_graph` the saved arrays are released as the walk passes them."""
+        if not self.requires_grad:
+            raise GradError(
+                "backward() called on a tensor that does not require grad; "
+                "create the inputs with requires_grad=True (and not under no_grad)"
+            )
+        if grad is None:
+            if self.data.size != 1:
+                raise GradError(
+                    f"backward() without a gradient needs a scalar output, got shape "
+                    f"{self.shape}; reduce it (e.g. .sum()) or pass grad of shape {self.shape}"
+                )
+            grad = np.ones_like(self.data)
+        else:
+            grad = _as_array(grad, self.dtype)
+            if grad.shape != self.shape:
+                raise ShapeError(
+                    f"backward() got a gradient of shape {grad.shape} for a tensor of shape "
+                    f"{self.shape}; pass a gradient with the tensor's shape"
+                )
+
+        grads: dict[int, np.ndarray] = {id(self): grad}
+        for node in reversed(_topological_order(self)):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            if node._node is None:
+                if node.grad is None:
+                    node.grad = g.astype(node.dtype, copy=True)
+                else:
+                    node.grad += g
+                continue
+            fn, ctx, parents = node._node
+            if ctx.freed:
+                raise GradError(
+                    "backward() through a graph that was already freed; "
+                    "pass retain_graph=True to the first backward() to go through it twice"
+                )
+            in_grads = fn.backward(ctx, g)
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
+            if not retain_graph:
+                ctx.saved = ()
+                ctx.freed = True
+            for parent, pg in zip(parents, in_grads):
+                if pg is None or not parent.requires_grad:
+                    continue
+                pg = unbroadcast(np.asarray(pg), parent.shape)
+                key = id(parent)
+                grads[key] = pg if key not in grads else grads[key] + pg
+
+    # ---- operators (the Functions are in ops.py) ---------------------------------------
+    def __add__(self, other: Any) -> Tensor:
+        return _ops.Add.apply(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return _ops.Add.apply(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return _ops.Sub.apply(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return _ops.Sub.apply(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return _ops.Mul.apply(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return _ops.Mul.apply(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return _ops.Div.apply(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return _ops.Div.apply(other, self)
+
+    def __pow__(self, other: Any) -> Tensor:
+        return _ops.Pow.apply(self, other)
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return _ops.Pow.apply(other, self)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return _ops.MatMul.apply(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return _ops.MatMul.apply(other, self)
+
+    def __neg__(self) -> Tensor:
+        return _ops.Neg.apply(self)
+
+    def __getitem__(self, key: Any) -> Tensor:
+        return _ops.GetItem.apply(self, key=_index_key(key))
+
+    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        return _ops.Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        return _ops.Mean.apply(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        return _ops.Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape: Any) -> Tensor:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops.Reshape.apply(self, shape=shape)
+
+    def transpose(self, *axes: Any) -> Tensor:
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return _ops.Transpose.apply(self, axes=axes or None)
+
+    @property
+    def T(self) -> Tensor:
+        return self.transpose()
+
+    def exp(self) -> Tensor:
+        return _ops.Exp.apply(self)
+
+    def log(self) -> Tensor:
+        return _ops.Log.apply(self)
+
+    def tanh(self) -> Tensor:
+        return _ops.Tanh.apply(self)
+
+    def relu(self) -> Tensor:
+        return _ops.ReLU.apply(self)
+
+    def sqrt(self) -> Tensor:
+        return _ops.Pow.apply(self, 0.5)
+
+
+def _index_key(key: Any) -> Any:
+    """Index tensors become their arrays: indices carry no gradient."""
+    if isinstance(key, tuple):
+        return tuple(k.data if isinstance(k, Tensor) else k for k in key)
+    return key.data if isinstance(key, Tensor) else key
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Inputs before the tensors computed from them; iterative, so deep graphs never hit
+    Python's recursion limit. Only tensors that require grad are visited."""
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        if node._node is not None:
+            for parent in node._node[2]:
+                if parent.requires_grad and id(parent) not in visited:
+                    stack.append((parent, False))
+    return order
+
+
+from npllm.autograd import ops as _ops  # noqa: E402  (ops subclass Function, defined above)

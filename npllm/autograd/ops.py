@@ -1,0 +1,378 @@
+"""The basic differentiable ops behind `Tensor`'s operators and methods.
+
+Each backward sits under its forward and quotes the line it inverts. Gradients may be
+returned in the broadcast shape: the engine sums them back to each input's shape.
+Backwards never write into the incoming gradient (it may be shared or read-only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from npllm.autograd.engine import Context, Function, Tensor
+from npllm.errors import ShapeError
+
+
+def _check_broadcast(op: str, a: np.ndarray, b: np.ndarray) -> None:
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ShapeError(
+            f"{op}: shapes {a.shape} and {b.shape} do not broadcast; make trailing "
+            "dimensions equal or 1 (reshape one operand)"
+        ) from None
+
+
+class Add(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _check_broadcast("add", a, b)
+        return a + b
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = a + b
+        return g, g
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _check_broadcast("sub", a, b)
+        return a - b
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = a - b
+        return g, (-g if ctx.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _check_broadcast("mul", a, b)
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = a * b
+        a, b = ctx.saved
+        ga = g * b if ctx.needs_input_grad[0] else None
+        gb = g * a if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _check_broadcast("div", a, b)
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = a / b
+        a, b = ctx.saved
+        ga = g / b if ctx.needs_input_grad[0] else None
+        gb = -g * a / (b * b) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Pow(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _check_broadcast("pow", a, b)
+        out = a**b
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = a ** b
+        a, b, out = ctx.saved
+        ga = g * b * a ** (b - 1) if ctx.needs_input_grad[0] else None
+        gb = g * out * np.log(a) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray) -> np.ndarray:
+        return -a
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = -a
+        return -g
+
+
+class MatMul(Function):
+    """NumPy's matmul: batched with broadcast batch dimensions; 1-D operands are promoted
+    to a row (left) or a column (right) and the added axis is dropped again."""
+
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a.ndim == 0 or b.ndim == 0 or a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+            raise ShapeError(
+                f"matmul: shapes {a.shape} and {b.shape} do not fit (inner dimensions must "
+                "be equal); transpose or reshape one operand"
+            )
+        try:
+            out = a @ b
+        except ValueError:
+            raise ShapeError(
+                f"matmul: batch dimensions of {a.shape} and {b.shape} do not broadcast"
+            ) from None
+        ctx.save_for_backward(a, b)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = a @ b  =>  da = g @ b^T, db = a^T @ g
+        a, b = ctx.saved
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g[..., None, :] if a.ndim == 1 else g
+        g2 = g2[..., None] if b.ndim == 1 else g2
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = g2 @ np.swapaxes(b2, -1, -2)
+            ga = ga[..., 0, :] if a.ndim == 1 else ga
+        if ctx.needs_input_grad[1]:
+            gb = np.swapaxes(a2, -1, -2) @ g2
+            gb = gb[..., 0] if b.ndim == 1 else gb
+        return ga, gb
+
+
+def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    """Normalise a reduction's `axis` to sorted non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ShapeError(
+                f"axis {a} is out of range for a tensor with {ndim} dimensions; "
+                f"use an axis in [{-ndim}, {ndim - 1}]"
+            )
+    return tuple(sorted(int(a) % ndim for a in axes))
+
+
+def _expand(g: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+    """Put back the reduced axes of a reduction's gradient as size-1 dimensions."""
+    return g if keepdims else np.expand_dims(g, axes)
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, axis: Any = None, keepdims: bool = False):
+        ctx.axes, ctx.keepdims, ctx.shape = _axes(axis, a.ndim), keepdims, a.shape
+        return np.sum(a, axis=ctx.axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = a.sum(axes)  =>  every summed entry receives g
+        return np.broadcast_to(_expand(g, ctx.axes, ctx.keepdims), ctx.shape)
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, axis: Any = None, keepdims: bool = False):
+        ctx.axes, ctx.keepdims, ctx.shape = _axes(axis, a.ndim), keepdims, a.shape
+        return np.mean(a, axis=ctx.axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = a.sum(axes) / n
+        n = int(np.prod([ctx.shape[i] for i in ctx.axes]))
+        return np.broadcast_to(_expand(g, ctx.axes, ctx.keepdims) / max(n, 1), ctx.shape)
+
+
+class Max(Function):
+    """Ties share the gradient equally (as torch.amax), so the gradient stays a true
+    subgradient and gradcheck-able away from ties."""
+
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, axis: Any = None, keepdims: bool = False):
+        axes = _axes(axis, a.ndim)
+        if a.size == 0:
+            raise ShapeError(f"max of an empty tensor of shape {a.shape} is undefined")
+        out = np.max(a, axis=axes, keepdims=True)
+        ctx.axes, ctx.keepdims = axes, keepdims
+        ctx.save_for_backward(a == out)
+        return out if keepdims else np.squeeze(out, axis=axes)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = a.max(axes)  =>  g flows to the maxima, split among ties
+        (mask,) = ctx.saved
+        share = mask / mask.sum(axis=ctx.axes, keepdims=True)
+        return _expand(g, ctx.axes, ctx.keepdims) * share.astype(g.dtype, copy=False)
+
+
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        ctx.shape = a.shape
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ShapeError(
+                f"cannot reshape a tensor of shape {a.shape} ({a.size} elements) into "
+                f"{tuple(shape)}; the sizes must match (use -1 for one inferred dimension)"
+            ) from None
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = a.reshape(shape)
+        return g.reshape(ctx.shape)
+
+
+class Transpose(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, axes: tuple[int, ...] | None = None):
+        axes = tuple(reversed(range(a.ndim))) if axes is None else tuple(axes)
+        if sorted(int(x) % max(a.ndim, 1) for x in axes) != list(range(a.ndim)):
+            raise ShapeError(
+                f"transpose axes {axes} are not a permutation of the {a.ndim} dimensions of "
+                f"a tensor of shape {a.shape}"
+            )
+        ctx.axes = axes
+        return np.transpose(a, axes)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = a.transpose(axes)  =>  undo the permutation
+        return np.transpose(g, np.argsort([x % g.ndim for x in ctx.axes]))
+
+
+def _is_basic(key: Any) -> bool:
+    items = key if isinstance(key, tuple) else (key,)
+    return all(
+        k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice)) for k in items
+    )
+
+
+class GetItem(Function):
+    """Basic and advanced indexing. Repeated indices accumulate in the backward."""
+
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray, key: Any) -> np.ndarray:
+        ctx.key, ctx.shape = key, a.shape
+        try:
+            return a[key]
+        except IndexError as e:
+            raise ShapeError(f"index {key!r} does not fit a tensor of shape {a.shape}: {e}") from None
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = a[key]  =>  scatter g back into zeros, adding where indices repeat
+        out = np.zeros(ctx.shape, dtype=g.dtype)
+        if _is_basic(ctx.key):
+            out[ctx.key] = g
+        else:
+            np.add.at(out, ctx.key, g)
+        return out
+
+
+class Concatenate(Function):
+    @staticmethod
+    def forward(ctx: Context, *arrays: np.ndarray, axis: int = 0) -> np.ndarray:
+        try:
+            out = np.concatenate(arrays, axis=axis)
+        except ValueError:
+            shapes = ", ".join(str(a.shape) for a in arrays)
+            raise ShapeError(
+                f"concatenate along axis {axis}: shapes {shapes} must match except on that axis"
+            ) from None
+        ctx.axis = axis % out.ndim
+        ctx.sections = np.cumsum([a.shape[ctx.axis] for a in arrays])[:-1]
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = concatenate(arrays, axis)  =>  split g at the same boundaries
+        return tuple(np.split(g, ctx.sections, axis=ctx.axis))
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray) -> np.ndarray:
+        out = np.exp(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = exp(a)
+        (out,) = ctx.saved
+        return g * out
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray) -> np.ndarray:
+        ctx.save_for_backward(a)
+        return np.log(a)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = log(a)
+        (a,) = ctx.saved
+        return g / a
+
+
+class Tanh(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray) -> np.ndarray:
+        out = np.tanh(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = tanh(a)  =>  1 - out^2
+        (out,) = ctx.saved
+        return g * (1 - out * out)
+
+
+class ReLU(Function):
+    @staticmethod
+    def forward(ctx: Context, a: np.ndarray) -> np.ndarray:
+        ctx.save_for_backward(a > 0)
+        return np.maximum(a, 0)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = max(a, 0)
+        (positive,) = ctx.saved
+        return g * positive
+
+
+def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """`np.concatenate` for tensors; the gradient is split back to each input."""
+    if len(tensors) == 0:
+        raise ShapeError("concatenate needs at least one tensor")
+    return Concatenate.apply(*tensors, axis=axis)
+
+
+def split(x: Tensor, indices_or_sections: int | Sequence[int], axis: int = 0) -> list[Tensor]:
+    """`np.split` for tensors: views of `x` whose gradients land in the right slices."""
+    n = x.shape[axis]
+    if isinstance(indices_or_sections, (int, np.integer)):
+        if indices_or_sections <= 0 or n % indices_or_sections:
+            raise ShapeError(
+                f"cannot split a dimension of size {n} into {indices_or_sections} equal parts; "
+                "pass split points instead"
+            )
+        step = n // indices_or_sections
+        bounds = list(range(0, n + 1, step)) if step else [0] * (indices_or_sections + 1)
+    else:
+        bounds = [0, *indices_or_sections, n]
+    axis = axis % x.ndim
+    lead = (slice(None),) * axis
+    return [x[(*lead, slice(lo, hi))] for lo, hi in zip(bounds[:-1], bounds[1:])]

@@ -1,0 +1,1 @@
+"""Layers: Module, Linear, Embedding, LayerNorm, CausalSelfAttention, MLP, Block."""

@@ -1,0 +1,1 @@
+"""Optimizers: AdamW, SGD, learning-rate schedules, gradient clipping."""
