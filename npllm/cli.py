@@ -1,7 +1,7 @@
 """The `npllm` command. Each subcommand lives in its own module, which provides
 `add_arguments(parser)` and `run(args) -> int`; command modules import numpy, numba and
-the rest inside `run`, so building the parser (and `npllm --help`) stays instant. User errors (`NpllmError`) become one line
-on stderr and exit code 2."""
+the rest inside `run`, so building the parser (and `npllm --help`) stays instant.
+User errors (`NpllmError`) become one line on stderr and exit code 2."""
 
 from __future__ import annotations
 

@@ -136,8 +136,8 @@ class MatMul(Function):
         a, b = ctx.saved
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
-        g2 = g[..., None, :] if a.ndim == 1 else g
-        g2 = g2[..., None] if b.ndim == 1 else g2
+        g2 = g[..., None] if b.ndim == 1 else g
+        g2 = np.expand_dims(g2, -2) if a.ndim == 1 else g2
         ga = gb = None
         if ctx.needs_input_grad[0]:
             ga = g2 @ np.swapaxes(b2, -1, -2)
@@ -252,9 +252,7 @@ class Transpose(Function):
 
 def _is_basic(key: Any) -> bool:
     items = key if isinstance(key, tuple) else (key,)
-    return all(
-        k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice)) for k in items
-    )
+    return all(k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice)) for k in items)
 
 
 class GetItem(Function):
@@ -266,7 +264,9 @@ class GetItem(Function):
         try:
             return a[key]
         except IndexError as e:
-            raise ShapeError(f"index {key!r} does not fit a tensor of shape {a.shape}: {e}") from None
+            raise ShapeError(
+                f"index {key!r} does not fit a tensor of shape {a.shape}: {e}"
+            ) from None
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:

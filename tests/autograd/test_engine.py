@@ -1,0 +1,137 @@
+"""The engine: accumulation, topological order on shared subgraphs, no_grad, detach,
+deep graphs, freed graphs and the errors a user can cause."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npllm import NpllmError, Tensor, no_grad
+from npllm.autograd import gradcheck, is_grad_enabled
+from npllm.errors import GradError, ShapeError
+
+
+def p(a) -> Tensor:
+    return Tensor(np.asarray(a, dtype=np.float64), requires_grad=True)
+
+
+def test_gradient_accumulates_when_a_tensor_is_used_twice():
+    x = p([1.0, 2.0, 3.0])
+    (x * x + x).sum().backward()
+    np.testing.assert_allclose(x.grad, 2 * x.data + 1)
+
+
+def test_backward_twice_accumulates_into_grad():
+    x = p([1.0, -2.0])
+    (x * 3).sum().backward()
+    (x * 3).sum().backward()
+    np.testing.assert_allclose(x.grad, [6.0, 6.0])
+
+
+def test_diamond_graph_is_walked_in_topological_order():
+    # y feeds z directly and through w: z must receive both contributions before y's backward
+    x = p([0.5, -1.5])
+    y = x.tanh()
+    w = y * 2
+    z = (y + w) * y
+    assert gradcheck(lambda t: (t.tanh() + t.tanh() * 2) * t.tanh(), [x])
+    z.sum().backward()
+    t = np.tanh(x.data)
+    np.testing.assert_allclose(x.grad, 6 * t * (1 - t**2))
+
+
+def test_deep_graph_does_not_hit_recursion_limit():
+    x = p([1.0])
+    y = x
+    for _ in range(20000):
+        y = y * 1.0 + 0.0
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, [1.0])
+
+
+def test_no_grad_records_nothing_and_restores():
+    x = p([1.0, 2.0])
+    with no_grad():
+        assert not is_grad_enabled()
+        y = x * 2
+    assert is_grad_enabled()
+    assert not y.requires_grad and y.is_leaf
+    with pytest.raises(GradError, match="does not require grad"):
+        y.sum().backward()
+
+    @no_grad()
+    def double(t):
+        return t * 2
+
+    assert not double(x).requires_grad
+    assert is_grad_enabled()
+
+
+def test_detach_cuts_the_graph():
+    x = p([1.0, 2.0])
+    y = x * 3
+    d = y.detach()
+    assert not d.requires_grad and d.is_leaf
+    np.testing.assert_array_equal(d.data, y.data)
+    (y + d).sum().backward()
+    np.testing.assert_allclose(x.grad, [3.0, 3.0])
+
+
+def test_only_inputs_that_require_grad_get_grads():
+    x = p([1.0, 2.0])
+    c = Tensor(np.array([3.0, 4.0]))
+    (x * c).sum().backward()
+    assert c.grad is None
+    np.testing.assert_allclose(x.grad, [3.0, 4.0])
+
+
+def test_backward_on_non_scalar_without_grad_names_the_shape():
+    x = p(np.ones((2, 3)))
+    with pytest.raises(GradError, match=r"\(2, 3\)"):
+        (x * 2).backward()
+
+
+def test_backward_with_explicit_gradient():
+    x = p(np.ones((2, 3)))
+    (x * 2).backward(np.full((2, 3), 0.5))
+    np.testing.assert_allclose(x.grad, np.ones((2, 3)))
+    with pytest.raises(ShapeError, match=r"\(3,\).*\(2, 3\)"):
+        (x * 2).backward(np.ones(3))
+
+
+def test_mismatched_shapes_name_both_shapes():
+    a, b = p(np.ones((2, 3))), p(np.ones((4,)))
+    with pytest.raises(ShapeError, match=r"\(2, 3\).*\(4,\)"):
+        a + b
+    with pytest.raises(ShapeError, match=r"\(2, 3\).*\(4,\)"):
+        a * b
+    with pytest.raises(ShapeError, match=r"\(2, 3\).*\(2, 3\)"):
+        a @ p(np.ones((2, 3)))
+    with pytest.raises(ShapeError, match=r"\(2, 3\).*\(5,\)"):
+        a.reshape(5)
+    with pytest.raises(ShapeError, match="axis 2"):
+        a.sum(axis=2)
+    assert issubclass(ShapeError, NpllmError)
+
+
+def test_freed_graph_gives_clear_error_and_retain_graph_allows_second_pass():
+    x = p([1.0, 2.0])
+    y = (x * x).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(x.grad, 4 * x.data)
+    with pytest.raises(GradError, match="retain_graph"):
+        y.backward()
+
+
+def test_integer_tensor_cannot_require_grad():
+    with pytest.raises(GradError, match="floating"):
+        Tensor(np.arange(3), requires_grad=True)
+
+
+def test_item_and_numpy():
+    x = Tensor(np.array([[2.5]]))
+    assert x.item() == 2.5
+    assert x.numpy() is x.data
+    with pytest.raises(ShapeError, match="one element"):
+        Tensor(np.ones(2)).item()
