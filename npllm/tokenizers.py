@@ -1,0 +1,236 @@
+"""Tokenizers: `CharTokenizer` (one id per character of the corpus alphabet) and a
+byte-level `BPETokenizer` (GPT-2 style: pre-split text into words, start from the 256
+bytes, learn merges by pair count). Both `encode(str) -> list[int]`,
+`decode(list[int]) -> str`, `save(path)` and `load(path)` as JSON; `load_tokenizer(path)`
+reads either kind. See DESIGN.md, "Around the model".
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from npllm.checkpoint import write_json_atomic
+from npllm.errors import DataError
+
+# GPT-2's pre-split pattern, written for the standard `re` module: `[^\W\d_]` stands for
+# \p{L} and `\d` for \p{N}; underscore, which `\w` counts, goes with the punctuation so
+# that every character of any string falls in exactly one piece.
+GPT2_SPLIT_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+)
+
+
+class CharTokenizer:
+    """One token per character; the vocabulary is the sorted alphabet of a text."""
+
+    kind = "char"
+
+    def __init__(self, chars: Sequence[str]):
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        if len(self.stoi) != len(self.chars) or any(len(c) != 1 for c in self.chars):
+            raise DataError("a CharTokenizer needs distinct single characters")
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            unknown = sorted({c for c in text if c not in self.stoi})
+            shown = ", ".join(repr(c) for c in unknown[:10])
+            raise DataError(
+                f"characters not in the tokenizer's alphabet: {shown}; use only characters "
+                "of the training corpus, or a BPE tokenizer (--tokenizer bpe)"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        chars = self.chars
+        try:
+            return "".join(chars[i] for i in ids)
+        except (IndexError, TypeError):
+            raise DataError(f"token ids must lie in [0, {self.vocab_size})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, "chars": self.chars}
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CharTokenizer:
+        tok = load_tokenizer(path)
+        if not isinstance(tok, cls):
+            raise DataError(f"{path} holds a {tok.kind} tokenizer, not a char tokenizer")
+        return tok
+
+
+def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace every non-overlapping occurrence of `pair`, left to right, by `new_id`."""
+    out, i, n = [], 0, len(ids)
+    a, b = pair
+    while i < n:
+        if i + 1 < n and ids[i] == a and ids[i + 1] == b:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+class BPETokenizer:
+    """Byte-level BPE: ids 0-255 are bytes, id 256 + k is the k-th learned merge."""
+
+    kind = "bpe"
+
+    def __init__(self, merges: Sequence[tuple[int, int]], pattern: str = GPT2_SPLIT_PATTERN):
+        self.merges = [tuple(m) for m in merges]
+        self.pattern = pattern
+        self._split = re.compile(pattern)
+        self.ranks = {pair: 256 + k for k, pair in enumerate(self.merges)}
+        self.vocab = [bytes([i]) for i in range(256)]
+        for a, b in self.merges:
+            if not (0 <= a < len(self.vocab) and 0 <= b < len(self.vocab)):
+                raise DataError(f"BPE merge {(a, b)} refers to an id not yet defined")
+            self.vocab.append(self.vocab[a] + self.vocab[b])
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> BPETokenizer:
+        """Learn `vocab_size - 256` merges from `text`, most frequent pair first (ties go
+        to the smallest pair, so training is deterministic). Stops early when no pair
+        occurs twice. Pair counts are updated incrementally, touching only the words
+        that hold the merged pair, with a lazy max-heap over counts."""
+        if vocab_size < 256:
+            raise DataError(f"a byte-level BPE vocabulary needs at least 256 ids, got {vocab_size}")
+        split = re.compile(GPT2_SPLIT_PATTERN)
+        word_counts = Counter(split.findall(text))
+        words = [list(w.encode("utf-8")) for w in word_counts]
+        freqs = list(word_counts.values())
+        pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+        where: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for wi, (w, f) in enumerate(zip(words, freqs)):
+            for pair in zip(w, w[1:]):
+                pair_counts[pair] += f
+                where[pair].add(wi)
+        heap = [(-c, p) for p, c in pair_counts.items()]
+        heapq.heapify(heap)
+        merges: list[tuple[int, int]] = []
+        while len(merges) < vocab_size - 256 and heap:
+            neg, pair = heapq.heappop(heap)
+            if pair_counts.get(pair, 0) != -neg:
+                continue  # stale heap entry: the count changed since it was pushed
+            if -neg < 2:
+                break
+            new_id = 256 + len(merges)
+            merges.append(pair)
+            changed: set[tuple[int, int]] = set()
+            for wi in where.pop(pair):
+                w, f = words[wi], freqs[wi]
+                for p in zip(w, w[1:]):
+                    pair_counts[p] -= f
+                    changed.add(p)
+                w = _merge(w, pair, new_id)
+                words[wi] = w
+                for p in zip(w, w[1:]):
+                    pair_counts[p] += f
+                    where[p].add(wi)
+                    changed.add(p)
+            for p in changed:
+                c = pair_counts[p]
+                if c > 0:
+                    heapq.heappush(heap, (-c, p))
+                else:
+                    del pair_counts[p]
+            pair_counts.pop(pair, None)
+        return cls(merges)
+
+    def _encode_word(self, word: str) -> list[int]:
+        ids = self._cache.get(word)
+        if ids is not None:
+            return ids
+        ids = list(word.encode("utf-8"))
+        ranks = self.ranks
+        while len(ids) > 1:
+            # Apply the earliest-learned merge present, as training did.
+            best = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, 1 << 62))
+            if best not in ranks:
+                break
+            ids = _merge(ids, best, ranks[best])
+        if len(self._cache) < 1_000_000:
+            self._cache[word] = ids
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        out: list[int] = []
+        for word in self._split.findall(text):
+            out.extend(self._encode_word(word))
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        try:
+            data = b"".join(self.vocab[i] for i in ids)
+        except (IndexError, TypeError):
+            raise DataError(f"token ids must lie in [0, {self.vocab_size})") from None
+        # A sampled sequence may cut a multi-byte character; show it as U+FFFD.
+        return data.decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        merges = [list(m) for m in self.merges]
+        return {"type": self.kind, "pattern": self.pattern, "merges": merges}
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BPETokenizer:
+        tok = load_tokenizer(path)
+        if not isinstance(tok, cls):
+            raise DataError(f"{path} holds a {tok.kind} tokenizer, not a BPE tokenizer")
+        return tok
+
+
+Tokenizer = CharTokenizer | BPETokenizer
+
+
+def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from its `to_dict()` form (as stored in JSON)."""
+    try:
+        if d["type"] == CharTokenizer.kind:
+            return CharTokenizer(d["chars"])
+        if d["type"] == BPETokenizer.kind:
+            return BPETokenizer([tuple(m) for m in d["merges"]], d["pattern"])
+    except (KeyError, TypeError, ValueError, re.error) as e:
+        raise DataError(f"malformed tokenizer ({e!r}); prepare the data again") from None
+    raise DataError(f"unknown tokenizer type {d.get('type')!r}; expected 'char' or 'bpe'")
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Read a tokenizer saved by `save`, whichever its kind."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"no tokenizer at {path}; run `npllm prepare` first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read tokenizer {path}: {e}; prepare the data again") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path} is not a tokenizer file; prepare the data again")
+    return tokenizer_from_dict(d)
