@@ -1,1 +1,169 @@
-"""Numba kernels, one module per family, each beside a plain-NumPy reference."""
+"""Kernels, one module per family, each a Numba version beside a plain-NumPy reference
+with the same signature, and the backend switch that picks between them.
+
+Families: `matmul` (linear layer forward/backward; BLAS reference, tiled Numba kernel),
+`softmax` (softmax, log-softmax), `layernorm`, `activations` (ReLU, GELU tanh/erf),
+`crossentropy` (fused softmax + cross-entropy), `attention` (causal SDPA), `embedding`,
+`dropout` and `adamw` (the fused optimizer update). `functional.py` calls every kernel
+through the names exported here, e.g. `kernels.softmax_forward(x)`.
+
+Backend switch:
+- `use("numba")` / `use("numpy")` forces every kernel onto one backend (used by the tests
+  and the benchmark); `use("auto")` (the default) takes, per kernel, the backend listed in
+  `DEFAULTS`, which holds what `benchmarks/kernels.py` measured to be faster here.
+- The environment variable `NPLLM_KERNELS` ("numba", "numpy" or "auto") sets the starting mode.
+- `use` also works as a context manager that restores the previous mode:
+  `with kernels.use("numpy"): ...`.
+
+Numba kernels compile lazily, on first call, and are cached on disk (`cache=True`), so
+`import npllm.kernels` stays fast and only the first run after a change pays the compile.
+This mode and `DEFAULTS` are the only global mutable state in npllm.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from npllm.errors import ConfigError
+from npllm.kernels import (
+    activations,
+    adamw,
+    attention,
+    crossentropy,
+    dropout,
+    embedding,
+    layernorm,
+    matmul,
+    softmax,
+)
+
+BACKENDS = ("numba", "numpy")
+MODES = ("auto", *BACKENDS)
+
+_FAMILIES = (
+    matmul,
+    softmax,
+    layernorm,
+    activations,
+    crossentropy,
+    attention,
+    embedding,
+    dropout,
+    adamw,
+)
+
+# Kernel name -> {"numpy": fn, "numba": fn}, collected from each family's `KERNELS` tuple:
+# a family module defines `<name>_numpy` and `<name>_numba` for every name it lists.
+_REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
+    name: {b: getattr(mod, f"{name}_{b}") for b in BACKENDS}
+    for mod in _FAMILIES
+    for name in mod.KERNELS
+}
+
+# The faster backend per kernel on this machine, as measured by `npllm bench kernels`
+# (see benchmarks/RESULTS.md, "Kernels"). Kernels not listed default to "numba".
+DEFAULTS: dict[str, str] = {
+    "linear_forward": "numpy",  # BLAS; the tiled Numba GEMM is 3-6x slower
+    "linear_backward": "numpy",
+}
+
+_mode: str = "auto"
+_active: dict[str, Callable[..., Any]] = {}
+
+
+def _resolve(mode: str) -> dict[str, Callable[..., Any]]:
+    return {
+        name: impls[DEFAULTS.get(name, "numba") if mode == "auto" else mode]
+        for name, impls in _REGISTRY.items()
+    }
+
+
+class use:
+    """Select the kernel backend: "numba", "numpy" or "auto" (per-kernel `DEFAULTS`).
+    Takes effect at once; as a context manager it restores the previous mode on exit."""
+
+    def __init__(self, mode: str) -> None:
+        global _mode, _active
+        if mode not in MODES:
+            raise ConfigError(
+                f"unknown kernel backend {mode!r}; use one of {', '.join(MODES)} "
+                "(in code via npllm.kernels.use, or the NPLLM_KERNELS environment variable)"
+            )
+        self._previous = _mode
+        _mode, _active = mode, _resolve(mode)
+
+    def __enter__(self) -> use:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _mode, _active
+        _mode, _active = self._previous, _resolve(self._previous)
+
+
+def backend() -> str:
+    """The current mode: "auto", "numba" or "numpy"."""
+    return _mode
+
+
+def backend_of(name: str) -> str:
+    """Which backend kernel `name` runs on in the current mode."""
+    return DEFAULTS.get(name, "numba") if _mode == "auto" else _mode
+
+
+def get(name: str, backend: str | None = None) -> Callable[..., Any]:
+    """The implementation of kernel `name` for `backend` (default: the active one)."""
+    return _active[name] if backend is None else _REGISTRY[name][backend]
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def _dispatcher(name: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return _active[name](*args, **kwargs)
+
+    impl = _REGISTRY[name]["numpy"]
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = impl.__doc__
+    return call
+
+
+use(os.environ.get("NPLLM_KERNELS", "auto").strip().lower() or "auto")
+
+# Module-level dispatchers: `kernels.softmax_forward(x)` runs the active backend's version.
+linear_forward = _dispatcher("linear_forward")
+linear_backward = _dispatcher("linear_backward")
+softmax_forward = _dispatcher("softmax_forward")
+softmax_backward = _dispatcher("softmax_backward")
+log_softmax_forward = _dispatcher("log_softmax_forward")
+log_softmax_backward = _dispatcher("log_softmax_backward")
+layernorm_forward = _dispatcher("layernorm_forward")
+layernorm_backward = _dispatcher("layernorm_backward")
+relu_forward = _dispatcher("relu_forward")
+relu_backward = _dispatcher("relu_backward")
+gelu_forward = _dispatcher("gelu_forward")
+gelu_backward = _dispatcher("gelu_backward")
+cross_entropy_forward = _dispatcher("cross_entropy_forward")
+cross_entropy_backward = _dispatcher("cross_entropy_backward")
+attention_forward = _dispatcher("attention_forward")
+attention_backward = _dispatcher("attention_backward")
+embedding_forward = _dispatcher("embedding_forward")
+embedding_backward = _dispatcher("embedding_backward")
+dropout_forward = _dispatcher("dropout_forward")
+dropout_backward = _dispatcher("dropout_backward")
+adamw_update = _dispatcher("adamw_update")
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULTS",
+    "MODES",
+    "backend",
+    "backend_of",
+    "get",
+    "names",
+    "use",
+    *_REGISTRY,
+]

@@ -1,0 +1,352 @@
+"""`npllm.functional` (imported as `F`): the neural-network ops, with the names and
+semantics of torch.nn.functional. Each op is one `Function` whose forward and backward
+call kernels from `npllm.kernels` (and so follow its backend switch); the math of every
+kernel is written out in its module's docstring.
+
+All ops keep the input dtype (float32 or float64), accept non-contiguous inputs and work
+at T = 1 and odd sizes. Integer inputs (embedding ids, cross-entropy targets) may be NumPy
+arrays or Tensors and receive no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from npllm import kernels as K
+from npllm.autograd.engine import Context, Function, Tensor
+from npllm.errors import ConfigError, ShapeError
+
+__all__ = [
+    "cross_entropy",
+    "dropout",
+    "embedding",
+    "gelu",
+    "layer_norm",
+    "linear",
+    "log_softmax",
+    "relu",
+    "scaled_dot_product_attention",
+    "softmax",
+]
+
+
+def _to_last(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+    """Move `axis` to the end and flatten the rest: (rows, n), C-contiguous."""
+    if not -x.ndim <= axis < x.ndim:
+        raise ShapeError(
+            f"axis {axis} is out of range for an input with {x.ndim} dimensions; "
+            f"use an axis in [{-x.ndim}, {x.ndim - 1}]"
+        )
+    axis %= x.ndim
+    moved = np.moveaxis(x, axis, -1) if axis != x.ndim - 1 else x
+    return np.ascontiguousarray(moved).reshape(-1, x.shape[axis]), axis
+
+
+def _from_last(y2: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """Undo `_to_last`."""
+    moved = list(shape)
+    moved.append(moved.pop(axis))
+    y = y2.reshape(moved)
+    return np.moveaxis(y, -1, axis) if axis != len(shape) - 1 else y
+
+
+def _int_array(a: Any, what: str) -> np.ndarray:
+    arr = a.data if isinstance(a, Tensor) else np.asarray(a)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ShapeError(
+            f"{what} must be integers, got dtype {arr.dtype}; cast them with astype(np.int64)"
+        )
+    return arr.astype(np.int64, copy=False)
+
+
+# ---- linear ----------------------------------------------------------------------------
+class Linear(Function):
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, w: np.ndarray, *b: np.ndarray) -> np.ndarray:
+        if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[1]:
+            raise ShapeError(
+                f"linear: input of shape {x.shape} does not fit weight of shape {w.shape}; "
+                "the weight is (out_features, in_features) and the input's last dimension "
+                "must equal in_features"
+            )
+        if b and b[0].shape != (w.shape[0],):
+            raise ShapeError(f"linear: bias of shape {b[0].shape} should be ({w.shape[0]},)")
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in): one GEMM for all leading dims
+        ctx.save_for_backward(x2, w)
+        ctx.lead = x.shape[:-1]
+        out = K.linear_forward(x2, w, b[0] if b else None)  # (N, out)
+        return out.reshape(*x.shape[:-1], w.shape[0])
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = x @ w.T + b
+        x2, w = ctx.saved
+        need = ctx.needs_input_grad
+        g2 = g.reshape(-1, w.shape[0])
+        dx, dw, db = K.linear_backward(g2, x2, w, need[0], need[1], len(need) > 2 and need[2])
+        dx = dx.reshape(*ctx.lead, w.shape[1]) if dx is not None else None
+        return (dx, dw, db) if len(need) > 2 else (dx, dw)
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """x (..., in) @ w.T + b with w (out, in), b (out,) -> (..., out)."""
+    return Linear.apply(x, w) if b is None else Linear.apply(x, w, b)
+
+
+# ---- activations -----------------------------------------------------------------------
+class ReLU(Function):
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray) -> np.ndarray:
+        y = K.relu_forward(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # y = max(x, 0)
+        (y,) = ctx.saved
+        return K.relu_backward(g, y)
+
+
+def relu(x: Tensor) -> Tensor:
+    return ReLU.apply(x)
+
+
+class GELU(Function):
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
+        ctx.save_for_backward(x)
+        ctx.approximate = approximate
+        return K.gelu_forward(x, approximate)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # y = 0.5 x (1 + tanh(k (x + c x^3)))  or  y = x Phi(x)
+        (x,) = ctx.saved
+        return K.gelu_backward(g, x, ctx.approximate)
+
+
+def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
+    """GELU; approximate="tanh" (GPT-2's) or "none" (exact, with erf)."""
+    if approximate not in ("tanh", "none"):
+        raise ConfigError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return GELU.apply(x, approximate=approximate)
+
+
+# ---- softmax ---------------------------------------------------------------------------
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, axis: int = -1, log: bool = False) -> np.ndarray:
+        x2, ax = _to_last(x, axis)
+        y2 = (K.log_softmax_forward if log else K.softmax_forward)(x2)
+        ctx.save_for_backward(y2)
+        ctx.axis, ctx.shape, ctx.log = ax, x.shape, log
+        return _from_last(y2, x.shape, ax)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # y = softmax(x)  or  y = log_softmax(x), along ctx.axis
+        (y2,) = ctx.saved
+        g2, _ = _to_last(g, ctx.axis)
+        dx2 = (K.log_softmax_backward if ctx.log else K.softmax_backward)(g2, y2)
+        return _from_last(dx2, ctx.shape, ctx.axis)
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    return Softmax.apply(x, axis=axis, log=False)
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    return Softmax.apply(x, axis=axis, log=True)
+
+
+# ---- layer norm ------------------------------------------------------------------------
+class LayerNorm(Function):
+    @staticmethod
+    def forward(
+        ctx: Context,
+        x: np.ndarray,
+        *wb: np.ndarray,
+        has_w: bool = True,
+        has_b: bool = True,
+        eps: float = 1e-5,
+    ) -> np.ndarray:
+        c = x.shape[-1]
+        w = wb[0] if has_w else None
+        b = wb[-1] if has_b else None
+        for name, p in (("weight", w), ("bias", b)):
+            if p is not None and p.shape != (c,):
+                raise ShapeError(
+                    f"layer_norm: {name} of shape {p.shape} does not fit an input whose last "
+                    f"dimension is {c}; it must be ({c},)"
+                )
+        x2 = x.reshape(-1, c)
+        out, mean, rstd = K.layernorm_forward(x2, w, b, eps)
+        ctx.save_for_backward(x2, mean, rstd, w)
+        ctx.shape, ctx.has_w, ctx.has_b = x.shape, has_w, has_b
+        return out.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = (x - mean) * rstd * w + b
+        x2, mean, rstd, w = ctx.saved
+        dx, dw, db = K.layernorm_backward(g.reshape(x2.shape), x2, mean, rstd, w)
+        grads = [dx.reshape(ctx.shape)]
+        if ctx.has_w:
+            grads.append(dw)
+        if ctx.has_b:
+            grads.append(db)
+        return tuple(grads)
+
+
+def layer_norm(x: Tensor, w: Tensor | None, b: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Normalise over the last dimension; w and b (C,) may be None."""
+    params = [p for p in (w, b) if p is not None]
+    return LayerNorm.apply(x, *params, has_w=w is not None, has_b=b is not None, eps=eps)
+
+
+# ---- embedding -------------------------------------------------------------------------
+class Embedding(Function):
+    @staticmethod
+    def forward(ctx: Context, w: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        flat = idx.reshape(-1)
+        ctx.save_for_backward(flat)
+        ctx.num = w.shape[0]
+        return K.embedding_forward(flat, w).reshape(*idx.shape, w.shape[1])
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = w[idx]  =>  scatter-add g into dw
+        (flat,) = ctx.saved
+        return K.embedding_backward(g.reshape(flat.shape[0], -1), flat, ctx.num)
+
+
+def embedding(idx: Any, w: Tensor) -> Tensor:
+    """Rows of w (V, C) at the integer ids idx (any shape) -> (*idx.shape, C)."""
+    ids = _int_array(idx, "embedding ids")
+    if w.ndim != 2:
+        raise ShapeError(f"embedding: weight must be (V, C), got shape {w.shape}")
+    v = w.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= v):
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise ShapeError(
+            f"embedding: id {bad} is out of range for a table of V={v} rows; "
+            f"ids must lie in [0, {v - 1}] (check the tokenizer's vocab_size)"
+        )
+    return Embedding.apply(w, idx=ids)
+
+
+# ---- cross-entropy ---------------------------------------------------------------------
+class CrossEntropy(Function):
+    @staticmethod
+    def forward(
+        ctx: Context, logits: np.ndarray, targets: np.ndarray, ignore_index: int
+    ) -> np.ndarray:
+        v = logits.shape[-1]
+        l2 = logits.reshape(-1, v)
+        t1 = targets.reshape(-1)
+        loss, lse = K.cross_entropy_forward(l2, t1, ignore_index)
+        ctx.save_for_backward(l2, t1, lse)
+        ctx.shape, ctx.ignore_index = logits.shape, ignore_index
+        return loss
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # loss = mean_kept(logsumexp(logits) - logits[target])
+        l2, t1, lse = ctx.saved
+        return K.cross_entropy_backward(g, l2, t1, lse, ctx.ignore_index).reshape(ctx.shape)
+
+
+def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -1) -> Tensor:
+    """Mean cross-entropy of logits (N, V) or (B, T, V) against int targets (N,) or (B, T),
+    over the targets that are not `ignore_index` (0, with zero gradient, if all are)."""
+    t = _int_array(targets, "cross_entropy targets")
+    if logits.ndim < 2 or t.shape != logits.shape[:-1]:
+        raise ShapeError(
+            f"cross_entropy: targets of shape {t.shape} do not fit logits of shape "
+            f"{logits.shape}; targets must have the logits' shape without the last (V) dimension"
+        )
+    v = logits.shape[-1]
+    kept = t[t != ignore_index]
+    if kept.size and (kept.min() < 0 or kept.max() >= v):
+        bad = int(kept.min()) if kept.min() < 0 else int(kept.max())
+        raise ShapeError(
+            f"cross_entropy: target {bad} is out of range for V={v} classes; targets must lie "
+            f"in [0, {v - 1}] or equal ignore_index={ignore_index}"
+        )
+    return CrossEntropy.apply(logits, targets=t, ignore_index=int(ignore_index))
+
+
+# ---- dropout ---------------------------------------------------------------------------
+class Dropout(Function):
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, p: float, u: np.ndarray) -> np.ndarray:
+        out, keep = K.dropout_forward(x, u, p)
+        ctx.save_for_backward(keep)
+        ctx.p = p
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # out = x * keep / (1 - p)
+        (keep,) = ctx.saved
+        return K.dropout_backward(g, keep, ctx.p)
+
+
+def dropout(x: Tensor, p: float, training: bool, rng: np.random.Generator | None = None) -> Tensor:
+    """Inverted dropout: zero each entry with probability p and scale the rest by 1/(1-p);
+    the identity when not training or p == 0. `rng` (a NumPy Generator) is the only source
+    of randomness; a fresh unseeded one is made when None."""
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout: p must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    rng = np.random.default_rng() if rng is None else rng
+    dt = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
+    u = rng.random(x.shape, dtype=dt)
+    return Dropout.apply(x, p=float(p), u=u)
+
+
+# ---- attention -------------------------------------------------------------------------
+class SDPA(Function):
+    @staticmethod
+    def forward(
+        ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool
+    ) -> np.ndarray:
+        out, att = K.attention_forward(q, k, v, causal)
+        ctx.save_for_backward(q, k, v, att)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = softmax(q @ k^T / sqrt(hs) + mask) @ v
+        q, k, v, att = ctx.saved
+        return K.attention_backward(g, q, k, v, att)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
+    """softmax(q @ k^T / sqrt(hs) + mask) @ v for q (B, nh, Tq, hs), k, v (B, nh, Tk, hs).
+    With `causal`, query i sees keys j <= i + Tk - Tq (the mask is aligned to the end, so
+    Tq = 1 over a KV cache sees every cached key)."""
+    if (
+        q.ndim != 4
+        or k.shape != v.shape
+        or k.ndim != 4
+        or q.shape[:2] != k.shape[:2]
+        or q.shape[3] != k.shape[3]
+    ):
+        raise ShapeError(
+            f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit; "
+            "expected q (B, nh, Tq, hs) and k, v (B, nh, Tk, hs)"
+        )
+    if causal and q.shape[2] > k.shape[2]:
+        raise ShapeError(
+            f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got Tq={q.shape[2]} "
+            f"and Tk={k.shape[2]}; pass at least as many keys as queries"
+        )
+    if k.shape[2] == 0 or q.shape[3] == 0 or math.prod(q.shape) == 0:
+        raise ShapeError(f"scaled_dot_product_attention: empty input, q {q.shape}, k {k.shape}")
+    return SDPA.apply(q, k, v, causal=bool(causal))

@@ -1,0 +1,183 @@
+"""Elementwise activations, forward and backward, on arrays of any shape.
+
+    relu_forward(x) -> y                         y = max(x, 0)
+    relu_backward(dy, y) -> dx                   dx = dy * (y > 0)
+    gelu_forward(x, approximate) -> y
+        "tanh": y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        "none": y = x Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))
+    gelu_backward(dy, x, approximate) -> dx
+        "tanh": dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2))
+        "none": dx = dy (Phi(x) + x phi(x)), phi(x) = exp(-x^2/2) / sqrt(2 pi)
+
+GELU's backward takes the input x (as torch's does), so only x is kept between passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from npllm.kernels._jit import ferf, fexp, ftanh, jit
+
+KERNELS = ("relu_forward", "relu_backward", "gelu_forward", "gelu_backward")
+
+_K = math.sqrt(2.0 / math.pi)
+_C = 0.044715
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+# Below this many elements a prange launch costs more than it saves (PERF_NOTES).
+_PAR_MIN = 1 << 14
+
+
+def _erf_numpy(x: np.ndarray) -> np.ndarray:
+    """erf elementwise: NumPy has none, and npllm depends on no SciPy. math.erf per
+    element through np.frompyfunc is slow but exact; this is the reference only."""
+    return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+
+
+# ---- NumPy reference -------------------------------------------------------------------
+def relu_forward_numpy(x):
+    return np.maximum(x, 0)
+
+
+def relu_backward_numpy(dy, y):
+    # y = max(x, 0)
+    return dy * (y > 0)
+
+
+def gelu_forward_numpy(x, approximate="tanh"):
+    t = x.dtype.type
+    if approximate == "tanh":
+        return t(0.5) * x * (1 + np.tanh(t(_K) * (x + t(_C) * x * x * x)))
+    return t(0.5) * x * (1 + _erf_numpy(x * t(_INV_SQRT2)))
+
+
+def gelu_backward_numpy(dy, x, approximate="tanh"):
+    t = x.dtype.type
+    if approximate == "tanh":
+        # y = 0.5 x (1 + tanh(u)), u = k (x + c x^3)
+        th = np.tanh(t(_K) * (x + t(_C) * x * x * x))
+        du = t(_K) * (1 + t(3 * _C) * x * x)
+        return dy * (t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * du)
+    # y = x Phi(x)
+    cdf = t(0.5) * (1 + _erf_numpy(x * t(_INV_SQRT2)))
+    pdf = np.exp(t(-0.5) * x * x) * t(_INV_SQRT2PI)
+    return dy * (cdf + x * pdf)
+
+
+# ---- Numba -----------------------------------------------------------------------------
+# Flat 1-D loops over contiguous buffers; chunks of rows for prange so each thread runs
+# one long vectorised loop.
+@jit(parallel=True)
+def _relu_fwd(x, out, nchunks):
+    n = x.size
+    per = (n + nchunks - 1) // nchunks
+    zero = x.dtype.type(0)
+    for k in prange(nchunks):
+        for i in range(k * per, min(n, (k + 1) * per)):
+            out[i] = max(x[i], zero)
+
+
+@jit(parallel=True)
+def _relu_bwd(dy, y, dx, nchunks):
+    n = y.size
+    per = (n + nchunks - 1) // nchunks
+    zero = y.dtype.type(0)
+    for k in prange(nchunks):
+        for i in range(k * per, min(n, (k + 1) * per)):
+            dx[i] = dy[i] if y[i] > zero else zero
+
+
+# Constants are made in the input's dtype: a Python literal would promote float32 math to
+# float64 in Numba (and send ftanh/ferf/fexp to their scalar float64 branch).
+@jit(parallel=True)
+def _gelu_tanh_fwd(x, out, nchunks):
+    n = x.size
+    per = (n + nchunks - 1) // nchunks
+    t = x.dtype.type
+    k_, c_, half, one = t(_K), t(_C), t(0.5), t(1)
+    for k in prange(nchunks):
+        for i in range(k * per, min(n, (k + 1) * per)):
+            v = x[i]
+            out[i] = half * v * (one + ftanh(k_ * (v + c_ * v * v * v)))
+
+
+@jit(parallel=True)
+def _gelu_tanh_bwd(dy, x, dx, nchunks):
+    n = x.size
+    per = (n + nchunks - 1) // nchunks
+    t = x.dtype.type
+    k_, c_, c3, half, one = t(_K), t(_C), t(3 * _C), t(0.5), t(1)
+    for k in prange(nchunks):
+        for i in range(k * per, min(n, (k + 1) * per)):
+            v = x[i]
+            th = ftanh(k_ * (v + c_ * v * v * v))
+            du = k_ * (one + c3 * v * v)
+            dx[i] = dy[i] * (half * (one + th) + half * v * (one - th * th) * du)
+
+
+@jit(parallel=True)
+def _gelu_erf_fwd(x, out, nchunks):
+    n = x.size
+    per = (n + nchunks - 1) // nchunks
+    t = x.dtype.type
+    s, half, one = t(_INV_SQRT2), t(0.5), t(1)
+    for k in prange(nchunks):
+        for i in range(k * per, min(n, (k + 1) * per)):
+            v = x[i]
+            out[i] = half * v * (one + ferf(v * s))
+
+
+@jit(parallel=True)
+def _gelu_erf_bwd(dy, x, dx, nchunks):
+    n = x.size
+    per = (n + nchunks - 1) // nchunks
+    t = x.dtype.type
+    s, p, half, one = t(_INV_SQRT2), t(_INV_SQRT2PI), t(0.5), t(1)
+    for k in prange(nchunks):
+        for i in range(k * per, min(n, (k + 1) * per)):
+            v = x[i]
+            cdf = half * (one + ferf(v * s))
+            pdf = fexp(-half * v * v) * p
+            dx[i] = dy[i] * (cdf + v * pdf)
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def _chunks(n: int) -> int:
+    return 1 if n < _PAR_MIN else 2 * max(1, min(8, n // _PAR_MIN))
+
+
+def relu_forward_numba(x):
+    xf = _flat(x)
+    out = np.empty_like(xf)
+    _relu_fwd(xf, out, _chunks(xf.size))
+    return out.reshape(x.shape)
+
+
+def relu_backward_numba(dy, y):
+    yf = _flat(y)
+    dx = np.empty_like(yf)
+    _relu_bwd(_flat(dy), yf, dx, _chunks(yf.size))
+    return dx.reshape(y.shape)
+
+
+def gelu_forward_numba(x, approximate="tanh"):
+    xf = _flat(x)
+    out = np.empty_like(xf)
+    (_gelu_tanh_fwd if approximate == "tanh" else _gelu_erf_fwd)(xf, out, _chunks(xf.size))
+    return out.reshape(x.shape)
+
+
+def gelu_backward_numba(dy, x, approximate="tanh"):
+    xf = _flat(x)
+    dx = np.empty_like(xf)
+    (_gelu_tanh_bwd if approximate == "tanh" else _gelu_erf_bwd)(
+        _flat(dy), xf, dx, _chunks(xf.size)
+    )
+    return dx.reshape(x.shape)

@@ -1,0 +1,123 @@
+"""Softmax and log-softmax over the last axis of a 2-D (rows, n) array, forward and
+backward, numerically stable (the row maximum is subtracted before exp).
+
+    softmax_forward(x) -> y                    y = exp(x - max) / sum(exp(x - max))
+    softmax_backward(dy, y) -> dx              dx = y * (dy - sum(dy * y))
+    log_softmax_forward(x) -> y                y = x - max - log(sum(exp(x - max)))
+    log_softmax_backward(dy, y) -> dx          dx = dy - exp(y) * sum(dy)
+
+Inputs may be non-contiguous; outputs are new C-contiguous arrays of the input dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from npllm.kernels._jit import fexp, jit
+
+KERNELS = ("softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward")
+
+
+# ---- NumPy reference -------------------------------------------------------------------
+def softmax_forward_numpy(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def softmax_backward_numpy(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    # y = softmax(x)  =>  dx = y * (dy - <dy, y>)
+    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+
+
+def log_softmax_forward_numpy(x: np.ndarray) -> np.ndarray:
+    s = x - x.max(axis=-1, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))
+
+
+def log_softmax_backward_numpy(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    # y = x - logsumexp(x)  =>  dx = dy - softmax(x) * sum(dy)
+    return dy - np.exp(y) * dy.sum(axis=-1, keepdims=True)
+
+
+# ---- Numba -----------------------------------------------------------------------------
+# Rows are independent: prange over rows, a vectorised pass per row. Every constant is
+# made in the input's dtype (`t(0)`): in Numba a Python literal promotes float32 math to
+# float64, which halves the vector width and sends fexp to its float64 branch. The running
+# max starts at x[i, 0], never a float64 -inf literal (PERF_NOTES).
+@jit(parallel=True)
+def _softmax_rows(x, out, log):
+    n, m = x.shape
+    t = x.dtype.type
+    for i in prange(n):
+        mx = x[i, 0]
+        for j in range(m):
+            mx = max(mx, x[i, j])
+        s = t(0)
+        for j in range(m):
+            e = fexp(x[i, j] - mx)
+            out[i, j] = e
+            s += e
+        if log:
+            lse = mx + np.log(s)
+            for j in range(m):
+                out[i, j] = x[i, j] - lse
+        else:
+            r = t(1) / s
+            for j in range(m):
+                out[i, j] *= r
+
+
+@jit(parallel=True)
+def _softmax_bwd_rows(dy, y, dx, log):
+    n, m = y.shape
+    t = y.dtype.type
+    for i in prange(n):
+        s = t(0)
+        if log:
+            for j in range(m):
+                s += dy[i, j]
+            for j in range(m):
+                dx[i, j] = dy[i, j] - fexp(y[i, j]) * s
+        else:
+            for j in range(m):
+                s += dy[i, j] * y[i, j]
+            for j in range(m):
+                dx[i, j] = y[i, j] * (dy[i, j] - s)
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a)
+
+
+def softmax_forward_numba(x: np.ndarray) -> np.ndarray:
+    x = _c(x)
+    out = np.empty_like(x)
+    if x.size:
+        _softmax_rows(x, out, False)
+    return out
+
+
+def softmax_backward_numba(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    dy, y = _c(dy), _c(y)
+    dx = np.empty_like(y)
+    if y.size:
+        _softmax_bwd_rows(dy, y, dx, False)
+    return dx
+
+
+def log_softmax_forward_numba(x: np.ndarray) -> np.ndarray:
+    x = _c(x)
+    out = np.empty_like(x)
+    if x.size:
+        _softmax_rows(x, out, True)
+    return out
+
+
+def log_softmax_backward_numba(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    dy, y = _c(dy), _c(y)
+    dx = np.empty_like(y)
+    if y.size:
+        _softmax_bwd_rows(dy, y, dx, True)
+    return dx
