@@ -1,0 +1,172 @@
+"""`GPTConfig` and `GPT`: nanoGPT's model (model.py) on npllm's layers.
+
+token + position embeddings -> n_layer pre-LayerNorm blocks -> ln_f -> lm_head, whose
+weight *is* the token embedding's (tied: one array, its gradient the sum of both uses).
+State-dict keys match nanoGPT's, so weights move to and from PyTorch by name.
+See DESIGN.md, "Layers and the model".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import npllm.functional as F
+from npllm.autograd.engine import Tensor
+from npllm.errors import ConfigError, DataError, ShapeError
+from npllm.layers import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict
+from npllm.layers.block import ACTIVATIONS
+from npllm.layers.module import ModuleList
+from npllm.optim import AdamW
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = True
+    mlp_hidden: int | None = None  # None: 4 * n_embd
+    activation: str = "gelu"  # "gelu" (tanh approximation), "gelu_exact" (erf), "relu"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                "each head gets n_embd / n_head channels"
+            )
+        if self.mlp_hidden is not None and (
+            not isinstance(self.mlp_hidden, (int, np.integer)) or self.mlp_hidden <= 0
+        ):
+            raise ConfigError(
+                f"GPTConfig.mlp_hidden must be a positive integer or None, got {self.mlp_hidden!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"GPTConfig.activation {self.activation!r} is unknown; "
+                f"use one of {', '.join(ACTIVATIONS)}"
+            )
+
+    @property
+    def hidden(self) -> int:
+        return 4 * self.n_embd if self.mlp_hidden is None else self.mlp_hidden
+
+
+class GPT(Module):
+    """A GPT language model. `seed` fixes the init and the dropout masks (each from its own
+    stream of one `SeedSequence`); parameters are float32 unless `dtype` says otherwise."""
+
+    def __init__(self, config: GPTConfig, seed: int = 0, dtype: Any = np.float32) -> None:
+        super().__init__()
+        self.config = config
+        init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
+        rng = np.random.default_rng(init_seq)
+        self.rng = np.random.default_rng(dropout_seq)  # every Dropout draws from this one
+        c = config
+        # GPT-2's scaled init: each block adds two projections to the residual stream
+        proj_std = 0.02 / math.sqrt(2 * c.n_layer)
+        common = dict(rng=rng, dtype=dtype)
+        self.transformer = ModuleDict(
+            wte=Embedding(c.vocab_size, c.n_embd, **common),
+            wpe=Embedding(c.block_size, c.n_embd, **common),
+            drop=Dropout(c.dropout, self.rng),
+            h=ModuleList(
+                Block(
+                    c.n_embd,
+                    c.n_head,
+                    c.hidden,
+                    c.activation,
+                    c.bias,
+                    c.dropout,
+                    proj_std=proj_std,
+                    dropout_rng=self.rng,
+                    **common,
+                )
+                for _ in range(c.n_layer)
+            ),
+            ln_f=LayerNorm(c.n_embd, c.bias, dtype=dtype),
+        )
+        self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False, **common)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: the same Tensor
+
+    def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
+        """idx: int (B, T) token ids -> logits (B, T, V), and the mean cross-entropy
+        against `targets` (B, T) when given (-1 marks positions to ignore), else None."""
+        idx = self._check_idx(idx)
+        B, T = idx.shape
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        pos_emb = self.transformer.wpe(np.arange(T))  # (T, C)
+        x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        x = self.transformer.ln_f(x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, V)
+        if targets is None:
+            return logits, None
+        targets = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+        if targets.shape != idx.shape:
+            raise ShapeError(
+                f"targets have shape {targets.shape} but idx has {idx.shape}; "
+                "give one target per input token"
+            )
+        return logits, F.cross_entropy(logits, targets, ignore_index=-1)
+
+    def _check_idx(self, idx: Any) -> np.ndarray:
+        idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+        if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
+            raise ShapeError(
+                f"idx must be an integer array of shape (B, T), got dtype {idx.dtype} and "
+                f"shape {idx.shape}; add a batch dimension with idx[None] if needed"
+            )
+        T, block_size, V = idx.shape[1], self.config.block_size, self.config.vocab_size
+        if T > block_size:
+            raise ShapeError(
+                f"sequence length {T} is longer than block_size {block_size}; "
+                f"crop the input to its last {block_size} tokens"
+            )
+        if idx.size:
+            lo, hi = int(idx.min()), int(idx.max())
+            bad = lo if lo < 0 else hi
+            if lo < 0 or hi >= V:
+                raise DataError(
+                    f"token id {bad} is out of range for vocab_size {V} (ids must be in "
+                    f"[0, {V - 1}]); encode the text with the model's own tokenizer"
+                )
+        return idx
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count, the tied weight once. As nanoGPT, `non_embedding` leaves out
+        the position embeddings; the token embeddings stay, being lm_head's weight too."""
+        n = self.num_parameters()
+        if non_embedding:
+            n -= self.transformer.wpe.weight.size
+        return n
+
+    def configure_optimizers(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float]
+    ) -> AdamW:
+        """AdamW with weight decay on the 2-D weights (matmuls, embeddings) only; biases
+        and LayerNorm parameters are not decayed."""
+        params = self.parameters()
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return AdamW(groups, lr=learning_rate, betas=betas)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_params() / 1e6:.2f}M parameters"

@@ -1,0 +1,80 @@
+"""`CausalSelfAttention`, written out as nanoGPT's: one fused `c_attn` projection to
+q, k, v; heads split, attended under a causal mask, merged; the `c_proj` projection.
+
+The attention itself is `F.scaled_dot_product_attention` (one fused op with a hand-written
+backward). Only when training with attention dropout does it run as explicit ops
+(scores, mask, softmax, dropout, weighted sum), because dropout on the attention
+probabilities has to sit between the softmax and the product with v.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+import npllm.functional as F
+from npllm.autograd.engine import Tensor
+from npllm.autograd.ops import split
+from npllm.errors import ConfigError, ShapeError
+from npllm.layers.basic import Dropout, Linear
+from npllm.layers.module import Module
+
+
+class CausalSelfAttention(Module):
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        bias: bool = True,
+        dropout: float = 0.0,
+        *,
+        std: float = 0.02,
+        proj_std: float = 0.02,
+        rng: np.random.Generator | None = None,
+        dropout_rng: np.random.Generator | None = None,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__()
+        if n_head <= 0 or n_embd % n_head:
+            raise ConfigError(
+                f"n_embd ({n_embd}) must be a positive multiple of n_head ({n_head}); "
+                "change one of them"
+            )
+        self.n_embd, self.n_head = n_embd, n_head
+        # q, k and v for all heads in one matmul
+        self.c_attn = Linear(n_embd, 3 * n_embd, bias, std=std, rng=rng, dtype=dtype)
+        self.c_proj = Linear(n_embd, n_embd, bias, std=proj_std, rng=rng, dtype=dtype)
+        self.attn_dropout = Dropout(dropout, dropout_rng)
+        self.resid_dropout = Dropout(dropout, dropout_rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 3 or x.shape[-1] != self.n_embd:
+            raise ShapeError(
+                f"CausalSelfAttention expects input (B, T, {self.n_embd}), got {x.shape}"
+            )
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = split(self.c_attn(x), 3, axis=2)  # 3 x (B, T, C)
+        q = q.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        k = k.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        v = v.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        if self.training and self.attn_dropout.p > 0.0:
+            y = self._attend_with_dropout(q, k, v)  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))  # (B, T, C)
+
+    def _attend_with_dropout(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        T, hs = q.shape[-2], q.shape[-1]
+        att = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
+        # -inf above the diagonal: position t sees only positions <= t
+        mask = np.triu(np.full((T, T), -np.inf, dtype=q.dtype), k=1)
+        att = F.softmax(att + mask, axis=-1)  # (B, nh, T, T)
+        att = self.attn_dropout(att)
+        return att @ v  # (B, nh, T, hs)
+
+    def extra_repr(self) -> str:
+        return f"n_embd={self.n_embd}, n_head={self.n_head}"
