@@ -1,13 +1,14 @@
 """What every Numba kernel shares: the `jit` decorator (cached, lazily compiled, fastmath
-without nnan/ninf) and vectorisable float32 versions of exp, tanh and erf.
+without nnan/ninf) and vectorisable float32 versions of exp and erf.
 
 Why the approximations: this Numba build has no SVML (`numba.config.USING_SVML` is
 False), so `np.exp`/`np.tanh` inside a loop are scalar library calls that stop LLVM from
-vectorising the loop (PERF_NOTES: GELU 8.5x slower than torch with them). `fexp`, `ftanh`
-and `ferf` are pure arithmetic on float32 (a polynomial after Cody-Waite range reduction,
-a rational function, Abramowitz-Stegun 7.1.26) and vectorise; on float64 they are the
-exact library functions, so float64 gradchecks test the kernels' algebra, not an
-approximation. Their float32 error is tested in tests/kernels/test_jit_math.py.
+vectorising the loop (PERF_NOTES: GELU 8.5x slower than torch with them). `fexp` and
+`ferf` are pure arithmetic on float32 (a polynomial after Cody-Waite range reduction;
+Abramowitz-Stegun 7.1.26) and vectorise; on float64 they are the exact library
+functions, so float64 gradchecks test the kernels' algebra, not an approximation. tanh is
+built from `fexp` where needed (activations.py). Their float32 error is tested in
+tests/kernels/test_jit_math.py.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from numba.extending import intrinsic, overload
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-def jit(fn=None, *, parallel: bool = False, fastmath: bool = True):
-    """`@njit(cache=True)` with npllm's fastmath flags; compiled on first call."""
+def jit(fn=None, *, parallel: bool = False, fastmath: bool = True, inline: bool = False):
+    """`@njit(cache=True)` with npllm's fastmath flags; compiled on first call.
+    `inline=True` makes a helper that is inlined into its callers (Numba IR inlining)."""
     opts = {"cache": True, "parallel": parallel, "fastmath": FASTMATH if fastmath else False}
+    if inline:
+        opts["inline"] = "always"
     if fn is None:
         return lambda f: njit(**opts)(f)
     return njit(**opts)(fn)
@@ -64,25 +68,6 @@ def _exp_f32(x):
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _tanh_f32(x):
-    # Rational minimax approximation on [-7.9, 7.9] (as Eigen's fast float tanh);
-    # beyond that tanh is +-1 in float32.
-    xc = min(max(x, np.float32(-7.90531110763549805)), np.float32(7.90531110763549805))
-    x2 = xc * xc
-    p = x2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
-    p = p * x2 + np.float32(-8.60467152213735e-11)
-    p = p * x2 + np.float32(5.12229709037114e-08)
-    p = p * x2 + np.float32(1.48572235717979e-05)
-    p = p * x2 + np.float32(6.37261928875436e-04)
-    p = p * x2 + np.float32(4.89352455891786e-03)
-    p = p * xc
-    q = x2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
-    q = q * x2 + np.float32(2.26843463243900e-03)
-    q = q * x2 + np.float32(4.89352518554385e-03)
-    return p / q
-
-
-@njit(inline="always", fastmath=FASTMATH)
 def _erf_f32(x):
     # Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7, made odd by symmetry.
     a = abs(x)
@@ -98,11 +83,6 @@ def _erf_f32(x):
 def fexp(x):
     """exp: vectorisable approximation on float32, `math.exp` on float64."""
     return math.exp(x)
-
-
-def ftanh(x):
-    """tanh: vectorisable approximation on float32, `math.tanh` on float64."""
-    return math.tanh(x)
 
 
 def ferf(x):
@@ -127,17 +107,11 @@ def _exp_f64(x):
 
 
 @njit(inline="always")
-def _tanh_f64(x):
-    return math.tanh(x)
-
-
-@njit(inline="always")
 def _erf_f64(x):
     return math.erf(x)
 
 
 overload(fexp, inline="always")(_by_width(_exp_f32, _exp_f64))
-overload(ftanh, inline="always")(_by_width(_tanh_f32, _tanh_f64))
 overload(ferf, inline="always")(_by_width(_erf_f32, _erf_f64))
 
 
@@ -145,17 +119,12 @@ overload(ferf, inline="always")(_by_width(_erf_f32, _erf_f64))
 def _map(fn_id, x, out):
     """Apply one of the approximations elementwise (for tests of their error)."""
     for i in range(x.size):
-        if fn_id == 0:
-            out[i] = fexp(x[i])
-        elif fn_id == 1:
-            out[i] = ftanh(x[i])
-        else:
-            out[i] = ferf(x[i])
+        out[i] = fexp(x[i]) if fn_id == 0 else ferf(x[i])
 
 
 def apply_math(name: str, x: np.ndarray) -> np.ndarray:
-    """`fexp`/`ftanh`/`ferf` over a 1-D array, so tests can measure their error."""
+    """`fexp` or `ferf` over an array, so tests can measure their error."""
     x = np.ascontiguousarray(x).reshape(-1)
     out = np.empty_like(x)
-    _map({"exp": 0, "tanh": 1, "erf": 2}[name], x, out)
+    _map({"exp": 0, "erf": 1}[name], x, out)
     return out

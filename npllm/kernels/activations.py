@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import prange
 
-from npllm.kernels._jit import ferf, fexp, ftanh, jit
+from npllm.kernels._jit import ferf, fexp, jit
 
 KERNELS = ("relu_forward", "relu_backward", "gelu_forward", "gelu_backward")
 
@@ -92,17 +92,30 @@ def _relu_bwd(dy, y, dx, nchunks):
 
 
 # Constants are made in the input's dtype: a Python literal would promote float32 math to
-# float64 in Numba (and send ftanh/ferf/fexp to their scalar float64 branch).
+# float64 in Numba (and send fexp/ferf to their scalar float64 branch).
+@jit(inline="always")
+def _tanh_parts(u):
+    """(1 + tanh(u), 1 - tanh(u)^2) from e = exp(-2|u|), without cancellation:
+    1 + tanh = 2/(1+e) for u >= 0 and 2e/(1+e) below; 1 - tanh^2 = 4e/(1+e)^2. Both stay
+    accurate in relative terms where 1 +- tanh underflows, e.g. GELU's tail at x = -10."""
+    t = type(u)
+    e = fexp(t(-2) * abs(u))
+    r = t(1) / (t(1) + e)
+    onep = t(2) * r if u >= t(0) else t(2) * e * r
+    return onep, t(4) * e * r * r
+
+
 @jit(parallel=True)
 def _gelu_tanh_fwd(x, out, nchunks):
     n = x.size
     per = (n + nchunks - 1) // nchunks
     t = x.dtype.type
-    k_, c_, half, one = t(_K), t(_C), t(0.5), t(1)
+    k_, c_, half = t(_K), t(_C), t(0.5)
     for k in prange(nchunks):
         for i in range(k * per, min(n, (k + 1) * per)):
             v = x[i]
-            out[i] = half * v * (one + ftanh(k_ * (v + c_ * v * v * v)))
+            onep, _ = _tanh_parts(k_ * (v + c_ * v * v * v))
+            out[i] = half * v * onep
 
 
 @jit(parallel=True)
@@ -114,9 +127,9 @@ def _gelu_tanh_bwd(dy, x, dx, nchunks):
     for k in prange(nchunks):
         for i in range(k * per, min(n, (k + 1) * per)):
             v = x[i]
-            th = ftanh(k_ * (v + c_ * v * v * v))
+            onep, sech2 = _tanh_parts(k_ * (v + c_ * v * v * v))
             du = k_ * (one + c3 * v * v)
-            dx[i] = dy[i] * (half * (one + th) + half * v * (one - th * th) * du)
+            dx[i] = dy[i] * (half * onep + half * v * sech2 * du)
 
 
 @jit(parallel=True)

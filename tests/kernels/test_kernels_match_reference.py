@@ -1,0 +1,213 @@
+"""Every Numba kernel equals its NumPy reference, on hypothesis-drawn shapes: T=1, odd
+sizes, non-contiguous inputs, large-magnitude values; float32 (to the approximations'
+accuracy) and float64 (to rounding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npllm import kernels as K
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol=1e-13)}
+FEW = settings(max_examples=12, deadline=None)
+
+dims = st.integers(1, 37)
+seeds = st.integers(0, 2**32 - 1)
+
+
+def arr(rng, shape, dtype, scale=1.0, contiguous=True):
+    """A random array; when not `contiguous`, the same values in a strided layout."""
+    a = (rng.standard_normal(shape) * scale).astype(dtype)
+    if contiguous or len(shape) == 0:
+        return a
+    big = np.zeros((*shape[:-1], 2 * shape[-1]), dtype=dtype)
+    view = big[..., ::2]
+    view[...] = a
+    return view
+
+
+def both(name, *args):
+    return K.get(name, "numpy")(*args), K.get(name, "numba")(*args)
+
+
+def close(a, b, dtype, scale=1.0):
+    tol = TOL[dtype]
+    if a is None or b is None:
+        assert a is None and b is None
+        return
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype == dtype and a.shape == b.shape
+    np.testing.assert_allclose(b, a, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(n=dims, k=dims, m=dims, contiguous=st.booleans(), seed=seeds)
+def test_linear(dtype, n, k, m, contiguous, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = arr(rng, (n, k), dtype, 1, contiguous), arr(rng, (m, k), dtype), arr(rng, (m,), dtype)
+    ref, got = both("linear_forward", x, w, b)
+    close(ref, got, dtype, scale=k)
+    dout = arr(rng, (n, m), dtype, 1, contiguous)
+    for r, g in zip(*both("linear_backward", dout, x, w, True, True, True)):
+        close(r, g, dtype, scale=max(n, m))
+
+
+def test_gemm_numba_on_blocked_edges():
+    rng = np.random.default_rng(0)
+    for m, k, n in [(1, 1, 1), (5, 300, 7), (33, 513, 65), (64, 64, 64)]:
+        a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+        np.testing.assert_allclose(K.matmul.gemm_numba(a, b), a @ b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("log", [False, True])
+@FEW
+@given(
+    n=dims,
+    m=st.integers(1, 200),
+    scale=st.sampled_from([1.0, 30.0, 1e4]),
+    contiguous=st.booleans(),
+    seed=seeds,
+)
+def test_softmax(dtype, log, n, m, scale, contiguous, seed):
+    rng = np.random.default_rng(seed)
+    name = "log_softmax" if log else "softmax"
+    x = arr(rng, (n, m), dtype, scale, contiguous)
+    ref, got = both(f"{name}_forward", x)
+    close(ref, got, dtype, scale=scale if log else 1.0)
+    dy = arr(rng, (n, m), dtype, 1, contiguous)
+    close(*both(f"{name}_backward", dy, ref), dtype, scale=m if log else 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(n=dims, c=st.integers(1, 200), affine=st.booleans(), contiguous=st.booleans(), seed=seeds)
+def test_layernorm(dtype, n, c, affine, contiguous, seed):
+    rng = np.random.default_rng(seed)
+    x = arr(rng, (n, c), dtype, 3.0, contiguous) + dtype(5)
+    w = arr(rng, (c,), dtype) if affine else None
+    b = arr(rng, (c,), dtype) if affine else None
+    (o1, m1, r1), (o2, m2, r2) = both("layernorm_forward", x, w, b, 1e-5)
+    close(o1, o2, dtype, 10)
+    close(m1, m2, dtype, 10)
+    close(r1, r2, dtype)
+    dout = arr(rng, (n, c), dtype, 1, contiguous)
+    for r, g in zip(*both("layernorm_backward", dout, x, m1, r1, w)):
+        close(r, g, dtype, scale=10 * n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["relu", "tanh", "none"])
+@FEW
+@given(
+    shape=st.lists(dims, min_size=1, max_size=3),
+    scale=st.sampled_from([1.0, 5.0, 1e3]),
+    contiguous=st.booleans(),
+    seed=seeds,
+)
+def test_activations(dtype, kind, shape, scale, contiguous, seed):
+    rng = np.random.default_rng(seed)
+    x = arr(rng, tuple(shape), dtype, scale, contiguous)
+    dy = arr(rng, tuple(shape), dtype, 1, contiguous)
+    if kind == "relu":
+        y, y2 = both("relu_forward", x)
+        close(y, y2, dtype)
+        close(*both("relu_backward", dy, y), dtype)
+    else:
+        close(*both("gelu_forward", x, kind), dtype, scale)
+        close(*both("gelu_backward", dy, x, kind), dtype, scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(
+    n=dims,
+    v=st.integers(1, 300),
+    scale=st.sampled_from([1.0, 30.0, 1e4]),
+    ignore=st.floats(0, 1),
+    contiguous=st.booleans(),
+    seed=seeds,
+)
+def test_cross_entropy(dtype, n, v, scale, ignore, contiguous, seed):
+    rng = np.random.default_rng(seed)
+    logits = arr(rng, (n, v), dtype, scale, contiguous)
+    targets = rng.integers(0, v, size=n)
+    targets[rng.random(n) < ignore] = -1
+    (l1, lse1), (l2, lse2) = both("cross_entropy_forward", logits, targets, -1)
+    close(l1, l2, dtype, scale)
+    close(lse1, lse2, dtype, scale)
+    dl = np.asarray(1.5, dtype)
+    close(*both("cross_entropy_backward", dl, logits, targets, lse1, -1), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(
+    b=st.integers(1, 3),
+    nh=st.integers(1, 3),
+    tq=st.integers(1, 17),
+    extra=st.integers(0, 9),
+    hs=st.integers(1, 33),
+    causal=st.booleans(),
+    contiguous=st.booleans(),
+    seed=seeds,
+)
+def test_attention(dtype, b, nh, tq, extra, hs, causal, contiguous, seed):
+    rng = np.random.default_rng(seed)
+    tk = tq + extra
+    q = arr(rng, (b, nh, tq, hs), dtype, 1, contiguous)
+    k = arr(rng, (b, nh, tk, hs), dtype, 1, contiguous)
+    v = arr(rng, (b, nh, tk, hs), dtype, 1, contiguous)
+    (o1, a1), (o2, a2) = both("attention_forward", q, k, v, causal)
+    close(o1, o2, dtype, 3)
+    close(a1, a2, dtype)
+    dout = arr(rng, (b, nh, tq, hs), dtype, 1, contiguous)
+    for r, g in zip(*both("attention_backward", dout, q, k, v, a1)):
+        close(r, g, dtype, 10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(n=st.integers(0, 50), v=st.integers(1, 20), c=dims, seed=seeds)
+def test_embedding(dtype, n, v, c, seed):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v, size=n)  # repeats are likely
+    w = arr(rng, (v, c), dtype)
+    close(*both("embedding_forward", idx, w), dtype)
+    dout = arr(rng, (n, c), dtype, 1, contiguous=False)
+    close(*both("embedding_backward", dout, idx, v), dtype, scale=n + 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(shape=st.lists(dims, min_size=1, max_size=3), p=st.floats(0.0, 0.9), seed=seeds)
+def test_dropout(dtype, shape, p, seed):
+    rng = np.random.default_rng(seed)
+    x = arr(rng, tuple(shape), dtype, 1, contiguous=False)
+    u = rng.random(tuple(shape), dtype=dtype)
+    (o1, k1), (o2, k2) = both("dropout_forward", x, u, p)
+    close(o1, o2, dtype)
+    np.testing.assert_array_equal(k1, k2)
+    close(*both("dropout_backward", x, k1, p), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(
+    n=st.integers(1, 70000), wd=st.sampled_from([0.0, 0.1]), step=st.integers(1, 1000), seed=seeds
+)
+def test_adamw(dtype, n, wd, step, seed):
+    rng = np.random.default_rng(seed)
+    state = [rng.standard_normal(n).astype(dtype) for _ in range(3)]
+    state[2] = np.abs(state[2])  # v >= 0
+    grad = arr(rng, (n,), dtype, 1, contiguous=False)
+    copies = [[a.copy() for a in state] for _ in range(2)]
+    for backend, (p, m, v) in zip(("numpy", "numba"), copies):
+        K.get("adamw_update", backend)(p, grad, m, v, 1e-3, 0.9, 0.95, 1e-8, wd, step)
+    for a, b in zip(*copies):
+        close(a, b, dtype)
