@@ -1,0 +1,323 @@
+"""Text generation: a KV-cache decoder on plain arrays, `generate` and `stream`.
+
+`Decoder` runs GPT's forward for inference only: it reads the model's parameter arrays
+(by their nanoGPT state-dict names) and computes with NumPy and the kernels of
+`npllm.kernels`, building no autograd graph. At batch 1 the per-op overhead of a
+framework dominates decoding (PERF_NOTES: ~0.7 ms a token for 4 layers in torch eager), so
+this path keeps each step to a few array operations per layer. Linear weights may be
+float32 arrays or `npllm.quant.Int8Weight`s, which run through the int8 kernel.
+
+The KV cache (`KVCache`): per layer, keys and values preallocated as (B, nh, block_size, hs).
+`Decoder.forward(idx, cache)` appends the keys and values of `idx`'s positions to the cache
+and attends each new query over everything cached so far, so the same call is the prefill
+(the whole prompt in one pass) and a decode step (one token). When the context passes
+`block_size`, the window is cropped to the last `block_size` tokens and the cache is rebuilt
+from them by a new prefill: positions are learned absolute embeddings, so cached keys cannot
+be shifted to new positions. Every token past the window therefore costs a prefill of
+`block_size` tokens, exactly what nanoGPT's recomputation does for every token.
+
+`generate`/`stream` sample with the rules of `npllm.sampling`. Stop sequences are checked
+on the generated ids only and are included in the output; in a batch, a row that has
+stopped yields -1 from then on while the others continue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from npllm import kernels
+from npllm.errors import ConfigError, DataError, ShapeError
+from npllm.kernels.int8 import int8_linear
+from npllm.quant import Int8Weight, load_weights
+from npllm.sampling import check_sampling_args, process_logits, sample
+
+_LAYERNORM = kernels.get("layernorm_forward", "numpy")
+_RELU = kernels.get("relu_forward", "numpy")
+_GELU = kernels.get("gelu_forward", "numpy")
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, (B, nh, block_size, hs) each; positions
+    [0, length) are filled."""
+
+    k: list[np.ndarray]
+    v: list[np.ndarray]
+    length: int = 0
+
+
+def _linear(x: np.ndarray, w: Any, b: np.ndarray | None) -> np.ndarray:
+    """x (N, in) @ w (out, in).T + b -> (N, out), float32 or int8 weights."""
+    if isinstance(w, Int8Weight):
+        return int8_linear(x, w.q, w.scale, b)
+    y = x @ w.T
+    if b is not None:
+        y += b
+    return y
+
+
+class Decoder:
+    """GPT inference on arrays. `weights`: name -> float32 array or `Int8Weight`, with
+    nanoGPT's names (`model.state_dict()`, or `npllm.quant.load_weights` of a quantized
+    one); the lm_head is the token embedding (tied)."""
+
+    def __init__(self, config: Any, weights: dict[str, Any]) -> None:
+        self.config = config
+        c = config
+        self.n_head, self.hs = c.n_head, c.n_embd // c.n_head
+        act = getattr(c, "activation", "gelu")
+        if act not in ("gelu", "gelu_exact", "relu"):
+            raise ConfigError(f"unknown activation {act!r}; use gelu, gelu_exact or relu")
+        self.activation = act
+        missing = [n for n in ("transformer.wte.weight", "transformer.wpe.weight",
+                               "transformer.ln_f.weight") if n not in weights]
+        if missing:
+            raise ShapeError(f"the weights lack {', '.join(missing)}; pass a GPT's state dict")
+        self.wte = weights["transformer.wte.weight"]  # (V, C), also the lm_head
+        self.wpe = weights["transformer.wpe.weight"]  # (block_size, C)
+        self.ln_f = (weights["transformer.ln_f.weight"], weights.get("transformer.ln_f.bias"))
+        self.layers = []
+        for i in range(c.n_layer):
+            p = f"transformer.h.{i}."
+            self.layers.append({
+                name: weights.get(p + name)
+                for name in ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                             "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",
+                             "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                             "mlp.c_proj.weight", "mlp.c_proj.bias")
+            })
+
+    @classmethod
+    def from_model(cls, model: Any) -> Decoder:
+        """A decoder over a GPT's parameter arrays (shared, not copied)."""
+        return cls(model.config, load_weights(model.state_dict()))
+
+    def new_cache(self, batch: int) -> KVCache:
+        c = self.config
+        shape = (batch, self.n_head, c.block_size, self.hs)
+        return KVCache([np.zeros(shape, np.float32) for _ in range(c.n_layer)],
+                       [np.zeros(shape, np.float32) for _ in range(c.n_layer)])
+
+    def check_idx(self, idx: Any) -> np.ndarray:
+        idx = np.asarray(idx)
+        if idx.ndim != 2 or idx.shape[1] == 0 or not np.issubdtype(idx.dtype, np.integer):
+            raise ShapeError(
+                f"token ids must be a non-empty integer array (B, T) or (T,), got dtype "
+                f"{idx.dtype} and shape {idx.shape}"
+            )
+        V = self.config.vocab_size
+        if idx.min() < 0 or idx.max() >= V:
+            raise DataError(
+                f"token ids must be in [0, {V - 1}] for vocab_size {V}, got "
+                f"[{idx.min()}, {idx.max()}]; encode with the model's own tokenizer"
+            )
+        return idx.astype(np.int64, copy=False)
+
+    def forward(self, idx: np.ndarray, cache: KVCache | None = None,
+                last_only: bool = False) -> np.ndarray:
+        """Logits (B, T, V) for token ids idx (B, T), or (B, V) for the last position with
+        `last_only`. With a cache, idx continues the cached positions (their keys and
+        values are appended); without one, idx is the whole context."""
+        B, T = idx.shape
+        start = 0 if cache is None else cache.length
+        if start + T > self.config.block_size:
+            raise ShapeError(
+                f"{start + T} positions do not fit block_size {self.config.block_size}; "
+                "crop the context to its last block_size tokens"
+            )
+        if isinstance(self.wte, Int8Weight):
+            x = self.wte.rows(idx)  # (B, T, C)
+        else:
+            x = self.wte[idx]  # (B, T, C)
+        x = (x + self.wpe[start:start + T]).reshape(B * T, -1)  # (B*T, C)
+        for i, p in enumerate(self.layers):
+            h = self._layernorm(x, p["ln_1.weight"], p["ln_1.bias"])
+            x += self._attention(h, p, B, T, i, start, cache)
+            h = self._layernorm(x, p["ln_2.weight"], p["ln_2.bias"])
+            h = self._activation(_linear(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"]))
+            x += _linear(h, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
+        if cache is not None:
+            cache.length = start + T
+        C = x.shape[-1]
+        if last_only:
+            x = x.reshape(B, T, C)[:, -1]  # (B, C): the only logits sampling needs
+        x = self._layernorm(x, *self.ln_f)
+        logits = _linear(x, self.wte, None)  # (B*T, V) or (B, V)
+        return logits if last_only else logits.reshape(B, T, -1)
+
+    __call__ = forward
+
+    # LayerNorm and the activations run as NumPy (the kernels' references): at decode
+    # shapes a Numba prange launch costs more than the work, and its thread pool fights
+    # OpenBLAS's (PERF_NOTES). Exact GELU needs erf, which NumPy lacks: the active kernel.
+    def _layernorm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        return _LAYERNORM(x, w, b, 1e-5)[0]
+
+    def _activation(self, h: np.ndarray) -> np.ndarray:
+        if self.activation == "relu":
+            return _RELU(h)
+        if self.activation == "gelu":
+            return _GELU(h, "tanh")
+        return kernels.gelu_forward(h, "none")
+
+    def _attention(self, h: np.ndarray, p: dict, B: int, T: int, layer: int, start: int,
+                   cache: KVCache | None) -> np.ndarray:
+        nh, hs = self.n_head, self.hs
+        C = nh * hs
+        qkv = _linear(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"])  # (B*T, 3C)
+        qkv = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, T, hs) each
+        S = start + T
+        if cache is not None:
+            cache.k[layer][:, :, start:S] = k
+            cache.v[layer][:, :, start:S] = v
+            k, v = cache.k[layer][:, :, :S], cache.v[layer][:, :, :S]  # (B, nh, S, hs)
+        att = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / math.sqrt(hs))  # (B, nh, T, S)
+        if T > 1:
+            # query t sits at position start + t and sees keys up to it
+            mask = np.arange(S)[None, :] > (start + np.arange(T))[:, None]  # (T, S)
+            att[..., mask] = -np.inf
+        att = np.exp(att - att.max(axis=-1, keepdims=True))
+        att /= att.sum(axis=-1, keepdims=True)
+        y = (att @ v).transpose(0, 2, 1, 3).reshape(B * T, C)  # (B*T, C), heads side by side
+        return _linear(y, p["attn.c_proj.weight"], p["attn.c_proj.bias"])
+
+
+def as_decoder(model: Any) -> Decoder:
+    """A `Decoder` as is, or one over a GPT's parameters."""
+    return model if isinstance(model, Decoder) else Decoder.from_model(model)
+
+
+def _stop_sequences(stop: Any) -> list[np.ndarray]:
+    """None -> []; a token id -> [[id]]; a list of ids -> that one sequence; a list of
+    lists -> several sequences."""
+    if stop is None:
+        return []
+    if isinstance(stop, (int, np.integer)):
+        return [np.array([stop], np.int64)]
+    stop = list(stop)
+    if stop and all(isinstance(s, (int, np.integer)) for s in stop):
+        stop = [stop]
+    seqs = [np.asarray(s, np.int64).reshape(-1) for s in stop]
+    if not seqs or any(s.size == 0 for s in seqs):
+        raise ConfigError(
+            f"stop must be a token id, a non-empty list of ids or a list of such lists, "
+            f"got {stop!r}"
+        )
+    return seqs
+
+
+def stream(
+    model: Any,
+    idx: Any,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = None,
+    stop: int | Sequence[int] | Sequence[Sequence[int]] | None = None,
+    use_cache: bool = True,
+) -> Iterator[Any]:
+    """Yield new token ids one step at a time: an int for a 1-D prompt (T,), a (B,) int64
+    array for a batch (B, T) of equal-length prompts (-1 for rows already stopped). The
+    generator's return value (`StopIteration.value`) is the finish reason, "stop" when
+    every row ended with a stop sequence, else "length".
+
+    `model` is a GPT or a `Decoder`. temperature 0 or `greedy` picks the argmax; `seed`
+    seeds the sampler's `numpy.random.Generator`. `use_cache=False` recomputes the whole
+    context for every token (for comparison). Prompts longer than block_size are cropped
+    to their last block_size tokens."""
+    check_sampling_args(temperature, top_k, top_p, repetition_penalty)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+            or max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    stops = _stop_sequences(stop)
+    dec = as_decoder(model)
+    single = np.ndim(idx) == 1
+    context = dec.check_idx(np.asarray(idx)[None] if single else idx)  # (B, T)
+    # validated above, before the first `next`: a generator body would only raise there
+    return _stream(dec, context, max_new_tokens, single, stops, temperature=temperature,
+                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                   greedy=greedy or temperature == 0, rng=np.random.default_rng(seed),
+                   use_cache=use_cache)
+
+
+def _stream(dec: Decoder, context: np.ndarray, max_new_tokens: int, single: bool,
+            stops: list[np.ndarray], *, temperature: float, top_k: int | None,
+            top_p: float | None, repetition_penalty: float, greedy: bool,
+            rng: np.random.Generator, use_cache: bool) -> Iterator[Any]:
+    B, bs = context.shape[0], dec.config.block_size
+    new = np.empty((B, 0), np.int64)  # the generated ids, -1 after a row stopped
+    done = np.zeros(B, bool)
+    if max_new_tokens == 0:
+        return "length"
+    cache = dec.new_cache(B) if use_cache else None
+    logits = dec.forward(context[:, -bs:], cache, last_only=True)  # (B, V)
+    for step in range(max_new_tokens):
+        logits = process_logits(logits, context, temperature=temperature, top_k=top_k,
+                                top_p=top_p, repetition_penalty=repetition_penalty)
+        nxt = sample(logits, rng, greedy=greedy)  # (B,)
+        # a stopped row keeps feeding its last token (ignored) so the batch stays aligned
+        context = np.concatenate([context, np.where(done, context[:, -1], nxt)[:, None]], 1)
+        out = np.where(done, -1, nxt)
+        new = np.concatenate([new, out[:, None]], axis=1)
+        yield int(out[0]) if single else out
+        for s in stops:
+            if new.shape[1] >= s.size:
+                done |= np.all(new[:, -s.size:] == s, axis=1)
+        if done.all():
+            return "stop"
+        if step == max_new_tokens - 1:
+            break
+        if cache is None:
+            logits = dec.forward(context[:, -bs:], None, last_only=True)
+        elif cache.length == bs:
+            # the window is full: crop it and rebuild the cache from the cropped context
+            cache.length = 0
+            logits = dec.forward(context[:, -bs:], cache, last_only=True)
+        else:
+            logits = dec.forward(context[:, -1:], cache, last_only=True)
+    return "length"
+
+
+def generate(
+    model: Any,
+    idx: Any,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = None,
+    stop: int | Sequence[int] | Sequence[Sequence[int]] | None = None,
+    use_cache: bool = True,
+) -> tuple[np.ndarray, str]:
+    """Generate up to `max_new_tokens` ids after the prompt `idx` ((T,) or (B, T)).
+    Returns (new_ids, finish_reason): new_ids (n,) or (B, n) int64 without the prompt
+    (rows that stopped early are padded with -1), finish_reason "stop" or "length".
+    Arguments as `stream`."""
+    it = stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                top_p=top_p, repetition_penalty=repetition_penalty, greedy=greedy, seed=seed,
+                stop=stop, use_cache=use_cache)
+    ids: list[Any] = []
+    while True:
+        try:
+            ids.append(next(it))
+        except StopIteration as fin:
+            reason = fin.value
+            break
+    single = np.ndim(idx) == 1
+    if single:
+        return np.array(ids, np.int64), reason
+    B = np.shape(idx)[0]
+    return (np.stack(ids, axis=1) if ids else np.empty((B, 0), np.int64)), reason

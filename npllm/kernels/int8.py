@@ -1,0 +1,103 @@
+"""Int8 weight-only linear layer: y = x @ dequant(Wq).T + b, dequantizing on the fly.
+
+    int8_linear(x, wq, scale, b) -> y
+        x (N, K) float32, wq (M, K) int8, scale (M,) float32, b (M,) float32 or None
+        y[n, m] = scale[m] * sum_k x[n, k] * wq[m, k] + b[m]
+
+The scale is per output channel (one per row of wq, see npllm/quant.py), so it factors out
+of the dot product: the kernel accumulates x . wq[m] in float32 and multiplies once. The
+weights are never expanded to float32 in memory: at batch 1 a linear layer is a
+matrix-vector product bound by reading the weights, and int8 reads 4x fewer bytes.
+
+`int8_linear_numpy` is the reference (it does build the float32 matrix); `int8_linear_numba`
+loops over output rows (in parallel when the matrix is big enough to pay for a prange
+launch) and, inside a row, over the N inputs so each weight row is loaded once.
+`int8_linear` picks the Numba version unless `npllm.kernels.use("numpy")` is active.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from npllm.errors import ShapeError
+from npllm.kernels._jit import FASTMATH, jit
+
+# Below this many weights (M * K) a prange launch and the wake-up of the second thread
+# cost more than the work (PERF_NOTES, "Dispatch cost"); measured in benchmarks/generate.py.
+_PAR_MIN = 1 << 16
+
+
+def _check(x: np.ndarray, wq: np.ndarray, scale: np.ndarray, b: np.ndarray | None) -> None:
+    if x.ndim != 2 or wq.ndim != 2 or x.shape[1] != wq.shape[1]:
+        raise ShapeError(
+            f"int8_linear needs x (N, K) and wq (M, K), got x {x.shape} and wq {wq.shape}"
+        )
+    if wq.dtype != np.int8:
+        raise ShapeError(f"int8_linear needs int8 weights, got {wq.dtype}; quantize them first")
+    if scale.shape != (wq.shape[0],) or (b is not None and b.shape != (wq.shape[0],)):
+        raise ShapeError(
+            f"int8_linear needs scale and bias of shape ({wq.shape[0]},), got "
+            f"{scale.shape} and {None if b is None else b.shape}"
+        )
+
+
+# ---- NumPy reference -------------------------------------------------------------------
+def int8_linear_numpy(x, wq, scale, b=None):
+    _check(x, wq, scale, b)
+    w = wq.astype(x.dtype) * scale.astype(x.dtype)[:, None]  # (M, K), the float weights
+    y = x @ w.T
+    if b is not None:
+        y += b
+    return y
+
+
+# ---- Numba -----------------------------------------------------------------------------
+@njit(inline="always", fastmath=FASTMATH)
+def _row(x, w, s, bias, out, j):
+    # output column j for every input row: the weight row w is read once for all N
+    n, k = x.shape
+    t = x.dtype.type
+    for i in range(n):
+        xi = x[i]
+        acc = t(0)
+        for c in range(k):  # from 0 over a whole row: vectorises (PERF_NOTES)
+            acc += xi[c] * t(w[c])
+        out[i, j] = acc * s + bias
+
+
+# Two kernels rather than one with a flag: a prange loop always launches the thread pool.
+@jit
+def _int8_serial(x, wq, scale, b, out):
+    for j in range(wq.shape[0]):
+        _row(x, wq[j], scale[j], b[j], out, j)
+
+
+@jit(parallel=True)
+def _int8_parallel(x, wq, scale, b, out):
+    for j in prange(wq.shape[0]):
+        _row(x, wq[j], scale[j], b[j], out, j)
+
+
+def int8_linear_numba(x, wq, scale, b=None):
+    _check(x, wq, scale, b)
+    x = np.ascontiguousarray(x)
+    wq = np.ascontiguousarray(wq)
+    dt = x.dtype
+    scale_ = np.ascontiguousarray(scale, dtype=dt)
+    b_ = np.zeros(wq.shape[0], dt) if b is None else np.ascontiguousarray(b, dtype=dt)
+    out = np.empty((x.shape[0], wq.shape[0]), dt)
+    if out.size:
+        kernel = _int8_parallel if wq.size * x.shape[0] >= _PAR_MIN else _int8_serial
+        kernel(x, wq, scale_, b_, out)
+    return out
+
+
+def int8_linear(x, wq, scale, b=None):
+    """Dispatch on the kernel backend: NumPy reference under `kernels.use("numpy")`,
+    otherwise the Numba kernel."""
+    from npllm import kernels
+
+    if kernels.backend() == "numpy":
+        return int8_linear_numpy(x, wq, scale, b)
+    return int8_linear_numba(x, wq, scale, b)
