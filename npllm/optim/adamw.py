@@ -1,39 +1,18 @@
 """`AdamW` with PyTorch's exact semantics (torch.optim.AdamW, the default for-loop path):
-decoupled weight decay, bias-corrected moments, per-parameter step counts."""
+decoupled weight decay, bias-corrected moments, per-parameter step counts. The update of
+each parameter is one call of the fused `kernels.adamw_update` (Numba, or its NumPy
+reference), whose docstring spells out the arithmetic."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from npllm import kernels
 from npllm.errors import ConfigError
 from npllm.optim.optimizer import Optimizer
-
-
-def adamw_numpy(
-    param: np.ndarray,
-    grad: np.ndarray,
-    m: np.ndarray,
-    v: np.ndarray,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    step: int,
-) -> None:
-    """One AdamW update of `param`, `m` and `v` in place, in torch's order of operations."""
-    param *= 1.0 - lr * weight_decay  # decoupled decay, before the Adam step
-    m += (1.0 - beta1) * (grad - m)  # torch's lerp toward the gradient
-    v *= beta2
-    v += (1.0 - beta2) * grad * grad
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
-    denom = np.sqrt(v) / bias_correction2_sqrt + eps
-    param -= (lr / bias_correction1) * m / denom
 
 
 class AdamW(Optimizer):
@@ -76,7 +55,7 @@ class AdamW(Optimizer):
                         "exp_avg_sq": np.zeros_like(p.data),
                     }
                 s["step"] += 1
-                adamw_numpy(
+                kernels.adamw_update(
                     p.data,
                     p.grad,
                     s["exp_avg"],

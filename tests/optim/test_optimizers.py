@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from npllm import Tensor
+from npllm import Tensor, kernels
 from npllm.errors import CheckpointError, ConfigError
 from npllm.optim import SGD, AdamW
-from npllm.optim.adamw import adamw_numpy
 
 SHAPES = [(5, 3), (7,), (2, 3, 4), (1,)]
 
@@ -32,8 +31,18 @@ def _set_grads(rng, ours, theirs, dtype):
         q.grad = torch.tensor(g.copy())
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adamw_matches_torch_for_100_steps_with_groups(dtype):
+def test_adamw_matches_torch_for_100_steps_with_groups(dtype, backend):
+    with kernels.use(backend):
+        _adamw_vs_torch(dtype)
+
+
+def _adamw_vs_torch(dtype):
+    # float32: within 1e-6, absolute plus relative. The fused Numba update rounds a little
+    # differently from torch (fastmath "arcp"/"contract": reciprocal-multiply and FMA), an
+    # ulp here and there, and over 100 steps that reaches ~1.2e-6 on parameters near 1.3.
+    tol = 1e-6 if dtype == np.float32 else 1e-12
     rng = np.random.default_rng(0)
     ours, theirs = _pair(rng, dtype)
     hp = dict(lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
@@ -53,8 +62,8 @@ def test_adamw_matches_torch_for_100_steps_with_groups(dtype):
         opt.step()
         ref.step()
         for p, q in zip(ours, theirs):
-            assert p.dtype == dtype
-            np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=0, atol=1e-6)
+            assert p.dtype == dtype and opt.state[id(p)]["exp_avg"].dtype == dtype
+            np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=tol, atol=tol)
     # the decayed group really decayed: a zero-gradient step moves only decayed params
     before = [p.data.copy() for p in ours]
     for p in ours:
@@ -193,11 +202,3 @@ def test_optimizer_rejects_empty_and_duplicate_params():
         SGD([], lr=0.1)
     with pytest.raises(ConfigError, match="twice"):
         AdamW([{"params": [p]}, {"params": [p]}])
-
-
-def test_adamw_numpy_keeps_float32():
-    rng = np.random.default_rng(7)
-    p, g, m, v = (rng.standard_normal(8).astype(np.float32) for _ in range(4))
-    v = np.abs(v)
-    adamw_numpy(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.1, 3)
-    assert p.dtype == m.dtype == v.dtype == np.float32
