@@ -12,6 +12,10 @@ import sys
 # name -> (module, one-line help). Add a command by adding a line here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("npllm.demo", "fit a two-layer MLP on XOR with the autograd engine"),
+    "prepare": ("npllm.commands.prepare", "tokenize a corpus into train/val token files"),
+    "train": ("npllm.commands.train", "train a GPT on prepared data or a corpus"),
+    "sample": ("npllm.commands.sample", "print text sampled from a trained run"),
+    "plot": ("npllm.commands.plot", "draw a run's loss curves to a PNG"),
 }
 
 

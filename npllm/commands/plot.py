@@ -1,0 +1,17 @@
+"""`npllm plot RUN`: the loss curves of a run as a PNG (needs the `plot` extra)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="a run folder of `npllm train`")
+    p.add_argument("--out", metavar="PNG", help="where to write the plot (default RUN/loss.png)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from npllm.plot import plot_losses
+
+    print(f"wrote {plot_losses(args.run, args.out)}")
+    return 0

@@ -1,0 +1,145 @@
+"""`npllm train`: train a GPT on a prepared data folder (`--data DIR`) or straight from a
+corpus (`--corpus NAME|FILE`, prepared into RUN/data first). Every field of `GPTConfig`
+and `TrainConfig` is a flag (`--n-layer 2`, `--max-iters 200`); precedence, lowest first:
+the defaults, the preset, then the flags given. `--resume` continues the run's `last`
+checkpoint with its recorded configs, where flags may change training fields such as
+`--max-iters` but not the model."""
+
+from __future__ import annotations
+
+import argparse
+
+from npllm.commands.prepare import add_corpus_arguments
+
+PRESET_NAMES = ("cpu-small", "guppy")  # npllm.train.PRESETS, listed here to keep --help light
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+# (field, type, help) for every field of GPTConfig, then of TrainConfig; a test checks
+# that this table and the dataclasses agree.
+MODEL_FLAGS: list[tuple[str, object, str]] = [
+    ("vocab_size", int, "vocabulary size (default: the data's; larger pads the embedding)"),
+    ("block_size", int, "context length in tokens"),
+    ("n_layer", int, "transformer blocks"),
+    ("n_head", int, "attention heads (must divide n_embd)"),
+    ("n_embd", int, "embedding width"),
+    ("dropout", float, "dropout probability while training"),
+    ("bias", bool, "biases in Linear and LayerNorm layers"),
+    ("mlp_hidden", _int_or_none, "MLP hidden width (none: 4 * n_embd)"),
+    ("activation", str, "MLP activation: gelu (tanh approximation), gelu_exact or relu"),
+]
+TRAIN_FLAGS: list[tuple[str, object, str]] = [
+    ("batch_size", int, "sequences per micro-batch"),
+    ("max_iters", int, "optimizer steps in total"),
+    ("lr_decay_iters", _int_or_none, "step where the cosine decay reaches min_lr "
+                                     "(none: max_iters)"),
+    ("learning_rate", float, "peak learning rate"),
+    ("min_lr", float, "final learning rate"),
+    ("warmup_iters", int, "linear warmup steps"),
+    ("decay_lr", bool, "warmup + cosine decay (--no-decay-lr: constant learning rate)"),
+    ("weight_decay", float, "AdamW weight decay on 2-D weights"),
+    ("beta1", float, "AdamW beta1"),
+    ("beta2", float, "AdamW beta2"),
+    ("grad_clip", float, "clip the global gradient norm to this (0: off)"),
+    ("gradient_accumulation_steps", int, "micro-batches per optimizer step"),
+    ("eval_interval", int, "evaluate and checkpoint every this many steps"),
+    ("eval_iters", int, "batches per split at each evaluation"),
+    ("log_interval", int, "write the training loss to metrics.jsonl every this many steps"),
+    ("seed", int, "seed of the init, dropout and batch streams"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("data (one of)")
+    src.add_argument("--data", metavar="DIR", help="a folder written by `npllm prepare`")
+    add_corpus_arguments(src, corpus_default=None, vocab_flag=False)
+    run = p.add_argument_group("run")
+    run.add_argument("--out", required=True, metavar="RUN",
+                     help="run folder: checkpoints, metrics.jsonl")
+    run.add_argument("--preset", default="cpu-small", metavar="NAME",
+                     help=f"starting config: {', '.join(PRESET_NAMES)} (default cpu-small)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --out")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
+    for title, table in (("model", MODEL_FLAGS), ("training", TRAIN_FLAGS)):
+        group = p.add_argument_group(f"{title} config (defaults from the preset)")
+        for name, typ, help_text in table:
+            flag = "--" + name.replace("_", "-")
+            if typ is bool:
+                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=help_text)
+            else:
+                group.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS,
+                                   metavar=name.split("_")[-1].upper(), help=help_text)
+
+
+def resolve(args: argparse.Namespace):
+    """(data folder, GPTConfig, TrainConfig) from the flags, the preset, the data and, on
+    --resume, the run's checkpoint."""
+    from pathlib import Path
+
+    from npllm.data import load_meta, prepare
+    from npllm.errors import CheckpointError, ConfigError
+    from npllm.gpt import GPTConfig
+    from npllm.train import (
+        TrainConfig,
+        check_run_dir,
+        preset_values,
+        resume_configs,
+        split_overrides,
+    )
+
+    preset = preset_values(args.preset)
+    flags = {name: getattr(args, name) for name, _, _ in MODEL_FLAGS + TRAIN_FLAGS
+             if hasattr(args, name)}
+    model_flags, train_flags = split_overrides(flags)
+    if args.resume and args.overwrite:
+        raise ConfigError("pass either --resume or --overwrite, not both")
+    if args.data and args.corpus:
+        raise ConfigError("pass --data DIR or --corpus NAME|FILE, not both")
+    if args.resume:
+        if args.corpus:
+            raise ConfigError("--resume trains on the run's own data; drop --corpus")
+        model_values, train_values, data_dir = resume_configs(args.out)
+        for k, v in model_flags.items():
+            if model_values.get(k) != v:
+                raise CheckpointError(
+                    f"the run in {args.out} has {k}={model_values.get(k)!r} but "
+                    f"--{k.replace('_', '-')} {v} was given: a resumed model keeps its shape; "
+                    "drop the flag, or start a new run with --overwrite")
+        data_dir = args.data or data_dir
+        train_values.update(train_flags)
+    else:
+        if args.data:
+            data_dir = args.data
+        else:
+            data_dir = str(Path(args.out) / "data")
+            corpus = args.corpus or "shakespeare"
+            bpe_vocab = model_flags.get("vocab_size") if args.tokenizer == "bpe" else None
+            check_run_dir(Path(args.out), resume=False, overwrite=args.overwrite)
+            prepare(corpus, data_dir, args.tokenizer, bpe_vocab)
+        pm, pt = split_overrides(preset)
+        model_values = {**pm, **model_flags}
+        model_values.setdefault("vocab_size", int(load_meta(data_dir)["vocab_size"]))
+        train_values = {**pt, **train_flags}
+    try:
+        return data_dir, GPTConfig(**model_values), TrainConfig(**train_values)
+    except TypeError as e:
+        raise ConfigError(f"incomplete model config ({e}); pass the missing flag") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from npllm.train import train
+
+    data_dir, model_config, config = resolve(args)
+    result = train(data_dir, args.out, model_config, config, resume=args.resume,
+                   overwrite=args.overwrite, progress=False if args.quiet else None,
+                   echo=not args.quiet)
+    print(f"trained {result.iter} iterations in {result.seconds:.1f} s: val loss "
+          f"{result.val_loss:.4f} (best {result.best_val_loss:.4f}); run in {args.out}")
+    return 0
