@@ -2,7 +2,8 @@
 `ModuleDict` for nanoGPT-shaped names (`transformer.h.0.attn.c_attn.weight`).
 
 A module's state is its attributes: every `Tensor` attribute is a parameter, every
-`Module` attribute a child, both named by the attribute name in the order they were set.
+`Module` attribute a child, both named by the attribute name. As in PyTorch, names are
+listed module by module, depth first, a module's own parameters before its children's.
 Intermediate tensors are therefore never kept as attributes. Two attributes holding the
 same `Tensor` object (the tied `wte`/`lm_head` weight) are one parameter: `parameters()`
 yields it once, `state_dict()` lists it under both names, as PyTorch does.
