@@ -17,6 +17,21 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 from npllm.autograd import Tensor, concatenate, gradcheck, no_grad, split
 from npllm.errors import NpllmError
+from npllm.gpt import GPT, GPTConfig
+from npllm.optim import SGD, AdamW, clip_grad_norm, cosine_lr
 
 __version__ = "0.1.0"
-__all__ = ["NpllmError", "Tensor", "concatenate", "gradcheck", "no_grad", "split"]
+__all__ = [
+    "GPT",
+    "SGD",
+    "AdamW",
+    "GPTConfig",
+    "NpllmError",
+    "Tensor",
+    "clip_grad_norm",
+    "concatenate",
+    "cosine_lr",
+    "gradcheck",
+    "no_grad",
+    "split",
+]
