@@ -73,8 +73,10 @@ class TrainConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.decay_lr and self.decay_iters < self.warmup_iters:
-            raise ConfigError(f"--lr-decay-iters ({self.decay_iters}) must be at least "
-                              f"--warmup-iters ({self.warmup_iters})")
+            raise ConfigError(f"the learning rate would finish decaying at step {self.decay_iters} "
+                              "(--lr-decay-iters, default --max-iters) before its warmup ends "
+                              f"(--warmup-iters {self.warmup_iters}); lower --warmup-iters or "
+                              "raise --lr-decay-iters")
 
     @property
     def decay_iters(self) -> int:
@@ -94,7 +96,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT's CPU run of train_shakespeare_char (its README): ~0.8M parameters
     "cpu-small": dict(
         n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-        batch_size=12, max_iters=2000, lr_decay_iters=2000, learning_rate=1e-3, min_lr=1e-4,
+        batch_size=12, max_iters=2000, lr_decay_iters=None, learning_rate=1e-3, min_lr=1e-4,
         warmup_iters=100, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
         eval_interval=250, eval_iters=200,
     ),

@@ -48,7 +48,7 @@ def test_learning_rate_warms_up_then_decays_to_min_lr():
     ("batch_size", 0), ("max_iters", -1), ("learning_rate", float("nan")), ("beta1", 1.0),
     ("eval_iters", 0), ("lr_decay_iters", 5)])
 def test_validation_names_the_flag(field, value):
-    with pytest.raises(ConfigError, match=field.replace("_", "-")):
+    with pytest.raises(ConfigError, match="--" + field.replace("_", "-")):
         TrainConfig(**{field: value}).validate()
 
 
