@@ -1,5 +1,8 @@
-"""`npllm sample`: print text from a run's best checkpoint (or `--checkpoint last`),
-streamed token by token with `npllm.generate.stream` (KV cache, temperature, top-k)."""
+"""`npllm sample`: print text from a run's best checkpoint (or `--checkpoint last`, or the
+int8 one of `npllm quantize` with `--quantized`), generated with `npllm.generate.stream`
+(KV cache, temperature, top-k, top-p, repetition penalty, greedy); `--stream` prints each
+token as it comes. `--stop TEXT` ends the text after the first occurrence of TEXT (checked
+on the decoded text, so it works whatever the tokenizer's token boundaries)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1337, metavar="S", help="sampling seed")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"),
                    help="which checkpoint of the run (default best)")
+    p.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="nucleus sampling: the smallest top set with probability >= P")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="CTRL penalty on tokens already in the context (default 1: off)")
+    p.add_argument("--greedy", action="store_true", help="always the most likely token")
+    p.add_argument("--stream", action="store_true", help="print tokens as they come")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end after this text (backslash escapes such as \\n work; "
+                        "repeatable)")
+    p.add_argument("--quantized", action="store_true",
+                   help="use the run's int8 checkpoint written by `npllm quantize`")
 
 
 def load_model(run_dir: str, name: str = "best"):
@@ -38,7 +52,32 @@ def load_model(run_dir: str, name: str = "best"):
     return model, tokenizer
 
 
+def load_quantized(run_dir: str):
+    """(`Decoder` over the int8 weights, tokenizer) from the run's `int8` checkpoint."""
+    from npllm.checkpoint import load_checkpoint
+    from npllm.commands.quantize import QUANT_NAME
+    from npllm.errors import CheckpointError
+    from npllm.generate import Decoder
+    from npllm.gpt import GPTConfig
+    from npllm.quant import load_weights
+    from npllm.tokenizers import tokenizer_from_dict
+
+    try:
+        ck = load_checkpoint(run_dir, QUANT_NAME)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (for --quantized, run `npllm quantize {run_dir}` "
+                              "first)") from None
+    try:
+        config = GPTConfig(**ck.info["model_config"])
+        tokenizer = tokenizer_from_dict(ck.info["tokenizer"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"the int8 checkpoint in {run_dir} lacks {e}; it is corrupt; "
+                              f"run `npllm quantize {run_dir}` again") from None
+    return Decoder(config, load_weights(ck.model_state)), tokenizer
+
+
 def run(args: argparse.Namespace) -> int:
+    import codecs
     import sys
 
     from npllm.errors import ConfigError, DataError
@@ -46,22 +85,41 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0, got {args.top_k}")
-    model, tokenizer = load_model(args.run, args.checkpoint)
+    if args.quantized:
+        model, tokenizer = load_quantized(args.run)
+    else:
+        model, tokenizer = load_model(args.run, args.checkpoint)
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
         raise DataError("the prompt is empty; pass some text with --prompt")
+    block_size = model.config.block_size
+    if len(prompt) > block_size:
+        print(f"npllm sample: warning: the prompt is {len(prompt)} tokens, longer than the "
+              f"context of {block_size}; only its last {block_size} are used", file=sys.stderr)
+        prompt = prompt[-block_size:]
+    stops = [codecs.decode(s, "unicode_escape") for s in args.stop]
+    if any(not s for s in stops):
+        raise ConfigError("--stop needs a non-empty text")
     out, new_ids, shown = sys.stdout, [], 0
     out.write(args.prompt)
+    text = ""
     for token in stream(model, prompt, args.max_new_tokens, temperature=args.temperature,
-                        top_k=args.top_k or None, seed=args.seed):
+                        top_k=args.top_k or None, top_p=args.top_p,
+                        repetition_penalty=args.repetition_penalty, greedy=args.greedy,
+                        seed=args.seed):
         new_ids.append(token)
         # Decode everything generated so far: a BPE token may end inside a UTF-8
         # character, which shows as U+FFFD until the next token completes it.
         text = tokenizer.decode(new_ids)
+        ends = [text.find(s) + len(s) for s in stops if s in text]
+        if ends:
+            text = text[: min(ends)]
         ready = len(text.rstrip("\ufffd"))
-        if ready > shown:
+        if args.stream and ready > shown:
             out.write(text[shown:ready])
             out.flush()
             shown = ready
-    out.write(tokenizer.decode(new_ids)[shown:] + "\n")
+        if ends:
+            break
+    out.write(text[shown:] + "\n")
     return 0
