@@ -20,9 +20,10 @@ from npllm.layers.module import Module
 def normal_param(
     shape: tuple[int, ...], std: float, rng: np.random.Generator | None, dtype: Any
 ) -> Tensor:
+    """normal(0, std) drawn in float64 and then cast, so a seed gives the same init in
+    every dtype (float32's own sampler would draw a different stream)."""
     rng = np.random.default_rng() if rng is None else rng
-    data = rng.standard_normal(shape, dtype=np.dtype(dtype)) * np.dtype(dtype).type(std)
-    return Tensor(data, requires_grad=True)
+    return Tensor((rng.standard_normal(shape) * std).astype(dtype), requires_grad=True)
 
 
 def constant_param(shape: tuple[int, ...], value: float, dtype: Any) -> Tensor:

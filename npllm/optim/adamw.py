@@ -19,6 +19,8 @@ class AdamW(Optimizer):
     """AdamW over Tensors or param groups (dicts with "params" and any of lr, betas, eps,
     weight_decay). State per parameter: "step", "exp_avg", "exp_avg_sq"."""
 
+    state_keys = ("step", "exp_avg", "exp_avg_sq")
+
     def __init__(
         self,
         params: Iterable[Any],

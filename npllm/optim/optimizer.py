@@ -23,6 +23,7 @@ from npllm.errors import CheckpointError, ConfigError
 
 class Optimizer:
     defaults: dict[str, Any]
+    state_keys: tuple[str, ...] = ()  # the names in each parameter's state
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self.defaults = defaults
@@ -100,6 +101,12 @@ class Optimizer:
             if not 0 <= i < len(params):
                 raise CheckpointError(f"optimizer state for parameter {i}, which does not exist")
             p = params[i]
+            if set(saved) != set(self.state_keys):
+                raise CheckpointError(
+                    f"the optimizer state of parameter {i} holds {sorted(saved)}, but "
+                    f"{type(self).__name__} keeps {sorted(self.state_keys)}; it was saved by "
+                    "another optimizer"
+                )
             entry: dict[str, Any] = {}
             for name, value in saved.items():
                 if isinstance(value, (np.ndarray, Tensor)) or hasattr(value, "__array__"):

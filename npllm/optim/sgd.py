@@ -17,6 +17,8 @@ class SGD(Optimizer):
     buf = momentum * buf + d (buf = d at the first step) and d = buf.
     State per parameter with momentum: "momentum_buffer"."""
 
+    state_keys = ("momentum_buffer",)
+
     def __init__(
         self,
         params: Iterable[Any],

@@ -141,6 +141,9 @@ def test_init_follows_the_design():
     other = GPT(config, seed=1).state_dict()
     assert all(np.array_equal(sd[k], again[k]) for k in sd)  # the seed fixes the init
     assert not np.array_equal(sd["transformer.wte.weight"], other["transformer.wte.weight"])
+    wide = GPT(config, seed=0, dtype=np.float64).state_dict()  # the same draws in float64
+    assert all(wide[k].dtype == np.float64 for k in wide)
+    assert all(np.array_equal(wide[k].astype(np.float32), sd[k]) for k in sd)
 
 
 def test_tied_gradient_is_the_sum_of_both_uses():

@@ -188,6 +188,8 @@ def test_load_state_dict_rejects_other_shapes_and_groups():
         AdamW(other).load_state_dict(sd)
     with pytest.raises(CheckpointError, match="param groups"):
         AdamW([{"params": a[:1]}, {"params": a[1:]}]).load_state_dict(sd)
+    with pytest.raises(CheckpointError, match="another optimizer"):
+        SGD(a, lr=0.1, momentum=0.9).load_state_dict(sd)
 
 
 @pytest.mark.parametrize("kwargs", [{"lr": -1.0}, {"betas": (1.0, 0.9)}, {"weight_decay": -0.1}])
