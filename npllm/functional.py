@@ -318,13 +318,14 @@ class SDPA(Function):
     ) -> np.ndarray:
         out, att = K.attention_forward(q, k, v, causal)
         ctx.save_for_backward(q, k, v, att)
+        ctx.causal = causal
         return out
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
         # out = softmax(q @ k^T / sqrt(hs) + mask) @ v
         q, k, v, att = ctx.saved
-        return K.attention_backward(g, q, k, v, att)
+        return K.attention_backward(g, q, k, v, att, ctx.causal)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:

@@ -29,7 +29,7 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 # Below this many elements a prange launch costs more than it saves (PERF_NOTES).
-_PAR_MIN = 1 << 14
+_PAR_MIN = 1 << 16
 
 
 def _erf_numpy(x: np.ndarray) -> np.ndarray:
@@ -69,31 +69,27 @@ def gelu_backward_numpy(dy, x, approximate="tanh"):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# Flat 1-D loops over contiguous buffers; chunks of rows for prange so each thread runs
-# one long vectorised loop.
-@jit(parallel=True)
-def _relu_fwd(x, out, nchunks):
-    n = x.size
-    per = (n + nchunks - 1) // nchunks
+# Each kernel is a serial loop over a contiguous 1-D slice, starting at index 0 (a loop
+# over range(lo, hi) stayed scalar and ran 6-10x slower, PERF_NOTES). Large arrays are
+# cut into chunks run by `_parallel`; small ones run serially, since a prange launch costs
+# more than the work below ~64k elements. Constants are made in the input's dtype: a
+# Python literal would promote float32 math to float64 in Numba (and send fexp/ferf to
+# their scalar float64 branch).
+@jit
+def _relu_fwd(x, _, out):
     zero = x.dtype.type(0)
-    for k in prange(nchunks):
-        for i in range(k * per, min(n, (k + 1) * per)):
-            out[i] = max(x[i], zero)
+    for i in range(x.size):
+        out[i] = max(x[i], zero)
 
 
-@jit(parallel=True)
-def _relu_bwd(dy, y, dx, nchunks):
-    n = y.size
-    per = (n + nchunks - 1) // nchunks
+@jit
+def _relu_bwd(dy, y, dx):
     zero = y.dtype.type(0)
-    for k in prange(nchunks):
-        for i in range(k * per, min(n, (k + 1) * per)):
-            dx[i] = dy[i] if y[i] > zero else zero
+    for i in range(y.size):
+        dx[i] = dy[i] if y[i] > zero else zero
 
 
-# Constants are made in the input's dtype: a Python literal would promote float32 math to
-# float64 in Numba (and send fexp/ferf to their scalar float64 branch).
-@jit(inline="always")
+@jit(inline=True)
 def _tanh_parts(u):
     """(1 + tanh(u), 1 - tanh(u)^2) from e = exp(-2|u|), without cancellation:
     1 + tanh = 2/(1+e) for u >= 0 and 2e/(1+e) below; 1 - tanh^2 = 4e/(1+e)^2. Both stay
@@ -105,92 +101,98 @@ def _tanh_parts(u):
     return onep, t(4) * e * r * r
 
 
-@jit(parallel=True)
-def _gelu_tanh_fwd(x, out, nchunks):
-    n = x.size
-    per = (n + nchunks - 1) // nchunks
+@jit
+def _gelu_tanh_fwd(x, _, out):
     t = x.dtype.type
     k_, c_, half = t(_K), t(_C), t(0.5)
-    for k in prange(nchunks):
-        for i in range(k * per, min(n, (k + 1) * per)):
-            v = x[i]
-            onep, _ = _tanh_parts(k_ * (v + c_ * v * v * v))
-            out[i] = half * v * onep
+    for i in range(x.size):
+        v = x[i]
+        onep, _s = _tanh_parts(k_ * (v + c_ * v * v * v))
+        out[i] = half * v * onep
 
 
-@jit(parallel=True)
-def _gelu_tanh_bwd(dy, x, dx, nchunks):
-    n = x.size
-    per = (n + nchunks - 1) // nchunks
+@jit
+def _gelu_tanh_bwd(dy, x, dx):
     t = x.dtype.type
     k_, c_, c3, half, one = t(_K), t(_C), t(3 * _C), t(0.5), t(1)
-    for k in prange(nchunks):
-        for i in range(k * per, min(n, (k + 1) * per)):
-            v = x[i]
-            onep, sech2 = _tanh_parts(k_ * (v + c_ * v * v * v))
-            du = k_ * (one + c3 * v * v)
-            dx[i] = dy[i] * (half * onep + half * v * sech2 * du)
+    for i in range(x.size):
+        v = x[i]
+        onep, sech2 = _tanh_parts(k_ * (v + c_ * v * v * v))
+        du = k_ * (one + c3 * v * v)
+        dx[i] = dy[i] * (half * onep + half * v * sech2 * du)
 
 
-@jit(parallel=True)
-def _gelu_erf_fwd(x, out, nchunks):
-    n = x.size
-    per = (n + nchunks - 1) // nchunks
+@jit
+def _gelu_erf_fwd(x, _, out):
     t = x.dtype.type
     s, half, one = t(_INV_SQRT2), t(0.5), t(1)
-    for k in prange(nchunks):
-        for i in range(k * per, min(n, (k + 1) * per)):
-            v = x[i]
-            out[i] = half * v * (one + ferf(v * s))
+    for i in range(x.size):
+        v = x[i]
+        out[i] = half * v * (one + ferf(v * s))
+
+
+@jit
+def _gelu_erf_bwd(dy, x, dx):
+    t = x.dtype.type
+    s, p, half, one = t(_INV_SQRT2), t(_INV_SQRT2PI), t(0.5), t(1)
+    for i in range(x.size):
+        v = x[i]
+        cdf = half * (one + ferf(v * s))
+        pdf = fexp(-half * v * v) * p
+        dx[i] = dy[i] * (cdf + v * pdf)
+
+
+_SERIAL = (_relu_fwd, _relu_bwd, _gelu_tanh_fwd, _gelu_tanh_bwd, _gelu_erf_fwd, _gelu_erf_bwd)
 
 
 @jit(parallel=True)
-def _gelu_erf_bwd(dy, x, dx, nchunks):
-    n = x.size
+def _parallel(kind, a, b, out, nchunks):
+    n = out.size
     per = (n + nchunks - 1) // nchunks
-    t = x.dtype.type
-    s, p, half, one = t(_INV_SQRT2), t(_INV_SQRT2PI), t(0.5), t(1)
-    for k in prange(nchunks):
-        for i in range(k * per, min(n, (k + 1) * per)):
-            v = x[i]
-            cdf = half * (one + ferf(v * s))
-            pdf = fexp(-half * v * v) * p
-            dx[i] = dy[i] * (cdf + v * pdf)
+    for c in prange(nchunks):
+        lo = c * per
+        hi = min(n, lo + per)
+        sa, sb, so = a[lo:hi], b[lo:hi], out[lo:hi]
+        if kind == 0:
+            _relu_fwd(sa, sb, so)
+        elif kind == 1:
+            _relu_bwd(sa, sb, so)
+        elif kind == 2:
+            _gelu_tanh_fwd(sa, sb, so)
+        elif kind == 3:
+            _gelu_tanh_bwd(sa, sb, so)
+        elif kind == 4:
+            _gelu_erf_fwd(sa, sb, so)
+        else:
+            _gelu_erf_bwd(sa, sb, so)
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(-1)
 
 
-def _chunks(n: int) -> int:
-    return 1 if n < _PAR_MIN else 2 * max(1, min(8, n // _PAR_MIN))
+def _run(kind: int, a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.empty_like(a)
+    if a.size < _PAR_MIN:
+        _SERIAL[kind](a, b, out)
+    else:
+        _parallel(kind, a, b, out, 2 * min(8, a.size // _PAR_MIN))
+    return out.reshape(shape)
 
 
 def relu_forward_numba(x):
     xf = _flat(x)
-    out = np.empty_like(xf)
-    _relu_fwd(xf, out, _chunks(xf.size))
-    return out.reshape(x.shape)
+    return _run(0, xf, xf, x.shape)
 
 
 def relu_backward_numba(dy, y):
-    yf = _flat(y)
-    dx = np.empty_like(yf)
-    _relu_bwd(_flat(dy), yf, dx, _chunks(yf.size))
-    return dx.reshape(y.shape)
+    return _run(1, _flat(dy), _flat(y), y.shape)
 
 
 def gelu_forward_numba(x, approximate="tanh"):
     xf = _flat(x)
-    out = np.empty_like(xf)
-    (_gelu_tanh_fwd if approximate == "tanh" else _gelu_erf_fwd)(xf, out, _chunks(xf.size))
-    return out.reshape(x.shape)
+    return _run(2 if approximate == "tanh" else 4, xf, xf, x.shape)
 
 
 def gelu_backward_numba(dy, x, approximate="tanh"):
-    xf = _flat(x)
-    dx = np.empty_like(xf)
-    (_gelu_tanh_bwd if approximate == "tanh" else _gelu_erf_bwd)(
-        _flat(dy), xf, dx, _chunks(xf.size)
-    )
-    return dx.reshape(x.shape)
+    return _run(3 if approximate == "tanh" else 5, _flat(dy), _flat(x), x.shape)

@@ -61,28 +61,39 @@ def adamw_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, s
 
 
 # ---- Numba -----------------------------------------------------------------------------
+# A serial loop from index 0 over contiguous slices (what vectorises), chunked across
+# threads for large buffers (see activations.py).
+_PAR_MIN = 1 << 15
+
+
+@jit
+def _adamw(p, g, m, v, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps):
+    for i in range(p.size):
+        gi = g[i]
+        mi = m[i] + b1c * (gi - m[i])
+        vi = b2 * v[i] + b2c * gi * gi
+        p[i] = p[i] * decay - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+        m[i] = mi
+        v[i] = vi
+
+
 @jit(parallel=True)
-def _adamw(p, g, m, v, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps, nchunks):
+def _adamw_par(p, g, m, v, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps, nchunks):
     n = p.size
     per = (n + nchunks - 1) // nchunks
-    for k in prange(nchunks):
-        for i in range(k * per, min(n, (k + 1) * per)):
-            gi = g[i]
-            pi = p[i] * decay
-            mi = m[i] + b1c * (gi - m[i])
-            vi = b2 * v[i] + b2c * gi * gi
-            p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
-            m[i] = mi
-            v[i] = vi
+    for c in prange(nchunks):
+        lo = c * per
+        hi = min(n, lo + per)
+        _adamw(
+            p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], decay, b1c, b2, b2c, step_size, bc2_sqrt, eps
+        )
 
 
 def adamw_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     _check(param, grad, m, v)
     t = param.dtype.type
     step_size, bc2_sqrt = _factors(lr, beta1, beta2, step)
-    n = param.size
-    nchunks = 1 if n < (1 << 15) else 8
-    _adamw(
+    args = (
         param.reshape(-1),
         np.ascontiguousarray(grad).reshape(-1),
         m.reshape(-1),
@@ -94,5 +105,8 @@ def adamw_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, s
         t(step_size),
         t(bc2_sqrt),
         t(eps),
-        nchunks,
     )
+    if param.size < _PAR_MIN:
+        _adamw(*args)
+    else:
+        _adamw_par(*args, 2 * min(8, param.size // _PAR_MIN))

@@ -167,7 +167,7 @@ def test_attention(dtype, b, nh, tq, extra, hs, causal, contiguous, seed):
     close(o1, o2, dtype, 3)
     close(a1, a2, dtype)
     dout = arr(rng, (b, nh, tq, hs), dtype, 1, contiguous)
-    for r, g in zip(*both("attention_backward", dout, q, k, v, a1)):
+    for r, g in zip(*both("attention_backward", dout, q, k, v, a1, causal)):
         close(r, g, dtype, 10)
 
 
@@ -211,3 +211,22 @@ def test_adamw(dtype, n, wd, step, seed):
         K.get("adamw_update", backend)(p, grad, m, v, 1e-3, 0.9, 0.95, 1e-8, wd, step)
     for a, b in zip(*copies):
         close(a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elementwise_kernels_on_the_parallel_path(dtype):
+    """Arrays large enough to be split across threads, with a length no chunk divides."""
+    rng = np.random.default_rng(0)
+    shape = (401, 503)
+    x, dy = arr(rng, shape, dtype, 3.0), arr(rng, shape, dtype, 1, contiguous=False)
+    y = np.maximum(x, 0)
+    close(*both("relu_forward", x), dtype)
+    close(*both("relu_backward", dy, y), dtype)
+    for kind in ("tanh", "none"):
+        close(*both("gelu_forward", x, kind), dtype, 3)
+        close(*both("gelu_backward", dy, x, kind), dtype, 3)
+    u = rng.random(shape, dtype=dtype)
+    (o1, k1), (o2, k2) = both("dropout_forward", x, u, 0.2)
+    close(o1, o2, dtype)
+    np.testing.assert_array_equal(k1, k2)
+    close(*both("dropout_backward", dy, k1, 0.2), dtype)
