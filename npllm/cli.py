@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("npllm.commands.sample", "print text sampled from a trained run"),
     "quantize": ("npllm.commands.quantize", "write an int8 weight-only copy of a run's checkpoint"),
     "plot": ("npllm.commands.plot", "draw a run's loss curves to a PNG"),
+    "bench": ("npllm.bench", "run a benchmark from benchmarks/ (kernels, train, ...)"),
 }
 
 
