@@ -7,8 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from npllm.gpt import GPT
+from npllm.gpt import GPT, GPTConfig
 from npllm.optim import clip_grad_norm
 from tests.model.helpers import batch, perturbed, reference, tiny_config
 
@@ -105,3 +107,42 @@ def test_ten_adamw_steps_with_clipping_match_torch():
 
 def batch_loss_at_init(config, idx, targets) -> float:
     return GPT(config, seed=0)(idx, targets)[1].item()
+
+
+@st.composite
+def configs_and_batches(draw):
+    """Small configs of every kind (one head, head size 1, T below block_size, no bias),
+    with a batch shape to run them on."""
+    n_head, hs = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    config = GPTConfig(
+        vocab_size=draw(st.integers(2, 20)),
+        block_size=draw(st.integers(1, 6)),
+        n_layer=draw(st.integers(1, 2)),
+        n_head=n_head,
+        n_embd=n_head * hs,
+        bias=draw(st.booleans()),
+        mlp_hidden=draw(st.none() | st.integers(1, 9)),
+        activation=draw(st.sampled_from(["gelu", "gelu_exact", "relu"])),
+    )
+    B, T = draw(st.integers(1, 3)), draw(st.integers(1, config.block_size))
+    return config, B, T, draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=15, deadline=None)
+@given(configs_and_batches())
+def test_any_small_config_matches_torch_in_float64(case):
+    config, B, T, seed = case
+    model = perturbed(GPT(config, seed=seed).to(np.float64), scale=0.1, seed=seed)
+    ref = reference(model, np.float64)
+    idx, targets = batch(config, B=B, T=T, seed=seed)
+    logits, loss = model(idx, targets)
+    loss.backward()
+    ref_logits, ref_loss = ref(torch.tensor(idx), torch.tensor(targets))
+    ref_loss.backward()
+    np.testing.assert_allclose(logits.data, ref_logits.detach().numpy(), rtol=1e-9, atol=1e-12)
+    assert abs(loss.item() - ref_loss.item()) <= 1e-10
+    ref_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(
+            p.grad, ref_params[name].grad.numpy(), rtol=1e-8, atol=1e-12, err_msg=name
+        )
