@@ -92,6 +92,49 @@ class Decoder:
                              "mlp.c_proj.weight", "mlp.c_proj.bias")
             })
 
+        self._fused: tuple | None = None  # the decode step's arguments, built on first use
+
+    def _fused_args(self) -> tuple:
+        """Per block, the arrays `npllm.decode.decode_block` takes (weights with their
+        scales, ones for float32; zero biases where the model has none); then the head's."""
+        if self._fused is None:
+            def mat(w: Any, b: Any) -> tuple:
+                q, sc = (w.q, w.scale) if isinstance(w, Int8Weight) else (
+                    w, np.ones(w.shape[0], np.float32))
+                return q, sc, np.zeros(q.shape[0], np.float32) if b is None else b
+
+            def ln(w: np.ndarray, b: Any) -> tuple:
+                return w, np.zeros_like(w) if b is None else b
+
+            blocks = [
+                (*ln(p["ln_1.weight"], p["ln_1.bias"]),
+                 *mat(p["attn.c_attn.weight"], p["attn.c_attn.bias"]),
+                 *mat(p["attn.c_proj.weight"], p["attn.c_proj.bias"]),
+                 *ln(p["ln_2.weight"], p["ln_2.bias"]),
+                 *mat(p["mlp.c_fc.weight"], p["mlp.c_fc.bias"]),
+                 *mat(p["mlp.c_proj.weight"], p["mlp.c_proj.bias"]))
+                for p in self.layers
+            ]
+            self._fused = (blocks, (*ln(*self.ln_f), *mat(self.wte, None)))
+        return self._fused
+
+    def _step(self, idx: np.ndarray, cache: KVCache) -> np.ndarray:
+        """One new token per row (B, 1) through the fused Numba kernels -> logits (B, V)."""
+        from npllm.decode import ACTIVATIONS, decode_block, decode_head
+
+        blocks, head = self._fused_args()
+        pos = cache.length
+        if isinstance(self.wte, Int8Weight):
+            x = self.wte.rows(idx[:, 0])  # (B, C)
+        else:
+            x = self.wte[idx[:, 0]]  # (B, C)
+        x += self.wpe[pos]
+        act = ACTIVATIONS[self.activation]
+        for i, args in enumerate(blocks):
+            decode_block(x, pos, *args, cache.k[i], cache.v[i], act)
+        cache.length = pos + 1
+        return decode_head(x, *head)
+
     @classmethod
     def from_model(cls, model: Any) -> Decoder:
         """A decoder over a GPT's parameter arrays (shared, not copied)."""
@@ -130,6 +173,8 @@ class Decoder:
                 f"{start + T} positions do not fit block_size {self.config.block_size}; "
                 "crop the context to its last block_size tokens"
             )
+        if T == 1 and cache is not None and last_only and kernels.backend() != "numpy":
+            return self._step(idx, cache)
         if isinstance(self.wte, Int8Weight):
             x = self.wte.rows(idx)  # (B, T, C)
         else:

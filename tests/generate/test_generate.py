@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from npllm import kernels
 from npllm.autograd import no_grad
 from npllm.errors import ConfigError, DataError, NpllmError
 from npllm.generate import Decoder, generate, stream
@@ -21,6 +22,8 @@ CONFIGS = {
     "gelu_exact": GPTConfig(vocab_size=23, block_size=8, n_layer=1, n_head=1, n_embd=8,
                             activation="gelu_exact"),
 }
+# wide enough that the decode step's matrix-vector products take their parallel path
+WIDE = GPTConfig(vocab_size=50, block_size=6, n_layer=1, n_head=4, n_embd=256)
 
 
 def make_model(name: str, seed: int = 0) -> GPT:
@@ -68,6 +71,29 @@ def test_cached_logits_equal_recomputation_at_every_step_and_across_the_crop(nam
         ref = model(context[:, -cfg.block_size:])[0].data
     np.testing.assert_allclose(dec.forward(context[:, -cfg.block_size:]), ref,
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [*sorted(CONFIGS), "wide"])
+@pytest.mark.parametrize("quantized", [False, True])
+def test_fused_decode_step_equals_the_numpy_path(name, quantized):
+    model = GPT(WIDE, seed=2) if name == "wide" else make_model(name)
+    sd = model.state_dict()
+    dec = Decoder(model.config, load_weights(quantize_state_dict(sd) if quantized else sd))
+    B, bs = 2, model.config.block_size
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, model.config.vocab_size, (B, bs))
+    fused, ref = dec.new_cache(B), dec.new_cache(B)
+    with kernels.use("numpy"):
+        dec.forward(ids[:, :2], fused)
+        dec.forward(ids[:, :2], ref)
+    for t in range(2, bs):
+        got = dec.forward(ids[:, t:t + 1], fused, last_only=True)
+        with kernels.use("numpy"):
+            want = dec.forward(ids[:, t:t + 1], ref, last_only=True)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert fused.length == ref.length == t + 1
+    for a, b in zip(fused.k + fused.v, ref.k + ref.v):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_greedy_is_deterministic_and_equals_argmax_decoding_without_the_cache():
