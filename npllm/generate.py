@@ -299,37 +299,48 @@ def _stream(dec: Decoder, context: np.ndarray, max_new_tokens: int, single: bool
             stops: list[np.ndarray], *, temperature: float, top_k: int | None,
             top_p: float | None, repetition_penalty: float, greedy: bool,
             rng: np.random.Generator, use_cache: bool) -> Iterator[Any]:
-    B, bs = context.shape[0], dec.config.block_size
-    new = np.empty((B, 0), np.int64)  # the generated ids, -1 after a row stopped
-    done = np.zeros(B, bool)
+    B, T0 = context.shape
+    bs = dec.config.block_size
     if max_new_tokens == 0:
         return "length"
+    # preallocated: the context the model sees, and the ids handed out (-1 once stopped)
+    ctx = np.empty((B, T0 + max_new_tokens), np.int64)
+    ctx[:, :T0] = context
+    new = np.full((B, max_new_tokens), -1, np.int64)
+    done = np.zeros(B, bool)
+    # greedy picks the argmax, which temperature, top-k and top-p never change
+    plain = greedy and repetition_penalty == 1.0
     cache = dec.new_cache(B) if use_cache else None
     logits = dec.forward(context[:, -bs:], cache, last_only=True)  # (B, V)
     for step in range(max_new_tokens):
-        logits = process_logits(logits, context, temperature=temperature, top_k=top_k,
-                                top_p=top_p, repetition_penalty=repetition_penalty)
+        n = T0 + step  # context length so far
+        if not plain:
+            logits = process_logits(logits, ctx[:, :n], temperature=temperature, top_k=top_k,
+                                    top_p=top_p, repetition_penalty=repetition_penalty)
         nxt = sample(logits, rng, greedy=greedy)  # (B,)
-        # a stopped row keeps feeding its last token (ignored) so the batch stays aligned
-        context = np.concatenate([context, np.where(done, context[:, -1], nxt)[:, None]], 1)
-        out = np.where(done, -1, nxt)
-        new = np.concatenate([new, out[:, None]], axis=1)
-        yield int(out[0]) if single else out
+        if done.any():
+            # a stopped row keeps feeding its last token (ignored) so the batch stays aligned
+            ctx[:, n] = np.where(done, ctx[:, n - 1], nxt)
+            nxt[done] = -1
+        else:
+            ctx[:, n] = nxt
+        new[:, step] = nxt
+        yield int(nxt[0]) if single else nxt
         for s in stops:
-            if new.shape[1] >= s.size:
-                done |= np.all(new[:, -s.size:] == s, axis=1)
+            if step + 1 >= s.size:
+                done |= np.all(new[:, step + 1 - s.size:step + 1] == s, axis=1)
         if done.all():
             return "stop"
         if step == max_new_tokens - 1:
             break
         if cache is None:
-            logits = dec.forward(context[:, -bs:], None, last_only=True)
+            logits = dec.forward(ctx[:, max(0, n + 1 - bs):n + 1], None, last_only=True)
         elif cache.length == bs:
             # the window is full: crop it and rebuild the cache from the cropped context
             cache.length = 0
-            logits = dec.forward(context[:, -bs:], cache, last_only=True)
+            logits = dec.forward(ctx[:, n + 1 - bs:n + 1], cache, last_only=True)
         else:
-            logits = dec.forward(context[:, -1:], cache, last_only=True)
+            logits = dec.forward(ctx[:, n:n + 1], cache, last_only=True)
     return "length"
 
 
