@@ -1,11 +1,13 @@
 """Text generation: a KV-cache decoder on plain arrays, `generate` and `stream`.
 
 `Decoder` runs GPT's forward for inference only: it reads the model's parameter arrays
-(by their nanoGPT state-dict names) and computes with NumPy and the kernels of
-`npllm.kernels`, building no autograd graph. At batch 1 the per-op overhead of a
-framework dominates decoding (PERF_NOTES: ~0.7 ms a token for 4 layers in torch eager), so
-this path keeps each step to a few array operations per layer. Linear weights may be
-float32 arrays or `npllm.quant.Int8Weight`s, which run through the int8 kernel.
+(by their nanoGPT state-dict names) and builds no autograd graph. Prompts (prefill) and
+recomputation run as NumPy array code, BLAS doing the matmuls; a decode step (one new
+token per row) runs as one fused Numba call per block (`npllm.decode`), because at batch 1
+the per-op overhead of a framework dominates (PERF_NOTES: ~0.7 ms a token for 4 layers in
+torch eager). Linear weights may be float32 arrays or `npllm.quant.Int8Weight`s, which
+run through the int8 kernel. Under `npllm.kernels.use("numpy")` decode steps take the
+NumPy path too, which is the reference the fused step is tested against.
 
 The KV cache (`KVCache`): per layer, keys and values preallocated as (B, nh, block_size, hs).
 `Decoder.forward(idx, cache)` appends the keys and values of `idx`'s positions to the cache
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from npllm import kernels
+from npllm.decode import ACTIVATIONS, decode_block, decode_head
 from npllm.errors import ConfigError, DataError, ShapeError
 from npllm.kernels.int8 import int8_linear
 from npllm.quant import Int8Weight, load_weights
@@ -120,8 +123,6 @@ class Decoder:
 
     def _step(self, idx: np.ndarray, cache: KVCache) -> np.ndarray:
         """One new token per row (B, 1) through the fused Numba kernels -> logits (B, V)."""
-        from npllm.decode import ACTIVATIONS, decode_block, decode_head
-
         blocks, head = self._fused_args()
         pos = cache.length
         if isinstance(self.wte, Int8Weight):
