@@ -17,17 +17,46 @@ Backend switch:
 
 Numba kernels compile lazily, on first call, and are cached on disk (`cache=True`), so
 `import npllm.kernels` stays fast and only the first run after a change pays the compile.
-This mode and `DEFAULTS` are the only global mutable state in npllm.
+Numba invalidates a cached function only when its own file changes, not when a helper it
+inlines from `_jit.py` does; `_drop_stale_cache` below therefore clears the cache of this
+folder whenever any kernel source changes. This mode and `DEFAULTS` are the only global
+mutable state in npllm.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from npllm.errors import ConfigError
-from npllm.kernels import (
+
+def _drop_stale_cache() -> None:
+    """Delete this folder's Numba cache (__pycache__/*.nbi, *.nbc) when the kernel sources
+    differ from those it was built from. Best effort: a read-only install just keeps it."""
+    here = Path(__file__).resolve().parent
+    cache = here / "__pycache__"
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py"))))
+    stamp = cache / "npllm-kernels.sha256"
+    try:
+        if stamp.read_text() == digest.hexdigest():
+            return
+    except OSError:
+        pass  # no stamp yet: whatever is cached has unknown provenance
+    try:
+        for f in [*cache.glob("*.nbi"), *cache.glob("*.nbc")]:
+            f.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest.hexdigest())
+    except OSError:
+        pass
+
+
+_drop_stale_cache()
+
+from npllm.errors import ConfigError  # noqa: E402
+from npllm.kernels import (  # noqa: E402
     activations,
     adamw,
     attention,

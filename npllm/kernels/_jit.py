@@ -28,7 +28,15 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 def jit(fn=None, *, parallel: bool = False, fastmath: bool = True, inline: bool = False):
     """`@njit(cache=True)` with npllm's fastmath flags; compiled on first call.
     `inline=True` makes a helper that is inlined into its callers (Numba IR inlining)."""
-    opts = {"cache": True, "parallel": parallel, "fastmath": FASTMATH if fastmath else False}
+    opts = {
+        "cache": True,
+        "parallel": parallel,
+        "fastmath": FASTMATH if fastmath else False,
+        # Python's error model checks every float division for zero to raise
+        # ZeroDivisionError; that branch kept GELU's and AdamW's loops scalar (2-6x slower).
+        # NumPy's model gives inf/nan like the NumPy references do.
+        "error_model": "numpy",
+    }
     if inline:
         opts["inline"] = "always"
     if fn is None:
@@ -47,7 +55,7 @@ def _int32_bits_as_float32(typingctx, i):
     return sig, codegen
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _exp_f32(x):
     # exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2/2; Cody-Waite split of ln2
     # and the cephes expf polynomial (max rel. error ~2e-7 on [-87, 88]).
@@ -67,7 +75,7 @@ def _exp_f32(x):
     return y * scale if x > np.float32(-87.3) else np.float32(0.0)
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(inline="always", fastmath=FASTMATH, error_model="numpy")
 def _erf_f32(x):
     # Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7, made odd by symmetry.
     a = abs(x)
@@ -115,7 +123,7 @@ overload(fexp, inline="always")(_by_width(_exp_f32, _exp_f64))
 overload(ferf, inline="always")(_by_width(_erf_f32, _erf_f64))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _map(fn_id, x, out):
     """Apply one of the approximations elementwise (for tests of their error)."""
     for i in range(x.size):
