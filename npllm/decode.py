@@ -14,8 +14,8 @@ block removes that overhead; what remains is reading the weights once per token.
 
 Every matrix-vector product goes through `npllm.kernels.int8`'s scaled matmul,
 y = scale * (x . w_row) + b, which takes int8 weights with their per-row scales or float32
-weights with scales of one: the same code serves both models. Products over many weights
-run in parallel over output rows (`PAR_MIN`). The NumPy reference is
+weights with scales of one: the same code serves both models. Only products over very many
+weights run in parallel over output rows (`PAR_MIN`). The NumPy reference is
 `npllm.generate.Decoder.forward` (tested against this in tests/generate).
 """
 
@@ -30,9 +30,12 @@ from npllm.kernels.int8 import _int8_parallel, _int8_serial
 
 ACTIVATIONS = {"gelu": 0, "gelu_exact": 1, "relu": 2}
 
-# A product over at least this many weights (rows x inputs x batch) runs in parallel:
-# below it the prange launch costs more than the second core saves (benchmarks/generate.py).
-PAR_MIN = 1 << 18
+# A product over at least this many weights x batch rows runs in parallel. At batch 1 no
+# decode product of these model sizes does: with OMP_WAIT_POLICY=passive (npllm's import
+# sets it, PERF_NOTES) every prange launch wakes a sleeping thread, and on this shared
+# 2-core machine a guppy c_attn product took 52 us in parallel against 37 us serial
+# (active waiting: 2.8 ms). Big batches still get the second core.
+PAR_MIN = 1 << 22
 
 
 @jit

@@ -22,7 +22,8 @@ CONFIGS = {
     "gelu_exact": GPTConfig(vocab_size=23, block_size=8, n_layer=1, n_head=1, n_embd=8,
                             activation="gelu_exact"),
 }
-# wide enough that the decode step's matrix-vector products take their parallel path
+# wide enough that, at batch 16, the decode step's c_fc and c_proj products take their
+# parallel path (npllm.decode.PAR_MIN)
 WIDE = GPTConfig(vocab_size=50, block_size=6, n_layer=1, n_head=4, n_embd=256)
 
 
@@ -79,7 +80,7 @@ def test_fused_decode_step_equals_the_numpy_path(name, quantized):
     model = GPT(WIDE, seed=2) if name == "wide" else make_model(name)
     sd = model.state_dict()
     dec = Decoder(model.config, load_weights(quantize_state_dict(sd) if quantized else sd))
-    B, bs = 2, model.config.block_size
+    B, bs = (16 if name == "wide" else 2), model.config.block_size
     rng = np.random.default_rng(4)
     ids = rng.integers(0, model.config.vocab_size, (B, bs))
     fused, ref = dec.new_cache(B), dec.new_cache(B)
