@@ -57,57 +57,96 @@ def attention_backward_numpy(dout, q, k, v, att, causal=True):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# One head per prange task (B*nh of them), everything for that head fused in one pass over
-# its rows, and the causal mask used to skip the upper triangle (half the FLOPs), which
-# batched BLAS cannot. Inner loops are written as axpy's over a contiguous row starting
-# at 0 (what LLVM vectorises): S = Q K^T goes through a per-head K^T copy, so that each
-# row of S is sum_d q[i, d] * Kt[d, :]. Four query rows are processed together so each
-# loaded row of Kt / V / K feeds four FMAs.
+# One head per prange task (B*nh of them), everything for that head fused, and the causal
+# mask used to skip the upper triangle (half the FLOPs), which batched BLAS cannot.
+# All five products are "A times B-transposed" over contiguous rows, done by `_nt` in
+# register-blocked form: a block of 4 rows of A against 2 rows of B keeps 8 running sums
+# in registers while one loop walks the shared dimension, vectorised. This was 2x faster
+# than the axpy form (row of out += a * row of B), which stores a row per term.
+@jit
+def _dot(a, b, n):
+    acc = a.dtype.type(0)
+    for k in range(n):
+        acc += a[k] * b[k]
+    return acc
+
+
+@jit
+def _nt(a, b, out, scale, offset, mode):
+    """out[i, j] = scale * sum_k a[i, k] * b[j, k], for the (i, j) and k the mask needs.
+    mode 0 (scores, S = Q K^T): all k; j < i + offset + 1 (whole 4-row blocks may compute
+    up to their last row's limit; the caller masks).
+    mode 1 (P V, dS K): all j; k < i + offset + 1 (a's entries past that are 0).
+    mode 2 (dS^T Q, P^T dO, rows are keys): all j; k >= i - offset (first query seeing key i).
+    """
+    m, kdim = a.shape
+    n = b.shape[0]
+    for i0 in range(0, m, 4):
+        nr = min(4, m - i0)
+        last = i0 + nr - 1
+        if mode == 0:
+            jhi, klo, khi = min(n, last + offset + 1), 0, kdim
+        elif mode == 1:
+            jhi, klo, khi = n, 0, min(kdim, last + offset + 1)
+        else:
+            jhi, klo, khi = n, min(kdim, max(0, i0 - offset)), kdim
+        # every inner loop runs from 0 over slices: a loop from klo > 0 stays scalar
+        kn = khi - klo
+        if nr == 4:
+            a0, a1 = a[i0, klo:khi], a[i0 + 1, klo:khi]
+            a2, a3 = a[i0 + 2, klo:khi], a[i0 + 3, klo:khi]
+            for j in range(0, jhi - 1, 2):
+                ba, bb = b[j, klo:khi], b[j + 1, klo:khi]
+                s0 = s1 = s2 = s3 = a.dtype.type(0)
+                t0 = t1 = t2 = t3 = a.dtype.type(0)
+                for k in range(kn):
+                    x, y = ba[k], bb[k]
+                    s0 += a0[k] * x
+                    s1 += a1[k] * x
+                    s2 += a2[k] * x
+                    s3 += a3[k] * x
+                    t0 += a0[k] * y
+                    t1 += a1[k] * y
+                    t2 += a2[k] * y
+                    t3 += a3[k] * y
+                out[i0, j], out[i0 + 1, j] = s0 * scale, s1 * scale
+                out[i0 + 2, j], out[i0 + 3, j] = s2 * scale, s3 * scale
+                out[i0, j + 1], out[i0 + 1, j + 1] = t0 * scale, t1 * scale
+                out[i0 + 2, j + 1], out[i0 + 3, j + 1] = t2 * scale, t3 * scale
+            if jhi % 2:
+                for r in range(4):
+                    out[i0 + r, jhi - 1] = _dot(a[i0 + r, klo:], b[jhi - 1, klo:], kn) * scale
+        else:
+            for r in range(nr):
+                for j in range(jhi):
+                    out[i0 + r, j] = _dot(a[i0 + r, klo:], b[j, klo:], kn) * scale
+
+
 @jit(parallel=True)
 def _attn_fwd(q, k, v, scale, offset, out, att):
     nb, tq, hs = q.shape
     tk = k.shape[1]
     t = q.dtype.type
     for h in prange(nb):
-        kt = np.ascontiguousarray(k[h].T)  # (hs, Tk)
-        vh = v[h]
-        for i0 in range(0, tq, 4):
-            i1 = min(tq, i0 + 4)
-            lim_hi = min(tk, i1 - 1 + offset + 1)  # keys the last row of the block sees
-            s = att[h, i0:i1]  # (<=4, Tk), scores then probabilities, in place
-            s[:, :lim_hi] = t(0)
-            for d in range(hs):
-                krow = kt[d, :lim_hi]
-                for r in range(i1 - i0):
-                    qd = q[h, i0 + r, d] * scale
-                    srow = s[r]
-                    for j in range(lim_hi):
-                        srow[j] += qd * krow[j]
-            for r in range(i1 - i0):
-                lim = min(tk, i0 + r + offset + 1)
-                srow = s[r]
-                mx = srow[0]
-                for j in range(lim):
-                    mx = max(mx, srow[j])
-                tot = t(0)
-                for j in range(lim):
-                    e = fexp(srow[j] - mx)
-                    srow[j] = e
-                    tot += e
-                inv = t(1) / tot
-                for j in range(lim):
-                    srow[j] *= inv
-                for j in range(lim, tk):
-                    srow[j] = t(0)
-            o = out[h, i0:i1]
-            o[:, :] = t(0)
-            for j in range(lim_hi):
-                vrow = vh[j]
-                for r in range(i1 - i0):
-                    p = s[r, j]
-                    orow = o[r]
-                    for d in range(hs):
-                        orow[d] += p * vrow[d]
+        s = att[h]  # (Tq, Tk): scores, then probabilities, in place
+        _nt(q[h], k[h], s, scale, offset, 0)
+        for i in range(tq):
+            lim = min(tk, i + offset + 1)
+            srow = s[i]
+            mx = srow[0]
+            for j in range(lim):
+                mx = max(mx, srow[j])
+            tot = t(0)
+            for j in range(lim):
+                e = fexp(srow[j] - mx)
+                srow[j] = e
+                tot += e
+            inv = t(1) / tot
+            for j in range(lim):
+                srow[j] *= inv
+            for j in range(lim, tk):
+                srow[j] = t(0)
+        _nt(s, np.ascontiguousarray(v[h].T), out[h], t(1), offset, 1)  # out = P V
 
 
 @jit(parallel=True)
@@ -116,46 +155,22 @@ def _attn_bwd(dout, q, k, v, att, scale, offset, dq, dk, dv):
     tk = k.shape[1]
     t = q.dtype.type
     for h in prange(nb):
-        vt = np.ascontiguousarray(v[h].T)  # (hs, Tk)
-        ds = np.empty((4, tk), dtype=q.dtype)
-        kh, qh, doh, dqh, dkh, dvh = k[h], q[h], dout[h], dq[h], dk[h], dv[h]
-        for i0 in range(0, tq, 4):
-            i1 = min(tq, i0 + 4)
-            nr = i1 - i0
-            lim_hi = min(tk, i1 - 1 + offset + 1)
-            # datt = dout @ v^T on the unmasked part, four rows at once
-            ds[:, :lim_hi] = t(0)
-            for d in range(hs):
-                vrow = vt[d, :lim_hi]
-                for r in range(nr):
-                    g = doh[i0 + r, d]
-                    dsr = ds[r]
-                    for j in range(lim_hi):
-                        dsr[j] += g * vrow[j]
-            # ds = att * (datt - rowsum(datt * att)) * scale
-            for r in range(nr):
-                lim = min(tk, i0 + r + offset + 1)
-                prow = att[h, i0 + r]
-                dsr = ds[r]
-                acc = t(0)
-                for j in range(lim):
-                    acc += dsr[j] * prow[j]
-                for j in range(lim):
-                    dsr[j] = prow[j] * (dsr[j] - acc) * scale
-                for j in range(lim, lim_hi):
-                    dsr[j] = t(0)
-            # dq[i] += ds[i, j] k[j]; dk[j] += ds[i, j] q[i]; dv[j] += att[i, j] dout[i]
-            for j in range(lim_hi):
-                krow, dkrow, dvrow = kh[j], dkh[j], dvh[j]
-                for r in range(nr):
-                    i = i0 + r
-                    g = ds[r, j]
-                    p = att[h, i, j]
-                    qrow, dqrow, dorow = qh[i], dqh[i], doh[i]
-                    for d in range(hs):
-                        dqrow[d] += g * krow[d]
-                        dkrow[d] += g * qrow[d]
-                        dvrow[d] += p * dorow[d]
+        p = att[h]
+        ds = np.empty((tq, tk), dtype=q.dtype)
+        _nt(dout[h], v[h], ds, t(1), offset, 0)  # datt = dout v^T
+        for i in range(tq):  # ds = att * (datt - rowsum(datt * att)) * scale
+            lim = min(tk, i + offset + 1)
+            dsr, pr = ds[i], p[i]
+            acc = _dot(dsr, pr, lim)
+            for j in range(lim):
+                dsr[j] = pr[j] * (dsr[j] - acc) * scale
+            for j in range(lim, tk):
+                dsr[j] = t(0)
+        _nt(ds, np.ascontiguousarray(k[h].T), dq[h], t(1), offset, 1)  # dq = ds k
+        dst = np.ascontiguousarray(ds.T)  # (Tk, Tq)
+        _nt(dst, np.ascontiguousarray(q[h].T), dk[h], t(1), offset, 2)  # dk = ds^T q
+        pt = np.ascontiguousarray(p.T)
+        _nt(pt, np.ascontiguousarray(dout[h].T), dv[h], t(1), offset, 2)  # dv = att^T dout
 
 
 def _heads(a: np.ndarray) -> np.ndarray:
@@ -177,7 +192,7 @@ def attention_backward_numba(dout, q, k, v, att, causal=True):
     b, nh, tq, hs = q.shape
     tk = k.shape[-2]
     q3, k3 = _heads(q), _heads(k)
-    dq, dk, dv = np.zeros_like(q3), np.zeros_like(k3), np.zeros_like(k3)
+    dq, dk, dv = np.empty_like(q3), np.empty_like(k3), np.empty_like(k3)
     offset = tk - tq if causal else tk  # only to skip work: masked att entries are 0
     a3 = np.ascontiguousarray(att).reshape(-1, tq, tk)
     _attn_bwd(
