@@ -10,8 +10,8 @@ and a tiled, parallel Numba GEMM kept for study and benchmarks.
 The NumPy reference is BLAS (`@` on 2-D arrays: one GEMM per product, transposes passed
 as flags, no copies) and is the default: PERF_NOTES measured OpenBLAS at 4-8x a
 hand-written Numba matmul, and `benchmarks/kernels.py` re-measures the ratio here. The
-Numba kernel is an i-k-j loop blocked over 4 rows of A and 256 of K, so each loaded row of
-B feeds 4 FMAs and stays in L1/L2; rows of C are split across threads with prange.
+Numba kernel computes A @ B as A times (B^T)-transposed, register-blocked (see
+`_gemm_nt`); the forward's w is already (out, in), so its B^T is w itself, uncopied.
 """
 
 from __future__ import annotations
@@ -41,51 +41,72 @@ def linear_backward_numpy(dout, x, w, need_dx=True, need_dw=True, need_db=True):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-_MB = 16  # rows of C per parallel task
-_KB = 256  # depth of one K block: 4 rows of A and 256 rows of B stay in cache
+_MB = 32  # rows of A (and C) per parallel task
+_NB = 128  # rows of B^T per pass: 128 x K floats stay in L2 while all _MB rows use them
 
 
 @jit(parallel=True)
-def _gemm(a, b, c):
+def _gemm_nt(a, bt, c):
+    """c = a @ bt.T for C-contiguous a (M, K), bt (N, K), c (M, N).
+
+    Register-blocked: 4 rows of a against 2 rows of bt keep 8 running sums in registers
+    while one vectorised loop walks K (from 0: a loop from k0 > 0 stayed scalar,
+    PERF_NOTES). Tasks of _MB rows of C run in parallel; within a task bt is walked in
+    panels of _NB rows so a panel is reused from cache by all the task's rows."""
     m, kdim = a.shape
-    n = b.shape[1]
-    nblocks = (m + _MB - 1) // _MB
-    for blk in prange(nblocks):
-        i0 = blk * _MB
-        i1 = min(m, i0 + _MB)
-        for k0 in range(0, kdim, _KB):
-            k1 = min(kdim, k0 + _KB)
-            i = i0
-            while i + 4 <= i1:
-                c0, c1, c2, c3 = c[i], c[i + 1], c[i + 2], c[i + 3]
-                for k in range(k0, k1):
-                    a0, a1, a2, a3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
-                    br = b[k]
-                    # the inner loop runs from 0 over whole rows: that is what LLVM
-                    # vectorises (a loop starting at j0 > 0 stayed scalar, PERF_NOTES)
-                    for j in range(n):
-                        bj = br[j]
-                        c0[j] += a0 * bj
-                        c1[j] += a1 * bj
-                        c2[j] += a2 * bj
-                        c3[j] += a3 * bj
-                i += 4
-            while i < i1:
-                ci = c[i]
-                for k in range(k0, k1):
-                    ak = a[i, k]
-                    br = b[k]
-                    for j in range(n):
-                        ci[j] += ak * br[j]
-                i += 1
+    n = bt.shape[0]
+    z = a.dtype.type(0)
+    for blk in prange((m + _MB - 1) // _MB):
+        i_lo = blk * _MB
+        i_hi = min(m, i_lo + _MB)
+        for j_lo in range(0, n, _NB):
+            j_hi = min(n, j_lo + _NB)
+            for i0 in range(i_lo, i_hi, 4):
+                if i0 + 4 <= i_hi:
+                    a0, a1, a2, a3 = a[i0], a[i0 + 1], a[i0 + 2], a[i0 + 3]
+                    j = j_lo
+                    while j + 2 <= j_hi:
+                        ba, bb = bt[j], bt[j + 1]
+                        s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = z
+                        for k in range(kdim):
+                            x, y = ba[k], bb[k]
+                            s0 += a0[k] * x
+                            s1 += a1[k] * x
+                            s2 += a2[k] * x
+                            s3 += a3[k] * x
+                            t0 += a0[k] * y
+                            t1 += a1[k] * y
+                            t2 += a2[k] * y
+                            t3 += a3[k] * y
+                        c[i0, j], c[i0 + 1, j], c[i0 + 2, j], c[i0 + 3, j] = s0, s1, s2, s3
+                        c[i0, j + 1], c[i0 + 1, j + 1] = t0, t1
+                        c[i0 + 2, j + 1], c[i0 + 3, j + 1] = t2, t3
+                        j += 2
+                    rows = 4
+                else:
+                    j = j_lo
+                    rows = i_hi - i0
+                for r in range(rows):  # leftover columns (and rows past the last 4)
+                    ar = a[i0 + r]
+                    for jj in range(j, j_hi):
+                        b_ = bt[jj]
+                        acc = z
+                        for k in range(kdim):
+                            acc += ar[k] * b_[k]
+                        c[i0 + r, jj] = acc
 
 
 def gemm_numba(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for 2-D arrays with the tiled Numba kernel."""
-    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    c = np.zeros((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    if c.size and a.shape[1]:
-        _gemm(a, b, c)
+    """a @ b for 2-D arrays with the blocked Numba kernel (b is transposed to (N, K)
+    first, an N x K copy, so both operands are walked along contiguous rows)."""
+    dt = np.result_type(a, b)
+    a = np.ascontiguousarray(a, dtype=dt)
+    bt = np.ascontiguousarray(b.T, dtype=dt)
+    c = np.empty((a.shape[0], bt.shape[0]), dtype=dt)
+    if a.shape[1] == 0:
+        c[...] = 0
+    elif c.size:
+        _gemm_nt(a, bt, c)
     return c
 
 

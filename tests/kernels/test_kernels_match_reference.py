@@ -59,7 +59,7 @@ def test_linear(dtype, n, k, m, contiguous, seed):
 
 def test_gemm_numba_on_blocked_edges():
     rng = np.random.default_rng(0)
-    for m, k, n in [(1, 1, 1), (5, 300, 7), (33, 513, 65), (64, 64, 64)]:
+    for m, k, n in [(1, 1, 1), (5, 300, 7), (33, 513, 65), (64, 64, 64), (70, 9, 259), (3, 0, 4)]:
         a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
         np.testing.assert_allclose(K.matmul.gemm_numba(a, b), a @ b, rtol=1e-10, atol=1e-10)
 
