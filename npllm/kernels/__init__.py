@@ -92,10 +92,12 @@ _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
 }
 
 # The faster backend per kernel on this machine, as measured by `npllm bench kernels`
-# (see benchmarks/RESULTS.md, "Kernels"). Kernels not listed default to "numba".
+# (benchmarks/RESULTS.md, "Kernels"): Numba for every kernel but these. Kernels not
+# listed default to "numba".
 DEFAULTS: dict[str, str] = {
-    "linear_forward": "numpy",  # BLAS; the tiled Numba GEMM is 3-6x slower
+    "linear_forward": "numpy",  # BLAS; the blocked Numba GEMM reached 0.6-0.9x of it
     "linear_backward": "numpy",
+    "embedding_forward": "numpy",  # a fancy-indexing gather; Numba's copy loop was ~2x slower
 }
 
 _mode: str = "auto"
