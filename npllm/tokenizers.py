@@ -26,7 +26,26 @@ GPT2_SPLIT_PATTERN = (
 )
 
 
-class CharTokenizer:
+class _SavedAsJSON:
+    """`save`/`load` of a tokenizer through its `to_dict()` form."""
+
+    kind: str
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        tok = load_tokenizer(path)
+        if not isinstance(tok, cls):
+            raise DataError(f"{path} holds a {tok.kind} tokenizer, not a {cls.kind} tokenizer")
+        return tok
+
+
+class CharTokenizer(_SavedAsJSON):
     """One token per character; the vocabulary is the sorted alphabet of a text."""
 
     kind = "char"
@@ -66,15 +85,6 @@ class CharTokenizer:
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "chars": self.chars}
 
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> CharTokenizer:
-        tok = load_tokenizer(path)
-        if not isinstance(tok, cls):
-            raise DataError(f"{path} holds a {tok.kind} tokenizer, not a char tokenizer")
-        return tok
 
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
@@ -91,7 +101,7 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     return out
 
 
-class BPETokenizer:
+class BPETokenizer(_SavedAsJSON):
     """Byte-level BPE: ids 0-255 are bytes, id 256 + k is the k-th learned merge."""
 
     kind = "bpe"
@@ -196,15 +206,6 @@ class BPETokenizer:
         merges = [list(m) for m in self.merges]
         return {"type": self.kind, "pattern": self.pattern, "merges": merges}
 
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> BPETokenizer:
-        tok = load_tokenizer(path)
-        if not isinstance(tok, cls):
-            raise DataError(f"{path} holds a {tok.kind} tokenizer, not a BPE tokenizer")
-        return tok
 
 
 Tokenizer = CharTokenizer | BPETokenizer
