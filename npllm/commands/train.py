@@ -21,7 +21,8 @@ def _int_or_none(text: str) -> int | None:
 # (field, type, help) for every field of GPTConfig, then of TrainConfig; a test checks
 # that this table and the dataclasses agree.
 MODEL_FLAGS: list[tuple[str, object, str]] = [
-    ("vocab_size", int, "vocabulary size (default: the data's; larger pads the embedding)"),
+    ("vocab_size", int, "vocabulary size (default: the data's; larger pads the embedding); "
+                        "with --corpus and --tokenizer bpe, also the BPE size"),
     ("block_size", int, "context length in tokens"),
     ("n_layer", int, "transformer blocks"),
     ("n_head", int, "attention heads (must divide n_embd)"),
@@ -62,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--preset", default="cpu-small", metavar="NAME",
                      help=f"starting config: {', '.join(PRESET_NAMES)} (default cpu-small)")
     run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last checkpoint")
+                     help="continue the run in --out from its last checkpoint, with its "
+                          "configs; training flags (e.g. --max-iters) may change them")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the run already in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
@@ -75,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    default=argparse.SUPPRESS, help=help_text)
             else:
                 group.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS,
-                                   metavar=name.split("_")[-1].upper(), help=help_text)
+                                   metavar={float: "X", str: "NAME"}.get(typ, "N"),
+                                   help=help_text)
 
 
 def resolve(args: argparse.Namespace):
