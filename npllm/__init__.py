@@ -19,15 +19,20 @@ from npllm.autograd import Tensor, concatenate, gradcheck, no_grad, split
 from npllm.errors import NpllmError
 from npllm.gpt import GPT, GPTConfig
 from npllm.optim import SGD, AdamW, clip_grad_norm, cosine_lr
+from npllm.tokenizers import BPETokenizer, CharTokenizer
+from npllm.train import TrainConfig
 
 __version__ = "0.1.0"
 __all__ = [
+    "BPETokenizer",
+    "CharTokenizer",
     "GPT",
     "SGD",
     "AdamW",
     "GPTConfig",
     "NpllmError",
     "Tensor",
+    "TrainConfig",
     "clip_grad_norm",
     "concatenate",
     "cosine_lr",
