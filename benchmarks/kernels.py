@@ -454,13 +454,29 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{cmd}`",
         "",
         "Medians of interleaved samples, float32, ms per call; ratio = ours / torch eager "
-        "(below 1 = faster than torch). The machine is shared with other work: "
-        "differences under ~10% are noise.",
+        "(below 1 = faster than torch). The machine is shared with other work (load "
+        f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start): "
+        "differences under ~10% are noise, and 2-thread OpenBLAS calls stall whenever "
+        "a core is taken, which shows as erratic BLAS GFLOP/s below (the same GEMM ran "
+        "at 0.3 ms or 30 ms from one minute to the next).",
         "",
     ]
     printed = 0
     for name in shapes:
-        rows, summary, _ = run_shape(name, args.reps, args.only)
+        rows, summary, per_kernel = run_shape(name, args.reps, args.only)
+        verdicts = [
+            f"{k} {t['numba'] / t['torch']:.2f} "
+            f"({'met' if t['numba'] <= t['torch'] else 'NOT met'})"
+            for k, t in per_kernel.items()
+            if k in TARGETS
+        ]
+        if verdicts:
+            summary += [
+                "",
+                "Targets (default Numba kernel, fwd+bwd, ratio to torch <= 1): "
+                + ", ".join(verdicts)
+                + ".",
+            ]
         out += [
             f"### {shape_label(name)}",
             "",
@@ -487,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         out += [f"BLAS peak (numpy float32 GEMM 1024^3): {peak:.0f} GFLOP/s.", ""]
     if args.jit:
         out += ["### JIT cost", "", *jit_cost(), ""]
-    out.append(f"(benchmark wall time {time.time() - t_start:.0f} s)")
+    out.append(
+        f"(benchmark wall time {time.time() - t_start:.0f} s, load average at the end "
+        f"{os.getloadavg()[0]:.1f})"
+    )
     text = "\n".join(out)
     print("\n".join(out[printed:]))
     if args.write:
