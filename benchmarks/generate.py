@@ -140,12 +140,14 @@ def bench_shape(shape: str, repeats: int) -> str:
                 return fn()
             finally:
                 numba.set_num_threads(prev)
+
         return run
 
     runs = {
         "npllm, KV cache": lambda: generate(dec, prompt, n, greedy=True)[0].tolist(),
         "npllm, KV cache, 1 thread": one_thread(
-            lambda: generate(dec, prompt, n, greedy=True)[0].tolist()),
+            lambda: generate(dec, prompt, n, greedy=True)[0].tolist()
+        ),
         "PyTorch eager, KV cache": lambda: torch_generate(tmodel, prompt, n),
         "npllm, recompute": lambda: generate(dec, prompt, n, greedy=True, use_cache=False)[
             0
@@ -160,7 +162,7 @@ def bench_shape(shape: str, repeats: int) -> str:
     names = list(runs)
     for r in range(repeats):
         # rotate who goes first, as benchmarks/common.interleaved does
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             fn = runs[name]
             dt, ids[name] = timed(fn)
             times[name].append(dt)
@@ -206,10 +208,14 @@ def trained_int8(run: str, eval_iters: int) -> str:
     ck = load_checkpoint(run, "best")
     cfg = GPTConfig(**ck.info["model_config"])
     val = load_split(ck.info["data"]["dir"], "val")
-    lines = [f"### int8 on a trained model: {run} (iter {ck.info.get('iter')}, "
-             f"{cfg.n_layer} layers, C={cfg.n_embd}, V={cfg.vocab_size}), "
-             f"val loss over {eval_iters} batches of 8", "",
-             "| weights | bytes | val loss | change |", "|---|---|---|---|"]
+    lines = [
+        f"### int8 on a trained model: {run} (iter {ck.info.get('iter')}, "
+        f"{cfg.n_layer} layers, C={cfg.n_embd}, V={cfg.vocab_size}), "
+        f"val loss over {eval_iters} batches of 8",
+        "",
+        "| weights | bytes | val loss | change |",
+        "|---|---|---|---|",
+    ]
     wf = load_weights(ck.model_state)
     base = val_loss(Decoder(cfg, wf), val, eval_iters, 8, 0)
     lines.append(f"| float32 | {weight_bytes(wf) / 1e6:.2f} MB | {base:.4f} | |")
@@ -217,8 +223,9 @@ def trained_int8(run: str, eval_iters: int) -> str:
         wq = load_weights(quantize_state_dict(ck.model_state, embedding=emb))
         loss = val_loss(Decoder(cfg, wq), val, eval_iters, 8, 0)
         what = "int8 Linears + embedding" if emb else "int8 Linears, float embedding"
-        lines.append(f"| {what} | {weight_bytes(wq) / 1e6:.2f} MB | {loss:.4f} | "
-                     f"{loss - base:+.4f} |")
+        lines.append(
+            f"| {what} | {weight_bytes(wq) / 1e6:.2f} MB | {loss:.4f} | {loss - base:+.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -235,10 +242,14 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     info = machine_info()
-    head = "\n".join([
-        f"Machine: {info['cpu']}; Python {info['python']}, numpy {info['numpy']}, numba "
-        f"{info['numba']}, torch {info['torch']}. Date: {info['date']}.",
-        f"Command: `python benchmarks/generate.py {' '.join(argv or sys.argv[1:])}`", ""])
+    head = "\n".join(
+        [
+            f"Machine: {info['cpu']}; Python {info['python']}, numpy {info['numpy']}, numba "
+            f"{info['numba']}, torch {info['torch']}. Date: {info['date']}.",
+            f"Command: `python benchmarks/generate.py {' '.join(argv or sys.argv[1:])}`",
+            "",
+        ]
+    )
     print(head)
     parts = [head]
     for shape in shapes:
