@@ -300,10 +300,12 @@ def dropout(x: Tensor, p: float, training: bool, rng: np.random.Generator | None
     """Inverted dropout: zero each entry with probability p and scale the rest by 1/(1-p);
     the identity when not training or p == 0. `rng` (a NumPy Generator) is the only source
     of randomness; a fresh unseeded one is made when None."""
-    if not 0.0 <= p < 1.0:
-        raise ConfigError(f"dropout: p must be in [0, 1), got {p}")
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
+    if p == 1.0:  # everything dropped (as torch): zeros, and a zero gradient
+        return x * 0.0
     rng = np.random.default_rng() if rng is None else rng
     dt = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
     u = rng.random(x.shape, dtype=dt)

@@ -161,8 +161,10 @@ def test_dropout_identity_scaling_and_rng():
     np.testing.assert_array_equal(a, b)
     assert set(np.unique(a)) == {0.0, np.float32(1 / 0.75)}
     assert abs((a == 0).mean() - 0.25) < 0.02
+    dropped = F.dropout(x, 1.0, True)
+    assert np.all(dropped.data == 0)
     with pytest.raises(ConfigError):
-        F.dropout(x, 1.0, True)
+        F.dropout(x, 1.5, True)
 
 
 def test_user_errors_name_the_problem():
