@@ -44,6 +44,20 @@ def jit(fn=None, *, parallel: bool = False, fastmath: bool = True, inline: bool 
     return njit(**opts)(fn)
 
 
+# Below this many elements of work a kernel runs serially: a prange launch wakes the
+# second thread (passive OpenMP waiting, see npllm/__init__.py), which costs more than the
+# work; KV-cache decoding (T = 1) calls the row kernels at a few hundred elements.
+PAR_MIN = 1 << 15
+
+
+def n_chunks(rows: int, work: int) -> int:
+    """How many parallel tasks to split `rows` rows (of `work` elements in all) into;
+    0 means run serially."""
+    if work < PAR_MIN or rows < 2:
+        return 0
+    return min(rows, 8)
+
+
 @intrinsic
 def _int32_bits_as_float32(typingctx, i):
     """Reinterpret an int32's bits as a float32 (a no-op the vectoriser understands)."""

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import prange
 
-from npllm.kernels._jit import fexp, jit
+from npllm.kernels._jit import fexp, jit, n_chunks
 
 KERNELS = ("attention_forward", "attention_backward")
 
@@ -122,55 +122,63 @@ def _nt(a, b, out, scale, offset, mode):
                     out[i0 + r, j] = _dot(a[i0 + r, klo:], b[j, klo:], kn) * scale
 
 
-@jit(parallel=True)
-def _attn_fwd(q, k, v, scale, offset, out, att):
-    nb, tq, hs = q.shape
-    tk = k.shape[1]
+@jit
+def _attn_fwd_head(q, k, v, scale, offset, out, s):
+    """One head: q (Tq, hs), k, v (Tk, hs) -> out (Tq, hs), s (Tq, Tk) probabilities."""
+    tq = q.shape[0]
+    tk = k.shape[0]
     t = q.dtype.type
-    for h in prange(nb):
-        s = att[h]  # (Tq, Tk): scores, then probabilities, in place
-        _nt(q[h], k[h], s, scale, offset, 0)
-        for i in range(tq):
-            lim = min(tk, i + offset + 1)
-            srow = s[i]
-            mx = srow[0]
-            for j in range(lim):
-                mx = max(mx, srow[j])
-            tot = t(0)
-            for j in range(lim):
-                e = fexp(srow[j] - mx)
-                srow[j] = e
-                tot += e
-            inv = t(1) / tot
-            for j in range(lim):
-                srow[j] *= inv
-            for j in range(lim, tk):
-                srow[j] = t(0)
-        _nt(s, np.ascontiguousarray(v[h].T), out[h], t(1), offset, 1)  # out = P V
+    _nt(q, k, s, scale, offset, 0)  # scores, then probabilities in place
+    for i in range(tq):
+        lim = min(tk, i + offset + 1)
+        srow = s[i]
+        mx = srow[0]
+        for j in range(lim):
+            mx = max(mx, srow[j])
+        tot = t(0)
+        for j in range(lim):
+            e = fexp(srow[j] - mx)
+            srow[j] = e
+            tot += e
+        inv = t(1) / tot
+        for j in range(lim):
+            srow[j] *= inv
+        for j in range(lim, tk):
+            srow[j] = t(0)
+    _nt(s, np.ascontiguousarray(v.T), out, t(1), offset, 1)  # out = P V
+
+
+@jit
+def _attn_bwd_head(dout, q, k, v, p, scale, offset, dq, dk, dv):
+    """One head's dq, dk, dv from dout (Tq, hs) and the probabilities p (Tq, Tk)."""
+    tq = q.shape[0]
+    tk = k.shape[0]
+    t = q.dtype.type
+    ds = np.empty((tq, tk), dtype=q.dtype)
+    _nt(dout, v, ds, t(1), offset, 0)  # datt = dout v^T
+    for i in range(tq):  # ds = att * (datt - rowsum(datt * att)) * scale
+        lim = min(tk, i + offset + 1)
+        dsr, pr = ds[i], p[i]
+        acc = _dot(dsr, pr, lim)
+        for j in range(lim):
+            dsr[j] = pr[j] * (dsr[j] - acc) * scale
+        for j in range(lim, tk):
+            dsr[j] = t(0)
+    _nt(ds, np.ascontiguousarray(k.T), dq, t(1), offset, 1)  # dq = ds k
+    _nt(np.ascontiguousarray(ds.T), np.ascontiguousarray(q.T), dk, t(1), offset, 2)  # ds^T q
+    _nt(np.ascontiguousarray(p.T), np.ascontiguousarray(dout.T), dv, t(1), offset, 2)  # p^T do
 
 
 @jit(parallel=True)
-def _attn_bwd(dout, q, k, v, att, scale, offset, dq, dk, dv):
-    nb, tq, hs = q.shape
-    tk = k.shape[1]
-    t = q.dtype.type
-    for h in prange(nb):
-        p = att[h]
-        ds = np.empty((tq, tk), dtype=q.dtype)
-        _nt(dout[h], v[h], ds, t(1), offset, 0)  # datt = dout v^T
-        for i in range(tq):  # ds = att * (datt - rowsum(datt * att)) * scale
-            lim = min(tk, i + offset + 1)
-            dsr, pr = ds[i], p[i]
-            acc = _dot(dsr, pr, lim)
-            for j in range(lim):
-                dsr[j] = pr[j] * (dsr[j] - acc) * scale
-            for j in range(lim, tk):
-                dsr[j] = t(0)
-        _nt(ds, np.ascontiguousarray(k[h].T), dq[h], t(1), offset, 1)  # dq = ds k
-        dst = np.ascontiguousarray(ds.T)  # (Tk, Tq)
-        _nt(dst, np.ascontiguousarray(q[h].T), dk[h], t(1), offset, 2)  # dk = ds^T q
-        pt = np.ascontiguousarray(p.T)
-        _nt(pt, np.ascontiguousarray(dout[h].T), dv[h], t(1), offset, 2)  # dv = att^T dout
+def _attn_fwd_par(q, k, v, scale, offset, out, att):
+    for h in prange(q.shape[0]):
+        _attn_fwd_head(q[h], k[h], v[h], scale, offset, out[h], att[h])
+
+
+@jit(parallel=True)
+def _attn_bwd_par(dout, q, k, v, att, scale, offset, dq, dk, dv):
+    for h in prange(q.shape[0]):
+        _attn_bwd_head(dout[h], q[h], k[h], v[h], att[h], scale, offset, dq[h], dk[h], dv[h])
 
 
 def _heads(a: np.ndarray) -> np.ndarray:
@@ -184,7 +192,12 @@ def attention_forward_numba(q, k, v, causal=True):
     out = np.empty((b * nh, tq, hs), dtype=q.dtype)
     att = np.empty((b * nh, tq, tk), dtype=q.dtype)
     offset = tk - tq if causal else tk
-    _attn_fwd(_heads(q), _heads(k), _heads(v), q.dtype.type(1.0 / math.sqrt(hs)), offset, out, att)
+    q3, k3, v3, scale = _heads(q), _heads(k), _heads(v), q.dtype.type(1.0 / math.sqrt(hs))
+    if n_chunks(b * nh, b * nh * tq * tk * hs):  # one parallel task per head
+        _attn_fwd_par(q3, k3, v3, scale, offset, out, att)
+    else:  # small (e.g. decoding one token): a loop here costs less than waking a thread
+        for h in range(b * nh):
+            _attn_fwd_head(q3[h], k3[h], v3[h], scale, offset, out[h], att[h])
     return out.reshape(b, nh, tq, hs), att.reshape(b, nh, tq, tk)
 
 
@@ -195,7 +208,10 @@ def attention_backward_numba(dout, q, k, v, att, causal=True):
     dq, dk, dv = np.empty_like(q3), np.empty_like(k3), np.empty_like(k3)
     offset = tk - tq if causal else tk  # only to skip work: masked att entries are 0
     a3 = np.ascontiguousarray(att).reshape(-1, tq, tk)
-    _attn_bwd(
-        _heads(dout), q3, k3, _heads(v), a3, q.dtype.type(1.0 / math.sqrt(hs)), offset, dq, dk, dv
-    )
+    do3, v3, scale = _heads(dout), _heads(v), q.dtype.type(1.0 / math.sqrt(hs))
+    if n_chunks(b * nh, b * nh * tq * tk * hs):
+        _attn_bwd_par(do3, q3, k3, v3, a3, scale, offset, dq, dk, dv)
+    else:
+        for h in range(b * nh):
+            _attn_bwd_head(do3[h], q3[h], k3[h], v3[h], a3[h], scale, offset, dq[h], dk[h], dv[h])
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(k.shape)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from npllm.kernels._jit import fexp, jit
+from npllm.kernels._jit import fexp, jit, n_chunks
 
 KERNELS = ("cross_entropy_forward", "cross_entropy_backward")
 
@@ -51,11 +51,12 @@ def cross_entropy_backward_numpy(dloss, logits, targets, lse, ignore_index):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-@jit(parallel=True)
-def _ce_fwd(logits, targets, ignore_index, lse, losses):
-    n, v = logits.shape
+# A serial kernel over a range of rows, run on chunks of rows in parallel for large inputs.
+@jit
+def _ce_fwd(logits, targets, ignore_index, lse, losses, lo, hi):
+    v = logits.shape[1]
     t = logits.dtype.type
-    for i in prange(n):
+    for i in range(lo, hi):
         mx = logits[i, 0]
         for j in range(v):
             mx = max(mx, logits[i, j])
@@ -67,11 +68,11 @@ def _ce_fwd(logits, targets, ignore_index, lse, losses):
         losses[i] = t(0) if tg == ignore_index else lse[i] - logits[i, tg]
 
 
-@jit(parallel=True)
-def _ce_bwd(logits, targets, ignore_index, lse, scale, d):
-    n, v = logits.shape
+@jit
+def _ce_bwd(logits, targets, ignore_index, lse, scale, d, lo, hi):
+    v = logits.shape[1]
     t = logits.dtype.type
-    for i in prange(n):
+    for i in range(lo, hi):
         tg = targets[i]
         if tg == ignore_index:
             for j in range(v):
@@ -83,14 +84,33 @@ def _ce_bwd(logits, targets, ignore_index, lse, scale, d):
         d[i, tg] -= scale
 
 
+@jit(parallel=True)
+def _ce_fwd_par(logits, targets, ignore_index, lse, losses, nchunks):
+    n = logits.shape[0]
+    per = (n + nchunks - 1) // nchunks
+    for k in prange(nchunks):
+        _ce_fwd(logits, targets, ignore_index, lse, losses, k * per, min(n, (k + 1) * per))
+
+
+@jit(parallel=True)
+def _ce_bwd_par(logits, targets, ignore_index, lse, scale, d, nchunks):
+    n = logits.shape[0]
+    per = (n + nchunks - 1) // nchunks
+    for k in prange(nchunks):
+        _ce_bwd(logits, targets, ignore_index, lse, scale, d, k * per, min(n, (k + 1) * per))
+
+
 def cross_entropy_forward_numba(logits, targets, ignore_index):
     logits = np.ascontiguousarray(logits)
     targets = np.ascontiguousarray(targets, dtype=np.int64)
     n = logits.shape[0]
     lse = np.empty(n, logits.dtype)
     losses = np.empty(n, logits.dtype)
-    if logits.size:
-        _ce_fwd(logits, targets, ignore_index, lse, losses)
+    k = n_chunks(n, logits.size)
+    if k:
+        _ce_fwd_par(logits, targets, ignore_index, lse, losses, k)
+    elif logits.size:
+        _ce_fwd(logits, targets, ignore_index, lse, losses, 0, n)
     count = int(np.count_nonzero(targets != ignore_index))
     if count == 0:
         return np.zeros((), logits.dtype), lse
@@ -105,5 +125,10 @@ def cross_entropy_backward_numba(dloss, logits, targets, lse, ignore_index):
         return np.zeros_like(logits)
     d = np.empty_like(logits)
     scale = logits.dtype.type(dloss) / logits.dtype.type(count)
-    _ce_bwd(logits, targets, ignore_index, np.ascontiguousarray(lse), scale, d)
+    lse = np.ascontiguousarray(lse)
+    k = n_chunks(logits.shape[0], logits.size)
+    if k:
+        _ce_bwd_par(logits, targets, ignore_index, lse, scale, d, k)
+    else:
+        _ce_bwd(logits, targets, ignore_index, lse, scale, d, 0, logits.shape[0])
     return d

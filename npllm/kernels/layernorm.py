@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from npllm.kernels._jit import jit
+from npllm.kernels._jit import jit, n_chunks
 
 KERNELS = ("layernorm_forward", "layernorm_backward")
 
@@ -52,12 +52,14 @@ def layernorm_backward_numpy(dout, x, mean, rstd, w):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-@jit(parallel=True)
-def _ln_fwd(x, w, b, eps, out, mean, rstd):
-    n, c = x.shape
+# A serial kernel over a range of rows, run on chunks of rows in parallel for large
+# inputs (serially below _jit.PAR_MIN, e.g. one token at a time when decoding).
+@jit
+def _ln_fwd(x, w, b, eps, out, mean, rstd, lo, hi):
+    c = x.shape[1]
     t = x.dtype.type
     inv_c = t(1) / t(c)
-    for i in prange(n):
+    for i in range(lo, hi):
         s = t(0)
         for j in range(c):
             s += x[i, j]
@@ -73,33 +75,47 @@ def _ln_fwd(x, w, b, eps, out, mean, rstd):
         rstd[i] = r
 
 
-@jit(parallel=True)
-def _ln_bwd(dout, x, mean, rstd, w, dx, dw_part, db_part):
-    # Rows are split into one chunk per thread-sized block; each chunk accumulates its own
-    # dw/db partial row, summed afterwards, so no two threads write the same memory.
-    n, c = x.shape
+@jit
+def _ln_bwd(dout, x, mean, rstd, w, dx, dw_row, db_row, lo, hi):
+    # dw/db of these rows are added into dw_row/db_row (one partial row per task, summed
+    # afterwards, so no two threads write the same memory)
+    c = x.shape[1]
     t = x.dtype.type
     inv_c = t(1) / t(c)
+    for i in range(lo, hi):
+        m = mean[i]
+        r = rstd[i]
+        s1 = t(0)
+        s2 = t(0)
+        for j in range(c):
+            xhat = (x[i, j] - m) * r
+            g = dout[i, j] * w[j]
+            s1 += g
+            s2 += g * xhat
+            dw_row[j] += dout[i, j] * xhat
+            db_row[j] += dout[i, j]
+        s1 *= inv_c
+        s2 *= inv_c
+        for j in range(c):
+            xhat = (x[i, j] - m) * r
+            dx[i, j] = r * (dout[i, j] * w[j] - s1 - xhat * s2)
+
+
+@jit(parallel=True)
+def _ln_fwd_par(x, w, b, eps, out, mean, rstd, nchunks):
+    n = x.shape[0]
+    per = (n + nchunks - 1) // nchunks
+    for k in prange(nchunks):
+        _ln_fwd(x, w, b, eps, out, mean, rstd, k * per, min(n, (k + 1) * per))
+
+
+@jit(parallel=True)
+def _ln_bwd_par(dout, x, mean, rstd, w, dx, dw_part, db_part):
+    n = x.shape[0]
     nchunks = dw_part.shape[0]
     per = (n + nchunks - 1) // nchunks
     for k in prange(nchunks):
-        for i in range(k * per, min(n, (k + 1) * per)):
-            m = mean[i]
-            r = rstd[i]
-            s1 = t(0)
-            s2 = t(0)
-            for j in range(c):
-                xhat = (x[i, j] - m) * r
-                g = dout[i, j] * w[j]
-                s1 += g
-                s2 += g * xhat
-                dw_part[k, j] += dout[i, j] * xhat
-                db_part[k, j] += dout[i, j]
-            s1 *= inv_c
-            s2 *= inv_c
-            for j in range(c):
-                xhat = (x[i, j] - m) * r
-                dx[i, j] = r * (dout[i, j] * w[j] - s1 - xhat * s2)
+        _ln_bwd(dout, x, mean, rstd, w, dx, dw_part[k], db_part[k], k * per, min(n, (k + 1) * per))
 
 
 def layernorm_forward_numba(x, w, b, eps):
@@ -111,30 +127,27 @@ def layernorm_forward_numba(x, w, b, eps):
     out = np.empty_like(x)
     mean = np.empty(n, dt)
     rstd = np.empty(n, dt)
-    if x.size:
-        _ln_fwd(x, w_, b_, dt.type(eps), out, mean, rstd)
+    k = n_chunks(n, x.size)
+    if k:
+        _ln_fwd_par(x, w_, b_, dt.type(eps), out, mean, rstd, k)
+    elif x.size:
+        _ln_fwd(x, w_, b_, dt.type(eps), out, mean, rstd, 0, n)
     return out, mean, rstd
 
 
 def layernorm_backward_numba(dout, x, mean, rstd, w):
     dout, x = np.ascontiguousarray(dout), np.ascontiguousarray(x)
+    mean, rstd = np.ascontiguousarray(mean), np.ascontiguousarray(rstd)
     n, c = x.shape
     dt = x.dtype
     w_ = np.ones(c, dt) if w is None else np.ascontiguousarray(w)
-    nchunks = max(1, min(8, n // 32))
-    dw_part = np.zeros((nchunks, c), dt)
-    db_part = np.zeros((nchunks, c), dt)
+    k = n_chunks(n, x.size)
+    dw_part = np.zeros((max(k, 1), c), dt)
+    db_part = np.zeros((max(k, 1), c), dt)
     dx = np.empty_like(x)
-    if x.size:
-        _ln_bwd(
-            dout,
-            x,
-            np.ascontiguousarray(mean),
-            np.ascontiguousarray(rstd),
-            w_,
-            dx,
-            dw_part,
-            db_part,
-        )
+    if k:
+        _ln_bwd_par(dout, x, mean, rstd, w_, dx, dw_part, db_part)
+    elif x.size:
+        _ln_bwd(dout, x, mean, rstd, w_, dx, dw_part[0], db_part[0], 0, n)
     dw = dw_part.sum(axis=0) if w is not None else None
     return dx, dw, db_part.sum(axis=0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from npllm.kernels._jit import fexp, jit
+from npllm.kernels._jit import fexp, jit, n_chunks
 
 KERNELS = ("softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward")
 
@@ -42,15 +42,16 @@ def log_softmax_backward_numpy(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# Rows are independent: prange over rows, a vectorised pass per row. Every constant is
-# made in the input's dtype (`t(0)`): in Numba a Python literal promotes float32 math to
-# float64, which halves the vector width and sends fexp to its float64 branch. The running
-# max starts at x[i, 0], never a float64 -inf literal (PERF_NOTES).
-@jit(parallel=True)
-def _softmax_rows(x, out, log):
-    n, m = x.shape
+# Rows are independent: a serial kernel over a range of rows, run on chunks of rows in
+# parallel for large inputs (serially below _jit.PAR_MIN), a vectorised pass per row.
+# Every constant is made in the input's dtype (`t(0)`): in Numba a Python literal promotes
+# float32 math to float64, which halves the vector width and sends fexp to its float64
+# branch. The running max starts at x[i, 0], never a float64 -inf literal (PERF_NOTES).
+@jit
+def _softmax_rows(x, out, log, lo, hi):
+    m = x.shape[1]
     t = x.dtype.type
-    for i in prange(n):
+    for i in range(lo, hi):
         mx = x[i, 0]
         for j in range(m):
             mx = max(mx, x[i, j])
@@ -69,11 +70,11 @@ def _softmax_rows(x, out, log):
                 out[i, j] *= r
 
 
-@jit(parallel=True)
-def _softmax_bwd_rows(dy, y, dx, log):
-    n, m = y.shape
+@jit
+def _softmax_bwd_rows(dy, y, dx, log, lo, hi):
+    m = y.shape[1]
     t = y.dtype.type
-    for i in prange(n):
+    for i in range(lo, hi):
         s = t(0)
         if log:
             for j in range(m):
@@ -87,37 +88,55 @@ def _softmax_bwd_rows(dy, y, dx, log):
                 dx[i, j] = y[i, j] * (dy[i, j] - s)
 
 
-def _c(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a)
+@jit(parallel=True)
+def _softmax_par(x, out, log, nchunks):
+    n = x.shape[0]
+    per = (n + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        _softmax_rows(x, out, log, c * per, min(n, (c + 1) * per))
+
+
+@jit(parallel=True)
+def _softmax_bwd_par(dy, y, dx, log, nchunks):
+    n = y.shape[0]
+    per = (n + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        _softmax_bwd_rows(dy, y, dx, log, c * per, min(n, (c + 1) * per))
+
+
+def _fwd(x: np.ndarray, log: bool) -> np.ndarray:
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    k = n_chunks(x.shape[0], x.size)
+    if k:
+        _softmax_par(x, out, log, k)
+    elif x.size:
+        _softmax_rows(x, out, log, 0, x.shape[0])
+    return out
+
+
+def _bwd(dy: np.ndarray, y: np.ndarray, log: bool) -> np.ndarray:
+    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
+    dx = np.empty_like(y)
+    k = n_chunks(y.shape[0], y.size)
+    if k:
+        _softmax_bwd_par(dy, y, dx, log, k)
+    elif y.size:
+        _softmax_bwd_rows(dy, y, dx, log, 0, y.shape[0])
+    return dx
 
 
 def softmax_forward_numba(x: np.ndarray) -> np.ndarray:
-    x = _c(x)
-    out = np.empty_like(x)
-    if x.size:
-        _softmax_rows(x, out, False)
-    return out
+    return _fwd(x, False)
 
 
 def softmax_backward_numba(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    dy, y = _c(dy), _c(y)
-    dx = np.empty_like(y)
-    if y.size:
-        _softmax_bwd_rows(dy, y, dx, False)
-    return dx
+    return _bwd(dy, y, False)
 
 
 def log_softmax_forward_numba(x: np.ndarray) -> np.ndarray:
-    x = _c(x)
-    out = np.empty_like(x)
-    if x.size:
-        _softmax_rows(x, out, True)
-    return out
+    return _fwd(x, True)
 
 
 def log_softmax_backward_numba(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    dy, y = _c(dy), _c(y)
-    dx = np.empty_like(y)
-    if y.size:
-        _softmax_bwd_rows(dy, y, dx, True)
-    return dx
+    return _bwd(dy, y, True)

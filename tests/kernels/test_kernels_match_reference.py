@@ -230,3 +230,34 @@ def test_elementwise_kernels_on_the_parallel_path(dtype):
     close(o1, o2, dtype)
     np.testing.assert_array_equal(k1, k2)
     close(*both("dropout_backward", dy, k1, 0.2), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_kernels_and_attention_on_both_paths(dtype):
+    """Each row kernel and attention runs serially on small inputs and in parallel tasks
+    on large ones (_jit.PAR_MIN); both paths must agree with the reference."""
+    from npllm.kernels._jit import PAR_MIN, n_chunks
+
+    rng = np.random.default_rng(1)
+    for rows, cols in [(3, 5), (401, 97)]:
+        assert bool(n_chunks(rows, rows * cols)) == (rows * cols >= PAR_MIN)
+        x, dy = arr(rng, (rows, cols), dtype, 3.0), arr(rng, (rows, cols), dtype)
+        for name in ("softmax", "log_softmax"):
+            y, y2 = both(f"{name}_forward", x)
+            close(y, y2, dtype, 3)
+            close(*both(f"{name}_backward", dy, y), dtype, cols)
+        w, b = arr(rng, (cols,), dtype), arr(rng, (cols,), dtype)
+        (o1, m1, r1), (o2, m2, r2) = both("layernorm_forward", x, w, b, 1e-5)
+        close(o1, o2, dtype, 10)
+        for r, g in zip(*both("layernorm_backward", dy, x, m1, r1, w)):
+            close(r, g, dtype, 10 * rows)
+        targets = rng.integers(-1, cols, size=rows)
+        (l1, lse1), (l2, lse2) = both("cross_entropy_forward", x, targets, -1)
+        close(l1, l2, dtype, 3)
+        close(*both("cross_entropy_backward", np.asarray(1.0, dtype), x, targets, lse1, -1), dtype)
+    for shape in [(1, 2, 3, 4), (2, 3, 64, 32)]:
+        q, k, v, do = (arr(rng, shape, dtype) for _ in range(4))
+        (o1, a1), (o2, a2) = both("attention_forward", q, k, v, True)
+        close(o1, o2, dtype, 3)
+        for r, g in zip(*both("attention_backward", do, q, k, v, a1, True)):
+            close(r, g, dtype, 10)
