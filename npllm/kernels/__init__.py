@@ -97,7 +97,6 @@ _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
 DEFAULTS: dict[str, str] = {
     "linear_forward": "numpy",  # BLAS; the blocked Numba GEMM reached 0.6-0.9x of it
     "linear_backward": "numpy",
-    "embedding_forward": "numpy",  # a fancy-indexing gather; Numba's copy loop was ~2x slower
 }
 
 _mode: str = "auto"

@@ -31,8 +31,11 @@ def embedding_backward_numpy(dout, idx, num_embeddings):
 # ---- Numba -----------------------------------------------------------------------------
 @jit
 def _gather(idx, w, out):
+    c = w.shape[1]
     for n in range(idx.shape[0]):
-        out[n, :] = w[idx[n], :]
+        src, dst = w[idx[n]], out[n]
+        for j in range(c):
+            dst[j] = src[j]
 
 
 @jit
