@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks.common and the torch reference in tests/
+from benchmarks.common import machine_info, write_section  # noqa: E402
 
 SHAPES = {
     # nanoGPT's CPU Shakespeare run
@@ -99,7 +100,6 @@ class TorchRunner:
     def __init__(self, shape: str, state_dict: dict[str, np.ndarray] | None = None):
         import torch
 
-        sys.path.insert(0, str(ROOT))
         from tests.model.torch_gpt import TorchConfig, TorchGPT
 
         torch.set_num_threads(2)
@@ -222,13 +222,10 @@ def report(shape: str, steps: int, warmup: int) -> tuple[str, dict]:
 
 
 def header() -> str:
-    import numba
-    import torch
-
+    info = machine_info()
     return (
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
-        f"torch {torch.__version__} (2 threads). Date: {time.strftime('%Y-%m-%d')}."
+        f"Machine: {info['cpu']}; Python {info['python']}, numpy {info['numpy']}, "
+        f"numba {info['numba']}, torch {info['torch']}. Date: {info['date']}."
     )
 
 
@@ -237,18 +234,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     ap.add_argument("--rss-child", choices=["npllm", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rss_child:
         _rss_child(args.rss_child, args.shape, args.steps)
         return 0
     shapes = list(SHAPES) if args.shape == "all" else [args.shape]
-    print(header() + "\n")
+    command = "python benchmarks/train_step.py " + " ".join(argv or sys.argv[1:])
+    out = [header(), f"Command: `{command.strip()}`", ""]
+    print("\n".join(out))
     worst_gap = 0.0
     for shape in shapes:
         text, r = report(shape, args.steps, args.warmup)
         print(text, flush=True)
+        out.append(text)
         worst_gap = max(worst_gap, r["gap"])
+    if args.write:
+        write_section("Training step", "\n".join(out))
     if worst_gap > 1e-3:
         print(f"LOSS MISMATCH: npllm and torch losses differ by {worst_gap:.1e} (relative)")
         return 1
