@@ -164,9 +164,10 @@ class Decoder:
 
     def forward(self, idx: np.ndarray, cache: KVCache | None = None,
                 last_only: bool = False) -> np.ndarray:
-        """Logits (B, T, V) for token ids idx (B, T), or (B, V) for the last position with
-        `last_only`. With a cache, idx continues the cached positions (their keys and
-        values are appended); without one, idx is the whole context."""
+        """Logits (B, T, V) for token ids idx (B, T) (valid ids, see `check_idx`), or (B, V)
+        for the last position with `last_only`. With a cache, idx continues the cached
+        positions (their keys and values are appended); without one, idx is the whole
+        context. One new token per row with a cache takes the fused decode step."""
         B, T = idx.shape
         start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
@@ -198,9 +199,10 @@ class Decoder:
 
     __call__ = forward
 
-    # LayerNorm and the activations run as NumPy (the kernels' references): at decode
-    # shapes a Numba prange launch costs more than the work, and its thread pool fights
-    # OpenBLAS's (PERF_NOTES). Exact GELU needs erf, which NumPy lacks: the active kernel.
+    # This NumPy forward (prompts, recomputation, the fused step's reference) takes the
+    # kernels' NumPy references for LayerNorm and the activations, so BLAS is the only
+    # thread pool it wakes: two pools alternating fight (PERF_NOTES). Exact GELU needs
+    # erf, which NumPy lacks: the active kernel (the NumPy one under kernels.use("numpy")).
     def _layernorm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
         return _LAYERNORM(x, w, b, 1e-5)[0]
 
