@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from npllm.kernels._jit import ferf, fexp, jit
-from npllm.kernels.int8 import _int8_parallel, _int8_serial
+from npllm.kernels.int8 import scaled_matmul, scaled_matmul_parallel
 
 ACTIVATIONS = {"gelu": 0, "gelu_exact": 1, "relu": 2}
 
@@ -41,9 +41,9 @@ PAR_MIN = 1 << 22
 @jit
 def _matvec(x, w, s, b, out):
     if w.size * x.shape[0] >= PAR_MIN:
-        _int8_parallel(x, w, s, b, out)
+        scaled_matmul_parallel(x, w, s, b, out)
     else:
-        _int8_serial(x, w, s, b, out)
+        scaled_matmul(x, w, s, b, out)
 
 
 @jit

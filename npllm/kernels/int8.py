@@ -93,11 +93,12 @@ def _tail(x, wq, scale, b, out, j0):
             out[i, j] = acc * scale[j] + b[j]
 
 
-# Two kernels rather than one with a flag: a prange loop always launches the thread pool.
-# Both also take float32 weights (with scales of one): npllm/decode.py runs every
-# matrix-vector product of a decode step through them.
+# out = scale * (x @ wq.T) + b into a preallocated out (N, M), callable from other Numba
+# code. Both also take float32 weights (with scales of one): npllm/decode.py runs every
+# matrix-vector product of a decode step through them. Two kernels rather than one with a
+# flag: a prange loop always launches the thread pool.
 @jit
-def _int8_serial(x, wq, scale, b, out):
+def scaled_matmul(x, wq, scale, b, out):
     m4 = wq.shape[0] // 4
     for jb in range(m4):
         _block(x, wq, scale, b, out, 4 * jb)
@@ -105,7 +106,7 @@ def _int8_serial(x, wq, scale, b, out):
 
 
 @jit(parallel=True)
-def _int8_parallel(x, wq, scale, b, out):
+def scaled_matmul_parallel(x, wq, scale, b, out):
     m4 = wq.shape[0] // 4
     for jb in prange(m4):
         _block(x, wq, scale, b, out, 4 * jb)
@@ -121,7 +122,7 @@ def int8_linear_numba(x, wq, scale, b=None):
     b_ = np.zeros(wq.shape[0], dt) if b is None else np.ascontiguousarray(b, dtype=dt)
     out = np.empty((x.shape[0], wq.shape[0]), dt)
     if out.size:
-        kernel = _int8_parallel if wq.size * x.shape[0] >= _PAR_MIN else _int8_serial
+        kernel = scaled_matmul_parallel if wq.size * x.shape[0] >= _PAR_MIN else scaled_matmul
         kernel(x, wq, scale_, b_, out)
     return out
 
