@@ -77,7 +77,6 @@ def load_quantized(run_dir: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    import codecs
     import sys
 
     from npllm.errors import ConfigError, DataError
@@ -97,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"npllm sample: warning: the prompt is {len(prompt)} tokens, longer than the "
               f"context of {block_size}; only its last {block_size} are used", file=sys.stderr)
         prompt = prompt[-block_size:]
-    stops = [codecs.decode(s, "unicode_escape") for s in args.stop]
+    # backslash escapes (\n, \t, \u00e9) as Python reads them; other characters as given
+    stops = [s.encode("latin-1", "backslashreplace").decode("unicode_escape") for s in args.stop]
     if any(not s for s in stops):
         raise ConfigError("--stop needs a non-empty text")
     out, new_ids, shown = sys.stdout, [], 0

@@ -61,6 +61,12 @@ def test_sample_quantized_greedy_stream_and_stop(run, capsys):
     stop = free[3:5]
     cut = sample(run, capsys, "--temperature", "1.5", "--stop", stop).out[len("to be"):-1]
     assert cut == free[: free.index(stop) + len(stop)]
+    # escapes are read as in Python; other characters (even non-ASCII) as given
+    lines = sample(run, capsys, "--temperature", "1.5", "--max-new-tokens", "60",
+                   "--stop", "\\n", "--stop", "é").out[len("to be"):-1]
+    free = sample(run, capsys, "--temperature", "1.5", "--max-new-tokens", "60").out
+    free = free[len("to be"):-1]
+    assert "\n" in free and lines == free[: free.index("\n") + 1]
 
 
 def test_sample_crops_long_prompts_with_a_one_line_warning(run, capsys):
