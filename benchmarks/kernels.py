@@ -250,6 +250,8 @@ def linear_shapes(s: dict) -> list[tuple[str, int, int, int]]:
 def _matmul_fns(x, w, dy, gemm_numba) -> dict:
     import torch
 
+    from npllm import kernels as K
+
     tx, tw, tdy = torch.tensor(x), torch.tensor(w), torch.tensor(dy)
     return {
         # forward: x @ w.T
@@ -258,9 +260,10 @@ def _matmul_fns(x, w, dy, gemm_numba) -> dict:
             "numba": lambda: gemm_numba(x, w.T),
             "torch": lambda: tx @ tw.T,
         },
-        # backward: dx = dy @ w and dw = dy.T @ x
+        # backward: dx = dy @ w and dw = dy.T @ x (BLAS as the default linear_backward
+        # arranges it: see npllm/kernels/matmul.py, _weight_grad)
         "bwd": {
-            "blas": lambda: (dy @ w, dy.T @ x),
+            "blas": lambda: K.get("linear_backward", "numpy")(dy, x, w, True, True, False),
             "numba": lambda: (gemm_numba(dy, w), gemm_numba(dy.T, x)),
             "torch": lambda: (tdy @ tw, tdy.T @ tx),
         },
@@ -274,7 +277,7 @@ def matmul_table(s: dict, reps: int) -> list[str]:
 
     rng = np.random.default_rng(0)
     rows = [
-        "| layer | N x in -> out | pass | BLAS (numpy) | Numba tiled | torch | Numba / BLAS |",
+        "| layer | N x in -> out | pass | BLAS (default) | Numba blocked | torch | Numba / BLAS |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, N, cin, cout in linear_shapes(s):

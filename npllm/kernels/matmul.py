@@ -7,8 +7,9 @@ and a tiled, parallel Numba GEMM kept for study and benchmarks.
                                             dx = dout @ w, dw = dout.T @ x, db = sum_N dout
     gemm_numba(a, b) -> a @ b               the tiled kernel itself, (M, K) @ (K, N)
 
-The NumPy reference is BLAS (`@` on 2-D arrays: one GEMM per product, transposes passed
-as flags, no copies) and is the default: PERF_NOTES measured OpenBLAS at 4-8x a
+The NumPy reference is BLAS (`@` on 2-D arrays, transposes passed as flags; the weight
+gradient oriented to dodge an OpenBLAS threading stall, see `_weight_grad`) and is the
+default: PERF_NOTES measured OpenBLAS at 4-8x a
 hand-written Numba matmul, and `benchmarks/kernels.py` re-measures the ratio here. The
 Numba kernel computes A @ B as A times (B^T)-transposed, register-blocked (see
 `_gemm_nt`); the forward's w is already (out, in), so its B^T is w itself, uncopied.
@@ -32,10 +33,27 @@ def linear_forward_numpy(x, w, b):
     return out
 
 
+def _weight_grad(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """dw = dout.T @ x, (out, in), arranged so that each GEMM's output has more rows than
+    columns. Measured here (benchmarks/RESULTS.md): once Numba's thread pool exists,
+    OpenBLAS's 2-thread GEMM with a long K stalls at 20-35 ms when its output has no more
+    rows than columns, e.g. 24 ms instead of 0.4 ms for a 128 x 128 weight at cpu-small,
+    which made it most of a training step. The transposed product x.T @ dout is taken
+    when in > out, and a square one is done in two halves."""
+    cout, cin = dout.shape[1], x.shape[1]
+    if cout > cin:
+        return dout.T @ x
+    dw = np.empty((cout, cin), dtype=np.result_type(dout, x))
+    step = -(-cout // 2) if cout == cin else cout
+    for lo in range(0, cout, step):
+        dw[lo : lo + step] = (x.T @ dout[:, lo : lo + step]).T
+    return dw
+
+
 def linear_backward_numpy(dout, x, w, need_dx=True, need_dw=True, need_db=True):
     # out = x @ w.T + b
     dx = dout @ w if need_dx else None
-    dw = dout.T @ x if need_dw else None
+    dw = _weight_grad(dout, x) if need_dw else None
     db = dout.sum(axis=0) if need_db else None
     return dx, dw, db
 

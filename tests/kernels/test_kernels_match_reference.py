@@ -261,3 +261,15 @@ def test_row_kernels_and_attention_on_both_paths(dtype):
         close(o1, o2, dtype, 3)
         for r, g in zip(*both("attention_backward", do, q, k, v, a1, True)):
             close(r, g, dtype, 10)
+
+
+@pytest.mark.parametrize("out_f,in_f", [(3, 3), (7, 3), (3, 7), (1, 1), (65, 128), (128, 128)])
+def test_linear_weight_gradient_in_every_orientation(out_f, in_f):
+    """The BLAS weight gradient picks its GEMM orientation by shape (and splits square
+    ones); every branch gives dout.T @ x."""
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((11, in_f)), rng.standard_normal((11, out_f))
+    w = rng.standard_normal((out_f, in_f))
+    _, dw, _ = K.get("linear_backward", "numpy")(dout, x, w, False, True, False)
+    assert dw.shape == (out_f, in_f) and dw.flags.c_contiguous
+    np.testing.assert_allclose(dw, dout.T @ x, rtol=1e-12, atol=1e-12)
