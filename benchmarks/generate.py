@@ -112,9 +112,9 @@ def timed(fn) -> tuple[float, object]:
 
 
 def bench_shape(shape: str, repeats: int) -> str:
-    import numba
     import torch
 
+    from npllm.decode import PARALLEL, SERIAL
     from npllm.generate import Decoder, generate
     from npllm.gpt import GPT, GPTConfig
     from npllm.quant import load_weights, quantize_state_dict, weight_bytes
@@ -123,7 +123,11 @@ def bench_shape(shape: str, repeats: int) -> str:
     cfg = GPTConfig(**model_config(shape))
     model = GPT(cfg, seed=0)
     sd = model.state_dict()
-    dec = Decoder.from_model(model)
+    dec = Decoder.from_model(model)  # picks serial or parallel products itself, by timing
+    forced = {}
+    for par_min in (SERIAL, PARALLEL):
+        forced[par_min] = Decoder.from_model(model)
+        forced[par_min].par_min = par_min
     weights_f = load_weights(sd)
     weights_q = load_weights(quantize_state_dict(sd, embedding=True))
     qdec = Decoder(cfg, weights_q)
@@ -131,23 +135,14 @@ def bench_shape(shape: str, repeats: int) -> str:
     prompt = np.array([0])
     n = cfg.block_size - 1
 
-    def one_thread(fn):
-        # the Numba decode kernels on one thread (their parallel products serialised)
-        def run():
-            prev = numba.get_num_threads()
-            numba.set_num_threads(1)
-            try:
-                return fn()
-            finally:
-                numba.set_num_threads(prev)
-
-        return run
-
     runs = {
         "npllm, KV cache": lambda: generate(dec, prompt, n, greedy=True)[0].tolist(),
-        "npllm, KV cache, 1 thread": one_thread(
-            lambda: generate(dec, prompt, n, greedy=True)[0].tolist()
-        ),
+        "npllm, KV cache, serial products": lambda: generate(
+            forced[SERIAL], prompt, n, greedy=True
+        )[0].tolist(),
+        "npllm, KV cache, parallel products": lambda: generate(
+            forced[PARALLEL], prompt, n, greedy=True
+        )[0].tolist(),
         "PyTorch eager, KV cache": lambda: torch_generate(tmodel, prompt, n),
         "npllm, recompute": lambda: generate(dec, prompt, n, greedy=True, use_cache=False)[
             0
@@ -172,6 +167,14 @@ def bench_shape(shape: str, repeats: int) -> str:
     same = ids["npllm, KV cache"] == ids["PyTorch eager, KV cache"] == ids["npllm, recompute"]
     agree_q = np.mean(np.array(ids["npllm int8, KV cache"]) == np.array(ids["npllm, KV cache"]))
 
+    def choice(d: Decoder) -> str:
+        if d.par_min is None:
+            return "serial (none is big enough for the parallel path)"
+        return (
+            f"{'parallel' if d.par_min == PARALLEL else 'serial'}, chosen by timing both "
+            "in its first decode steps"
+        )
+
     lin_f, lin_q = weight_bytes(weights_f, linear_only=True), weight_bytes(weights_q, True)
     all_f, all_q = weight_bytes(weights_f), weight_bytes(weights_q)
     s = SHAPES[shape]
@@ -184,6 +187,7 @@ def bench_shape(shape: str, repeats: int) -> str:
         "|---|---|---|",
         *[f"| {k} | {v:,.0f} | {v / torch_c:.2f}x |" for k, v in tok_s.items()],
         "",
+        f'- Products of "npllm, KV cache": {choice(dec)}; int8: {choice(qdec)}.',
         f"- KV cache over recomputation: npllm {cache_speedup:.1f}x, "
         f"PyTorch {torch_c / tok_s['PyTorch eager, recompute']:.1f}x.",
         f"- Greedy ids identical (npllm cached, npllm recompute, torch): {same}; int8 agrees "

@@ -6,16 +6,18 @@ Why fused: at batch 1 a decode step is ~30 small array operations per block, eac
 torch), while the arithmetic of a cpu-small block is ~0.4 MFLOP. One compiled call per
 block removes that overhead; what remains is reading the weights once per token.
 
-    decode_block(x, pos, p, k_cache, v_cache, act)   x (B, C) updated in place
+    decode_block(x, pos, p, k_cache, v_cache, act, par_min)   x (B, C) updated in place
         h = ln_1(x); q, k, v = split(h @ W_attn.T + b); cache[:, :, pos] = k, v
         per head: a = softmax(q . K[:pos+1] / sqrt(hs)); y = a @ V[:pos+1]
         x += y @ W_proj.T + b; x += act(ln_2(x) @ W_fc.T + b) @ W_mlp_proj.T + b
-    decode_head(x, ln_w, ln_b, w_lm, s_lm) -> logits (B, V)
+    decode_head(x, ln_w, ln_b, w_lm, s_lm, b_lm, par_min) -> logits (B, V)
 
 Every matrix-vector product goes through `npllm.kernels.int8`'s scaled matmul,
 y = scale * (x . w_row) + b, which takes int8 weights with their per-row scales or float32
-weights with scales of one: the same code serves both models. Only products over very many
-weights run in parallel over output rows (`PAR_MIN`). The NumPy reference is
+weights with scales of one: the same code serves both models. Products over at least
+`par_min` weights x rows run in parallel over output rows; each output is summed by one
+thread in the same order either way, so the choice never changes a bit of the result
+(`npllm.generate.Decoder` picks it by timing both). The NumPy reference is
 `npllm.generate.Decoder.forward` (tested against this in tests/generate).
 """
 
@@ -30,17 +32,19 @@ from npllm.kernels.int8 import scaled_matmul, scaled_matmul_parallel
 
 ACTIVATIONS = {"gelu": 0, "gelu_exact": 1, "relu": 2}
 
-# A product over at least this many weights x batch rows runs in parallel. At batch 1 no
-# decode product of these model sizes does: with OMP_WAIT_POLICY=passive (npllm's import
-# sets it, PERF_NOTES) every prange launch wakes a sleeping thread, and on this shared
-# 2-core machine a guppy c_attn product took 52 us in parallel against 37 us serial
-# (active waiting: 2.8 ms). Big batches still get the second core.
-PAR_MIN = 1 << 22
+# The two settings of `par_min`. PARALLEL: products from 128K weights x rows (guppy's, not
+# cpu-small's) use both cores. Whether that pays depends on the machine's mood: with
+# OMP_WAIT_POLICY=passive (npllm's import sets it, PERF_NOTES) every prange launch wakes a
+# sleeping thread, and with the other core busy a guppy c_attn product took 52 us in
+# parallel against 37 us serial (with active waiting: 2.8 ms); on an idle machine two cores
+# stream the weights from memory faster than one.
+SERIAL = 1 << 62
+PARALLEL = 1 << 17
 
 
 @jit
-def _matvec(x, w, s, b, out):
-    if w.size * x.shape[0] >= PAR_MIN:
+def _matvec(x, w, s, b, out, par_min):
+    if w.size * x.shape[0] >= par_min:
         scaled_matmul_parallel(x, w, s, b, out)
     else:
         scaled_matmul(x, w, s, b, out)
@@ -123,29 +127,30 @@ def _attend(qkv, pos, k_cache, v_cache, y):
 
 @jit
 def decode_block(x, pos, ln1_w, ln1_b, w_attn, s_attn, b_attn, w_proj, s_proj, b_proj,
-                 ln2_w, ln2_b, w_fc, s_fc, b_fc, w_mlp, s_mlp, b_mlp, k_cache, v_cache, act):
+                 ln2_w, ln2_b, w_fc, s_fc, b_fc, w_mlp, s_mlp, b_mlp, k_cache, v_cache, act,
+                 par_min):
     B, C = x.shape
     dt = x.dtype
     h = np.empty((B, C), dt)
     _layernorm(x, ln1_w, ln1_b, h)
     qkv = np.empty((B, w_attn.shape[0]), dt)
-    _matvec(h, w_attn, s_attn, b_attn, qkv)
+    _matvec(h, w_attn, s_attn, b_attn, qkv, par_min)
     y = np.empty((B, C), dt)
     _attend(qkv, pos, k_cache, v_cache, y)
-    _matvec(y, w_proj, s_proj, b_proj, h)
+    _matvec(y, w_proj, s_proj, b_proj, h, par_min)
     x += h
     _layernorm(x, ln2_w, ln2_b, h)
     f = np.empty((B, w_fc.shape[0]), dt)
-    _matvec(h, w_fc, s_fc, b_fc, f)
+    _matvec(h, w_fc, s_fc, b_fc, f, par_min)
     _activate(f, act)
-    _matvec(f, w_mlp, s_mlp, b_mlp, h)
+    _matvec(f, w_mlp, s_mlp, b_mlp, h, par_min)
     x += h
 
 
 @jit
-def decode_head(x, ln_w, ln_b, w_lm, s_lm, b_lm):
+def decode_head(x, ln_w, ln_b, w_lm, s_lm, b_lm, par_min):
     h = np.empty_like(x)
     _layernorm(x, ln_w, ln_b, h)
     logits = np.empty((x.shape[0], w_lm.shape[0]), x.dtype)
-    _matvec(h, w_lm, s_lm, b_lm, logits)
+    _matvec(h, w_lm, s_lm, b_lm, logits, par_min)
     return logits

@@ -26,6 +26,8 @@ stopped yields -1 from then on while the others continue.
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from npllm import kernels
-from npllm.decode import ACTIVATIONS, decode_block, decode_head
+from npllm.decode import ACTIVATIONS, PARALLEL, SERIAL, decode_block, decode_head
 from npllm.errors import ConfigError, DataError, ShapeError
 from npllm.kernels.int8 import int8_linear
 from npllm.quant import Int8Weight, load_weights
@@ -42,6 +44,9 @@ from npllm.sampling import check_sampling_args, process_logits, sample
 _LAYERNORM = kernels.get("layernorm_forward", "numpy")
 _RELU = kernels.get("relu_forward", "numpy")
 _GELU = kernels.get("gelu_forward", "numpy")
+
+
+_TRIALS = 8  # decode steps timed per setting before the decoder settles on one
 
 
 @dataclass
@@ -96,6 +101,11 @@ class Decoder:
             })
 
         self._fused: tuple | None = None  # the decode step's arguments, built on first use
+        # The decode step's `par_min` (npllm.decode): None until the first decode steps
+        # have timed SERIAL against PARALLEL, _TRIALS each, alternating; then the faster.
+        # Set it to force one (tests, benchmarks); results are bitwise the same either way.
+        self.par_min: int | None = None
+        self._timings: dict[int, list[float]] = {SERIAL: [], PARALLEL: []}
 
     def _fused_args(self) -> tuple:
         """Per block, the arrays `npllm.decode.decode_block` takes (weights with their
@@ -119,6 +129,13 @@ class Decoder:
                 for p in self.layers
             ]
             self._fused = (blocks, (*ln(*self.ln_f), *mat(self.wte, None)))
+            # the most weights of one product: the lm_head's or a block's largest
+            self._biggest = max(
+                int(np.prod(w.shape)) for w in [self.wte] + [
+                    p[n] for p in self.layers for n in ("attn.c_attn.weight",
+                                                         "attn.c_proj.weight",
+                                                         "mlp.c_fc.weight", "mlp.c_proj.weight")
+                ])
         return self._fused
 
     def _step(self, idx: np.ndarray, cache: KVCache) -> np.ndarray:
@@ -131,10 +148,23 @@ class Decoder:
             x = self.wte[idx[:, 0]]  # (B, C)
         x += self.wpe[pos]
         act = ACTIVATIONS[self.activation]
+        par_min, timings = self.par_min, self._timings
+        if par_min is None and self._biggest * x.shape[0] < PARALLEL:
+            par_min = SERIAL  # no product is big enough for the choice to matter
+        timed = par_min is None
+        if timed:
+            par_min = SERIAL if len(timings[SERIAL]) <= len(timings[PARALLEL]) else PARALLEL
+            t0 = time.perf_counter()
         for i, args in enumerate(blocks):
-            decode_block(x, pos, *args, cache.k[i], cache.v[i], act)
+            decode_block(x, pos, *args, cache.k[i], cache.v[i], act, par_min)
         cache.length = pos + 1
-        return decode_head(x, *head)
+        logits = decode_head(x, *head, par_min)
+        if timed:
+            timings[par_min].append(time.perf_counter() - t0)
+            if len(timings[PARALLEL]) == _TRIALS:
+                # medians: the first step of each also pays compilation / thread start-up
+                self.par_min = min(timings, key=lambda k: statistics.median(timings[k]))
+        return logits
 
     @classmethod
     def from_model(cls, model: Any) -> Decoder:

@@ -10,8 +10,9 @@ import pytest
 
 from npllm import kernels
 from npllm.autograd import no_grad
+from npllm.decode import PARALLEL, SERIAL
 from npllm.errors import ConfigError, DataError, NpllmError
-from npllm.generate import Decoder, generate, stream
+from npllm.generate import _TRIALS, Decoder, generate, stream
 from npllm.gpt import GPT, GPTConfig
 from npllm.quant import load_weights, quantize_state_dict
 
@@ -22,8 +23,8 @@ CONFIGS = {
     "gelu_exact": GPTConfig(vocab_size=23, block_size=8, n_layer=1, n_head=1, n_embd=8,
                             activation="gelu_exact"),
 }
-# wide enough that, at batch 16, the decode step's c_fc and c_proj products take their
-# parallel path (npllm.decode.PAR_MIN)
+# wide enough that the decode step's products can take their parallel path
+# (npllm.decode.PARALLEL)
 WIDE = GPTConfig(vocab_size=50, block_size=6, n_layer=1, n_head=4, n_embd=256)
 
 
@@ -80,7 +81,9 @@ def test_fused_decode_step_equals_the_numpy_path(name, quantized):
     model = GPT(WIDE, seed=2) if name == "wide" else make_model(name)
     sd = model.state_dict()
     dec = Decoder(model.config, load_weights(quantize_state_dict(sd) if quantized else sd))
-    B, bs = (16 if name == "wide" else 2), model.config.block_size
+    if name == "wide":
+        dec.par_min = PARALLEL
+    B, bs = 2, model.config.block_size
     rng = np.random.default_rng(4)
     ids = rng.integers(0, model.config.vocab_size, (B, bs))
     fused, ref = dec.new_cache(B), dec.new_cache(B)
@@ -95,6 +98,36 @@ def test_fused_decode_step_equals_the_numpy_path(name, quantized):
         assert fused.length == ref.length == t + 1
     for a, b in zip(fused.k + fused.v, ref.k + ref.v):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_serial_and_parallel_decode_agree_bitwise_and_the_decoder_picks_one():
+    model = GPT(GPTConfig(vocab_size=50, block_size=2 * _TRIALS + 2, n_layer=1, n_head=4,
+                          n_embd=256), seed=5)
+    rng = np.random.default_rng(6)
+    bs = model.config.block_size
+    ids = rng.integers(0, 50, (1, bs))
+    runs = {}
+    for par_min in (SERIAL, PARALLEL):
+        dec = Decoder.from_model(model)
+        dec.par_min = par_min
+        cache = dec.new_cache(1)
+        dec.forward(ids[:, :1], cache)
+        runs[par_min] = [dec.forward(ids[:, t:t + 1], cache, last_only=True)
+                         for t in range(1, bs)] + cache.k + cache.v
+    for a, b in zip(runs[SERIAL], runs[PARALLEL]):
+        np.testing.assert_array_equal(a, b)
+    # left to itself, a decoder times both settings, then keeps the faster
+    dec = Decoder.from_model(model)
+    prompt = ids[0, :2]  # a prefill of 2 tokens, then one decode step per new token but the last
+    generate(dec, prompt, 2 * _TRIALS, greedy=True)  # 2 * _TRIALS - 1 timed steps
+    assert dec.par_min is None
+    generate(dec, prompt, 2, greedy=True)
+    assert dec.par_min in (SERIAL, PARALLEL)
+    assert [len(v) for v in dec._timings.values()] == [_TRIALS, _TRIALS]
+    # a model whose products are all small never times anything
+    small = Decoder.from_model(make_model("gelu"))
+    generate(small, np.array([1]), 10, greedy=True)
+    assert small.par_min is None and not any(small._timings.values())
 
 
 def test_greedy_is_deterministic_and_equals_argmax_decoding_without_the_cache():
