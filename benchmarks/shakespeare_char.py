@@ -53,7 +53,9 @@ def run_npllm(data_dir: str, args: argparse.Namespace) -> dict:
         evals = [
             json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
         ]
-    evals = [(r["iter"], r["train_loss"], r["val_loss"]) for r in evals if "val_loss" in r]
+    evals = [
+        (r["iter"], r["train_loss"], r["val_loss"], r["elapsed"]) for r in evals if "val_loss" in r
+    ]
     return {"seconds": result.seconds, "evals": evals}
 
 
@@ -111,7 +113,7 @@ def run_torch(data_dir: str, args: argparse.Namespace) -> dict:
         return out
 
     t0 = time.perf_counter()
-    evals = [(0, *estimate_loss())]
+    evals = [(0, *estimate_loss(), 0.0)]
     print(f"iter 0: train loss {evals[-1][1]:.4f}, val loss {evals[-1][2]:.4f}", flush=True)
     for it in range(c.max_iters):
         for g in opt.param_groups:
@@ -124,7 +126,7 @@ def run_torch(data_dir: str, args: argparse.Namespace) -> dict:
         opt.zero_grad(set_to_none=True)
         n = it + 1
         if n % c.eval_interval == 0 or n == c.max_iters:
-            evals.append((n, *estimate_loss()))
+            evals.append((n, *estimate_loss(), time.perf_counter() - t0))
             print(
                 f"iter {n}: train loss {evals[-1][1]:.4f}, val loss {evals[-1][2]:.4f}, "
                 f"{time.perf_counter() - t0:.1f} s",
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--eval-interval", type=int, default=250)
     p.add_argument("--eval-iters", type=int, default=200)
+    p.add_argument("--first", choices=("npllm", "torch"), default="npllm",
+                   help="which framework runs first (the machine's load drifts)")
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     p.add_argument("--only", choices=("npllm", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--data-dir", help=argparse.SUPPRESS)
@@ -177,13 +181,18 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as data_dir:
         meta = prepare(args.data, data_dir)
-        results = {fw: child(fw, data_dir, args) for fw in ("npllm", "torch")}
+        order = ("npllm", "torch") if args.first == "npllm" else ("torch", "npllm")
+        results = {fw: child(fw, data_dir, args) for fw in order}
+        results = {fw: results[fw] for fw in ("npllm", "torch")}
     rows = []
     for fw, r in results.items():
-        it, tr, va = r["evals"][-1]
+        it, tr, va, _ = r["evals"][-1]
+        # the fastest stretch between two evaluations: the run's speed when the shared
+        # machine was quietest (each stretch includes one evaluation)
+        stretches = [(b[3] - a[3]) / (b[0] - a[0]) for a, b in zip(r["evals"], r["evals"][1:])]
         rows.append(
             f"| {fw} | {it} | {tr:.4f} | {va:.4f} | {r['seconds']:.0f} s | "
-            f"{1e3 * r['seconds'] / args.iters:.0f} ms |"
+            f"{1e3 * r['seconds'] / args.iters:.0f} ms | {1e3 * min(stretches):.0f} ms |"
         )
     gap = results["npllm"]["evals"][-1][2] - results["torch"]["evals"][-1][2]
     ratio = results["npllm"]["seconds"] / results["torch"]["seconds"]
@@ -191,20 +200,22 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(
         [
             f"`python benchmarks/shakespeare_char.py --iters {args.iters} --eval-interval "
-            f"{args.eval_interval} --eval-iters {args.eval_iters}`: the cpu-small preset on "
+            f"{args.eval_interval} --eval-iters {args.eval_iters} --first {args.first}`: the "
+            "cpu-small preset on "
             f"tinyshakespeare ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val "
             f"characters, vocab {meta['vocab_size']}), same init, batches, schedule and "
             "evaluation for both; wall time includes the evaluations.",
             "",
-            "| framework | iters | train loss | val loss | wall time | per iter |",
-            "|---|---|---|---|---|---|",
+            "| framework | iters | train loss | val loss | wall time | per iter | per iter, "
+            "fastest stretch |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"val loss npllm - torch: {gap:+.4f}; wall time npllm / torch: {ratio:.2f}",
             "",
             "Loss curves (iter: val): "
             + "; ".join(
-                f"{fw} " + ", ".join(f"{i}: {v:.3f}" for i, _, v in r["evals"])
+                f"{fw} " + ", ".join(f"{i}: {v:.3f}" for i, _, v, _ in r["evals"])
                 for fw, r in results.items()
             ),
             "",
