@@ -10,8 +10,8 @@ weights are never expanded to float32 in memory: at batch 1 a linear layer is a
 matrix-vector product bound by reading the weights, and int8 reads 4x fewer bytes.
 
 `int8_linear_numpy` is the reference (it does build the float32 matrix); `int8_linear_numba`
-loops over output rows (in parallel when the matrix is big enough to pay for a prange
-launch) and, inside a row, over the N inputs so each weight row is loaded once.
+loops over output rows four at a time (in parallel when the product is big enough to pay
+for a prange launch) and, inside, over the N inputs, so each weight row is loaded once.
 `int8_linear` picks the Numba version unless `npllm.kernels.use("numpy")` is active.
 """
 
@@ -23,8 +23,10 @@ from numba import njit, prange
 from npllm.errors import ShapeError
 from npllm.kernels._jit import FASTMATH, jit
 
-# Below this many weights (M * K) a prange launch and the wake-up of the second thread
-# cost more than the work (PERF_NOTES, "Dispatch cost"); measured in benchmarks/generate.py.
+# `int8_linear_numba` runs in parallel from this many weights x input rows (N * M * K): below
+# it a prange launch and the wake-up of the second thread cost more than the work
+# (PERF_NOTES, "Dispatch cost"). It serves prompts (prefill) of int8 models; decode steps
+# choose serial or parallel for themselves (npllm/decode.py).
 _PAR_MIN = 1 << 16
 
 
@@ -57,7 +59,7 @@ def int8_linear_numpy(x, wq, scale, b=None):
 def _block(x, wq, scale, b, out, j0):
     """Output columns j0..j0+3 for every input row. Four weight rows share each load of
     x and four independent sums keep the FMA units busy: 1.2-1.6x over one row at a time
-    at decode shapes (measured in benchmarks/generate.py's setting)."""
+    for batch-1 products 128-768 wide, float32 and int8, measured on this machine."""
     n, k = x.shape
     t = x.dtype.type
     w0, w1, w2, w3 = wq[j0], wq[j0 + 1], wq[j0 + 2], wq[j0 + 3]
