@@ -12,8 +12,9 @@ Its rows are both the embedding vectors and the output channels of the tied `lm_
 so the same per-row scales serve the lookup and the int8 lm_head matmul. Biases,
 LayerNorms and the position embedding stay float32: they are a few percent of the bytes.
 
-A quantized state dict keeps every name of the float one; a quantized weight `X.weight`
-is stored as int8 under its own name plus its scales under `X.weight_scale`.
+A quantized state dict keeps every name of the float one but the tied `lm_head.weight`;
+a quantized weight `X.weight` is stored as int8 under its own name, its scales under
+`X.weight_scale`.
 """
 
 from __future__ import annotations
