@@ -17,12 +17,34 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 from npllm.autograd import Tensor, concatenate, gradcheck, no_grad, split
 from npllm.errors import NpllmError
-from npllm.gpt import GPT, GPTConfig
-from npllm.optim import SGD, AdamW, clip_grad_norm, cosine_lr
-from npllm.tokenizers import BPETokenizer, CharTokenizer
-from npllm.train import TrainConfig
 
 __version__ = "0.1.0"
+
+# The model, optimizers, tokenizers and trainer load on first use (PEP 562): they pull in
+# Numba (~0.5 s), which `npllm --help` and the autograd engine alone do not need.
+_LAZY = {
+    "GPT": "npllm.gpt",
+    "GPTConfig": "npllm.gpt",
+    "SGD": "npllm.optim",
+    "AdamW": "npllm.optim",
+    "clip_grad_norm": "npllm.optim",
+    "cosine_lr": "npllm.optim",
+    "BPETokenizer": "npllm.tokenizers",
+    "CharTokenizer": "npllm.tokenizers",
+    "TrainConfig": "npllm.train",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'npllm' has no attribute {name!r}")
+
+
 __all__ = [
     "BPETokenizer",
     "CharTokenizer",
