@@ -70,30 +70,16 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class Context:
-    """What a Function's forward leaves for its backward."""
-
-    __slots__ = ("saved", "needs_input_grad", "attrs", "freed")
+    """What a Function's forward leaves for its backward: `saved` arrays, plus any other
+    attribute the forward sets (`ctx.axis = ...`)."""
 
     def __init__(self, needs_input_grad: tuple[bool, ...]):
         self.saved: tuple[Any, ...] = ()
         self.needs_input_grad = needs_input_grad
-        self.attrs: dict[str, Any] = {}
         self.freed = False
 
     def save_for_backward(self, *values: Any) -> None:
         self.saved = values
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.attrs[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in Context.__slots__:
-            object.__setattr__(self, name, value)
-        else:
-            self.attrs[name] = value
 
 
 class Function:
@@ -220,15 +206,22 @@ class Tensor:
                 )
 
         grads: dict[int, np.ndarray] = {id(self): grad}
+        # Gradients this walk allocated itself (sums of two contributions). Only those may
+        # be added into in place or handed to a leaf without a copy: any other array may
+        # be shared, e.g. Add's backward returns the same `g` for both inputs.
+        owned: set[int] = set()
         for node in reversed(_topological_order(self)):
-            g = grads.pop(id(node), None)
+            key = id(node)
+            g = grads.pop(key, None)
             if g is None:
                 continue
             if node._node is None:
-                if node.grad is None:
-                    node.grad = g.astype(node.dtype, copy=True)
-                else:
+                if node.grad is not None:
                     node.grad += g
+                elif key in owned and g.dtype == node.dtype:
+                    node.grad = g
+                else:
+                    node.grad = g.astype(node.dtype, copy=True)
                 continue
             fn, ctx, parents = node._node
             if ctx.freed:
@@ -246,8 +239,14 @@ class Tensor:
                 if pg is None or not parent.requires_grad:
                     continue
                 pg = unbroadcast(np.asarray(pg), parent.shape)
-                key = id(parent)
-                grads[key] = pg if key not in grads else grads[key] + pg
+                pkey = id(parent)
+                if pkey not in grads:
+                    grads[pkey] = pg
+                elif pkey in owned:
+                    grads[pkey] += pg
+                else:
+                    grads[pkey] = grads[pkey] + pg
+                    owned.add(pkey)
 
     # ---- operators (the Functions are in ops.py) ---------------------------------------
     def __add__(self, other: Any) -> Tensor:

@@ -16,12 +16,13 @@ from npllm.autograd.engine import Context, Function, Tensor
 from npllm.errors import ShapeError
 
 
-def _check_broadcast(op: str, a: np.ndarray, b: np.ndarray) -> None:
+def _broadcasting(name: str, op: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`op(a, b)`, with NumPy's broadcast failure turned into an error naming both shapes."""
     try:
-        np.broadcast_shapes(a.shape, b.shape)
+        return op(a, b)
     except ValueError:
         raise ShapeError(
-            f"{op}: shapes {a.shape} and {b.shape} do not broadcast; make trailing "
+            f"{name}: shapes {a.shape} and {b.shape} do not broadcast; make trailing "
             "dimensions equal or 1 (reshape one operand)"
         ) from None
 
@@ -29,8 +30,7 @@ def _check_broadcast(op: str, a: np.ndarray, b: np.ndarray) -> None:
 class Add(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        _check_broadcast("add", a, b)
-        return a + b
+        return _broadcasting("add", np.add, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
@@ -41,8 +41,7 @@ class Add(Function):
 class Sub(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        _check_broadcast("sub", a, b)
-        return a - b
+        return _broadcasting("sub", np.subtract, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
@@ -53,9 +52,8 @@ class Sub(Function):
 class Mul(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        _check_broadcast("mul", a, b)
         ctx.save_for_backward(a, b)
-        return a * b
+        return _broadcasting("mul", np.multiply, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
@@ -69,9 +67,8 @@ class Mul(Function):
 class Div(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        _check_broadcast("div", a, b)
         ctx.save_for_backward(a, b)
-        return a / b
+        return _broadcasting("div", np.divide, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
@@ -85,8 +82,7 @@ class Div(Function):
 class Pow(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        _check_broadcast("pow", a, b)
-        out = a**b
+        out = _broadcasting("pow", np.power, a, b)
         ctx.save_for_backward(a, b, out)
         return out
 

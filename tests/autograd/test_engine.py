@@ -135,3 +135,19 @@ def test_item_and_numpy():
     assert x.numpy() is x.data
     with pytest.raises(ShapeError, match="one element"):
         Tensor(np.ones(2)).item()
+
+
+def test_shared_gradient_arrays_are_never_added_into_in_place():
+    # Add's backward hands the same array to both inputs; accumulating into it in place
+    # would leak u's second contribution into w's gradient.
+    x, w = p([1.0, 2.0]), p([3.0, 4.0])
+    u = x * 2
+    v = u + w
+    out = v + u
+    out.backward(np.array([1.0, 10.0]))
+    np.testing.assert_array_equal(w.grad, [1.0, 10.0])
+    np.testing.assert_array_equal(x.grad, [4.0, 40.0])
+    out2 = (w + w) + w  # three contributions to one leaf
+    w.grad = None
+    out2.sum().backward()
+    np.testing.assert_array_equal(w.grad, [3.0, 3.0])
