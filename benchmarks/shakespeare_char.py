@@ -164,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--eval-interval", type=int, default=250)
     p.add_argument("--eval-iters", type=int, default=200)
-    p.add_argument("--first", choices=("npllm", "torch"), default="npllm",
-                   help="which framework runs first (the machine's load drifts)")
+    p.add_argument(
+        "--first",
+        choices=("npllm", "torch"),
+        default="npllm",
+        help="which framework runs first (the machine's load drifts)",
+    )
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     p.add_argument("--only", choices=("npllm", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--data-dir", help=argparse.SUPPRESS)

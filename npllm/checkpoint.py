@@ -103,8 +103,14 @@ def save_checkpoint(
     digest = hashlib.sha256(blob).hexdigest()
     weights = f"{name}-{digest[:16]}.safetensors"
     write_bytes_atomic(run_dir / weights, blob)
-    record = {"format": FORMAT, "weights": weights, "weights_sha256": digest,
-              "model_keys": list(model_state), "optimizer": skeleton, **info}
+    record = {
+        "format": FORMAT,
+        "weights": weights,
+        "weights_sha256": digest,
+        "model_keys": list(model_state),
+        "optimizer": skeleton,
+        **info,
+    }
     write_json_atomic(run_dir / f"{name}.json", record)
     for old in run_dir.glob(f"{name}-*.safetensors"):
         if old.name != weights:
@@ -118,14 +124,19 @@ def read_record(run_dir: str | os.PathLike, name: str) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint {name!r} in {run_dir} ({path.name} is missing); "
-                              "train first, or start a new run without --resume") from None
+        raise CheckpointError(
+            f"no checkpoint {name!r} in {run_dir} ({path.name} is missing); "
+            "train first, or start a new run without --resume"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt ({e}); start again with "
-                              "--overwrite") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt ({e}); start again with --overwrite"
+        ) from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an npllm checkpoint record (format {FORMAT}); "
-                              "start again with --overwrite")
+        raise CheckpointError(
+            f"{path} is not an npllm checkpoint record (format {FORMAT}); "
+            "start again with --overwrite"
+        )
     return record
 
 
@@ -143,8 +154,13 @@ def load_checkpoint(run_dir: str | os.PathLike, name: str = "last") -> Checkpoin
         model_state = {k: arrays[f"model.{k}"] for k in record["model_keys"]}
         optimizer_state = _unflatten(record["optimizer"], arrays)
     except Exception as e:  # any failure to read the weights means the checkpoint is unusable
-        raise CheckpointError(f"checkpoint {name!r} in {run_dir}: weights file {path.name} is "
-                              f"missing or corrupt ({e}); start again with --overwrite") from None
-    info = {k: v for k, v in record.items()
-            if k not in ("format", "weights", "weights_sha256", "model_keys", "optimizer")}
+        raise CheckpointError(
+            f"checkpoint {name!r} in {run_dir}: weights file {path.name} is "
+            f"missing or corrupt ({e}); start again with --overwrite"
+        ) from None
+    info = {
+        k: v
+        for k, v in record.items()
+        if k not in ("format", "weights", "weights_sha256", "model_keys", "optimizer")
+    }
     return Checkpoint(model_state, optimizer_state, info)

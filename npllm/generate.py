@@ -82,8 +82,11 @@ class Decoder:
         if act not in ("gelu", "gelu_exact", "relu"):
             raise ConfigError(f"unknown activation {act!r}; use gelu, gelu_exact or relu")
         self.activation = act
-        missing = [n for n in ("transformer.wte.weight", "transformer.wpe.weight",
-                               "transformer.ln_f.weight") if n not in weights]
+        missing = [
+            n
+            for n in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight")
+            if n not in weights
+        ]
         if missing:
             raise ShapeError(f"the weights lack {', '.join(missing)}; pass a GPT's state dict")
         self.wte = weights["transformer.wte.weight"]  # (V, C), also the lm_head
@@ -92,13 +95,25 @@ class Decoder:
         self.layers = []
         for i in range(c.n_layer):
             p = f"transformer.h.{i}."
-            self.layers.append({
-                name: weights.get(p + name)
-                for name in ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-                             "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",
-                             "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-                             "mlp.c_proj.weight", "mlp.c_proj.bias")
-            })
+            self.layers.append(
+                {
+                    name: weights.get(p + name)
+                    for name in (
+                        "ln_1.weight",
+                        "ln_1.bias",
+                        "attn.c_attn.weight",
+                        "attn.c_attn.bias",
+                        "attn.c_proj.weight",
+                        "attn.c_proj.bias",
+                        "ln_2.weight",
+                        "ln_2.bias",
+                        "mlp.c_fc.weight",
+                        "mlp.c_fc.bias",
+                        "mlp.c_proj.weight",
+                        "mlp.c_proj.bias",
+                    )
+                }
+            )
 
         self._fused: tuple | None = None  # the decode step's arguments, built on first use
         # The decode step's `par_min` (npllm.decode): None until the first decode steps
@@ -111,31 +126,45 @@ class Decoder:
         """Per block, the arrays `npllm.decode.decode_block` takes (weights with their
         scales, ones for float32; zero biases where the model has none); then the head's."""
         if self._fused is None:
+
             def mat(w: Any, b: Any) -> tuple:
-                q, sc = (w.q, w.scale) if isinstance(w, Int8Weight) else (
-                    w, np.ones(w.shape[0], np.float32))
+                q, sc = (
+                    (w.q, w.scale)
+                    if isinstance(w, Int8Weight)
+                    else (w, np.ones(w.shape[0], np.float32))
+                )
                 return q, sc, np.zeros(q.shape[0], np.float32) if b is None else b
 
             def ln(w: np.ndarray, b: Any) -> tuple:
                 return w, np.zeros_like(w) if b is None else b
 
             blocks = [
-                (*ln(p["ln_1.weight"], p["ln_1.bias"]),
-                 *mat(p["attn.c_attn.weight"], p["attn.c_attn.bias"]),
-                 *mat(p["attn.c_proj.weight"], p["attn.c_proj.bias"]),
-                 *ln(p["ln_2.weight"], p["ln_2.bias"]),
-                 *mat(p["mlp.c_fc.weight"], p["mlp.c_fc.bias"]),
-                 *mat(p["mlp.c_proj.weight"], p["mlp.c_proj.bias"]))
+                (
+                    *ln(p["ln_1.weight"], p["ln_1.bias"]),
+                    *mat(p["attn.c_attn.weight"], p["attn.c_attn.bias"]),
+                    *mat(p["attn.c_proj.weight"], p["attn.c_proj.bias"]),
+                    *ln(p["ln_2.weight"], p["ln_2.bias"]),
+                    *mat(p["mlp.c_fc.weight"], p["mlp.c_fc.bias"]),
+                    *mat(p["mlp.c_proj.weight"], p["mlp.c_proj.bias"]),
+                )
                 for p in self.layers
             ]
             self._fused = (blocks, (*ln(*self.ln_f), *mat(self.wte, None)))
             # the most weights of one product: the lm_head's or a block's largest
             self._biggest = max(
-                int(np.prod(w.shape)) for w in [self.wte] + [
-                    p[n] for p in self.layers for n in ("attn.c_attn.weight",
-                                                         "attn.c_proj.weight",
-                                                         "mlp.c_fc.weight", "mlp.c_proj.weight")
-                ])
+                int(np.prod(w.shape))
+                for w in [self.wte]
+                + [
+                    p[n]
+                    for p in self.layers
+                    for n in (
+                        "attn.c_attn.weight",
+                        "attn.c_proj.weight",
+                        "mlp.c_fc.weight",
+                        "mlp.c_proj.weight",
+                    )
+                ]
+            )
         return self._fused
 
     def _step(self, idx: np.ndarray, cache: KVCache) -> np.ndarray:
@@ -174,8 +203,10 @@ class Decoder:
     def new_cache(self, batch: int) -> KVCache:
         c = self.config
         shape = (batch, self.n_head, c.block_size, self.hs)
-        return KVCache([np.zeros(shape, np.float32) for _ in range(c.n_layer)],
-                       [np.zeros(shape, np.float32) for _ in range(c.n_layer)])
+        return KVCache(
+            [np.zeros(shape, np.float32) for _ in range(c.n_layer)],
+            [np.zeros(shape, np.float32) for _ in range(c.n_layer)],
+        )
 
     def check_idx(self, idx: Any) -> np.ndarray:
         idx = np.asarray(idx)
@@ -192,8 +223,9 @@ class Decoder:
             )
         return idx.astype(np.int64, copy=False)
 
-    def forward(self, idx: np.ndarray, cache: KVCache | None = None,
-                last_only: bool = False) -> np.ndarray:
+    def forward(
+        self, idx: np.ndarray, cache: KVCache | None = None, last_only: bool = False
+    ) -> np.ndarray:
         """Logits (B, T, V) for token ids idx (B, T) (valid ids, see `check_idx`), or (B, V)
         for the last position with `last_only`. With a cache, idx continues the cached
         positions (their keys and values are appended); without one, idx is the whole
@@ -211,7 +243,7 @@ class Decoder:
             x = self.wte.rows(idx)  # (B, T, C)
         else:
             x = self.wte[idx]  # (B, T, C)
-        x = (x + self.wpe[start:start + T]).reshape(B * T, -1)  # (B*T, C)
+        x = (x + self.wpe[start : start + T]).reshape(B * T, -1)  # (B*T, C)
         for i, p in enumerate(self.layers):
             h = self._layernorm(x, p["ln_1.weight"], p["ln_1.bias"])
             x += self._attention(h, p, B, T, i, start, cache)
@@ -243,8 +275,9 @@ class Decoder:
             return _GELU(h, "tanh")
         return kernels.gelu_forward(h, "none")
 
-    def _attention(self, h: np.ndarray, p: dict, B: int, T: int, layer: int, start: int,
-                   cache: KVCache | None) -> np.ndarray:
+    def _attention(
+        self, h: np.ndarray, p: dict, B: int, T: int, layer: int, start: int, cache: KVCache | None
+    ) -> np.ndarray:
         nh, hs = self.n_head, self.hs
         C = nh * hs
         qkv = _linear(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"])  # (B*T, 3C)
@@ -314,24 +347,48 @@ def stream(
     context for every token (for comparison). Prompts longer than block_size are cropped
     to their last block_size tokens."""
     check_sampling_args(temperature, top_k, top_p, repetition_penalty)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
-            or max_new_tokens < 0:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, (int, np.integer))
+        or max_new_tokens < 0
+    ):
         raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     stops = _stop_sequences(stop)
     dec = as_decoder(model)
     single = np.ndim(idx) == 1
     context = dec.check_idx(np.asarray(idx)[None] if single else idx)  # (B, T)
     # validated above, before the first `next`: a generator body would only raise there
-    return _stream(dec, context, max_new_tokens, single, stops, temperature=temperature,
-                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                   greedy=greedy or temperature == 0, rng=np.random.default_rng(seed),
-                   use_cache=use_cache)
+    return _stream(
+        dec,
+        context,
+        max_new_tokens,
+        single,
+        stops,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        greedy=greedy or temperature == 0,
+        rng=np.random.default_rng(seed),
+        use_cache=use_cache,
+    )
 
 
-def _stream(dec: Decoder, context: np.ndarray, max_new_tokens: int, single: bool,
-            stops: list[np.ndarray], *, temperature: float, top_k: int | None,
-            top_p: float | None, repetition_penalty: float, greedy: bool,
-            rng: np.random.Generator, use_cache: bool) -> Iterator[Any]:
+def _stream(
+    dec: Decoder,
+    context: np.ndarray,
+    max_new_tokens: int,
+    single: bool,
+    stops: list[np.ndarray],
+    *,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float,
+    greedy: bool,
+    rng: np.random.Generator,
+    use_cache: bool,
+) -> Iterator[Any]:
     B, T0 = context.shape
     bs = dec.config.block_size
     if max_new_tokens == 0:
@@ -348,8 +405,14 @@ def _stream(dec: Decoder, context: np.ndarray, max_new_tokens: int, single: bool
     for step in range(max_new_tokens):
         n = T0 + step  # context length so far
         if not plain:
-            logits = process_logits(logits, ctx[:, :n], temperature=temperature, top_k=top_k,
-                                    top_p=top_p, repetition_penalty=repetition_penalty)
+            logits = process_logits(
+                logits,
+                ctx[:, :n],
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                repetition_penalty=repetition_penalty,
+            )
         nxt = sample(logits, rng, greedy=greedy)  # (B,)
         if done.any():
             # a stopped row keeps feeding its last token (ignored) so the batch stays aligned
@@ -361,19 +424,19 @@ def _stream(dec: Decoder, context: np.ndarray, max_new_tokens: int, single: bool
         yield int(nxt[0]) if single else nxt
         for s in stops:
             if step + 1 >= s.size:
-                done |= np.all(new[:, step + 1 - s.size:step + 1] == s, axis=1)
+                done |= np.all(new[:, step + 1 - s.size : step + 1] == s, axis=1)
         if done.all():
             return "stop"
         if step == max_new_tokens - 1:
             break
         if cache is None:
-            logits = dec.forward(ctx[:, max(0, n + 1 - bs):n + 1], None, last_only=True)
+            logits = dec.forward(ctx[:, max(0, n + 1 - bs) : n + 1], None, last_only=True)
         elif cache.length == bs:
             # the window is full: crop it and rebuild the cache from the cropped context
             cache.length = 0
-            logits = dec.forward(ctx[:, n + 1 - bs:n + 1], cache, last_only=True)
+            logits = dec.forward(ctx[:, n + 1 - bs : n + 1], cache, last_only=True)
         else:
-            logits = dec.forward(ctx[:, n:n + 1], cache, last_only=True)
+            logits = dec.forward(ctx[:, n : n + 1], cache, last_only=True)
     return "length"
 
 
@@ -395,9 +458,19 @@ def generate(
     Returns (new_ids, finish_reason): new_ids (n,) or (B, n) int64 without the prompt
     (rows that stopped early are padded with -1), finish_reason "stop" or "length".
     Arguments as `stream`."""
-    it = stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                top_p=top_p, repetition_penalty=repetition_penalty, greedy=greedy, seed=seed,
-                stop=stop, use_cache=use_cache)
+    it = stream(
+        model,
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        greedy=greedy,
+        seed=seed,
+        stop=stop,
+        use_cache=use_cache,
+    )
     ids: list[Any] = []
     while True:
         try:

@@ -16,8 +16,9 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise DataError(f"no metrics.jsonl in {run_dir}; pass a run folder of `npllm train`") \
-            from None
+        raise DataError(
+            f"no metrics.jsonl in {run_dir}; pass a run folder of `npllm train`"
+        ) from None
     records = []
     for i, line in enumerate(lines, 1):
         try:

@@ -84,9 +84,7 @@ def is_quantized_name(name: str, embedding: bool = True) -> bool:
     return bool(_LINEAR.fullmatch(name)) or (embedding and name == _EMBEDDING)
 
 
-def quantize_state_dict(
-    sd: dict[str, np.ndarray], embedding: bool = True
-) -> dict[str, np.ndarray]:
+def quantize_state_dict(sd: dict[str, np.ndarray], embedding: bool = True) -> dict[str, np.ndarray]:
     """A float state dict -> the int8 one: each quantized `X.weight` becomes int8 beside
     a float32 `X.weight_scale`; everything else is kept as float32. The tied `lm_head.weight`
     is dropped, since it is `transformer.wte.weight` (loaders re-tie it)."""

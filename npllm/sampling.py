@@ -50,9 +50,7 @@ def check_sampling_args(
         )
 
 
-def apply_repetition_penalty(
-    logits: np.ndarray, context: np.ndarray, penalty: float
-) -> np.ndarray:
+def apply_repetition_penalty(logits: np.ndarray, context: np.ndarray, penalty: float) -> np.ndarray:
     """CTRL/HF repetition penalty. logits (B, V); context (B, T) ids seen so far (the
     prompt and what was generated). Each distinct token is penalised once, however often
     it occurs."""

@@ -21,9 +21,7 @@ from npllm.errors import DataError
 # GPT-2's pre-split pattern, written for the standard `re` module: `[^\W\d_]` stands for
 # \p{L} and `\d` for \p{N}; underscore, which `\w` counts, goes with the punctuation so
 # that every character of any string falls in exactly one piece.
-GPT2_SPLIT_PATTERN = (
-    r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
-)
+GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
 
 
 class _SavedAsJSON:
@@ -84,7 +82,6 @@ class CharTokenizer(_SavedAsJSON):
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "chars": self.chars}
-
 
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
@@ -205,7 +202,6 @@ class BPETokenizer(_SavedAsJSON):
     def to_dict(self) -> dict[str, Any]:
         merges = [list(m) for m in self.merges]
         return {"type": self.kind, "pattern": self.pattern, "merges": merges}
-
 
 
 Tokenizer = CharTokenizer | BPETokenizer

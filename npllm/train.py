@@ -55,16 +55,23 @@ class TrainConfig:
     seed: int = 1337
 
     def validate(self) -> None:
-        positive = ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters",
-                    "log_interval")
+        positive = (
+            "batch_size",
+            "gradient_accumulation_steps",
+            "eval_interval",
+            "eval_iters",
+            "log_interval",
+        )
         for name in positive:
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, "
-                                  f"got {getattr(self, name)}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         for name in ("max_iters", "warmup_iters", "seed"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, "
-                                  f"got {getattr(self, name)}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
+                )
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -73,10 +80,12 @@ class TrainConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.decay_lr and self.decay_iters < self.warmup_iters:
-            raise ConfigError(f"the learning rate would finish decaying at step {self.decay_iters} "
-                              "(--lr-decay-iters, default --max-iters) before its warmup ends "
-                              f"(--warmup-iters {self.warmup_iters}); lower --warmup-iters or "
-                              "raise --lr-decay-iters")
+            raise ConfigError(
+                f"the learning rate would finish decaying at step {self.decay_iters} "
+                "(--lr-decay-iters, default --max-iters) before its warmup ends "
+                f"(--warmup-iters {self.warmup_iters}); lower --warmup-iters or "
+                "raise --lr-decay-iters"
+            )
 
     @property
     def decay_iters(self) -> int:
@@ -95,17 +104,45 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT's CPU run of train_shakespeare_char (its README): ~0.8M parameters
     "cpu-small": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-        batch_size=12, max_iters=2000, lr_decay_iters=None, learning_rate=1e-3, min_lr=1e-4,
-        warmup_iters=100, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
-        eval_interval=250, eval_iters=200,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        block_size=64,
+        dropout=0.0,
+        batch_size=12,
+        max_iters=2000,
+        lr_decay_iters=None,
+        learning_rate=1e-3,
+        min_lr=1e-4,
+        warmup_iters=100,
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        eval_interval=250,
+        eval_iters=200,
     ),
     # GuppyLM's shape, meant for a BPE vocabulary (`npllm prepare --tokenizer bpe`)
     "guppy": dict(
-        n_layer=6, n_head=6, n_embd=384, mlp_hidden=768, activation="relu", block_size=128,
-        dropout=0.1, batch_size=32, max_iters=5000, lr_decay_iters=None, learning_rate=3e-4,
-        min_lr=3e-5, warmup_iters=200, beta1=0.9, beta2=0.95, weight_decay=0.1,
-        grad_clip=1.0, eval_interval=250, eval_iters=100,
+        n_layer=6,
+        n_head=6,
+        n_embd=384,
+        mlp_hidden=768,
+        activation="relu",
+        block_size=128,
+        dropout=0.1,
+        batch_size=32,
+        max_iters=5000,
+        lr_decay_iters=None,
+        learning_rate=3e-4,
+        min_lr=3e-5,
+        warmup_iters=200,
+        beta1=0.9,
+        beta2=0.95,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        eval_interval=250,
+        eval_iters=100,
     ),
 }
 DEFAULT_PRESET = "cpu-small"
@@ -120,8 +157,10 @@ def model_fields() -> list[dataclasses.Field]:
 def split_overrides(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a flat {field: value} into (model fields, training fields)."""
     names = {f.name for f in model_fields()}
-    return ({k: v for k, v in values.items() if k in names},
-            {k: v for k, v in values.items() if k not in names})
+    return (
+        {k: v for k, v in values.items() if k in names},
+        {k: v for k, v in values.items() if k not in names},
+    )
 
 
 def preset_values(name: str) -> dict[str, Any]:
@@ -147,14 +186,22 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"--out {run_dir} is a file; pass a folder for the run")
     held = [n for n in RUN_FILES if (run_dir / n).exists()]
     if held and not resume and not overwrite:
-        raise CheckpointError(f"{run_dir} already holds a run ({', '.join(held)}); pass --resume "
-                              "to continue it, --overwrite to start again, or another --out")
+        raise CheckpointError(
+            f"{run_dir} already holds a run ({', '.join(held)}); pass --resume "
+            "to continue it, --overwrite to start again, or another --out"
+        )
 
 
 def clear_run(run_dir: Path) -> None:
     """Remove what a run writes, and nothing else the folder may hold."""
-    for pattern in ("last.json", "best.json", "last-*.safetensors", "best-*.safetensors",
-                    "metrics.jsonl", "loss.png"):
+    for pattern in (
+        "last.json",
+        "best.json",
+        "last-*.safetensors",
+        "best-*.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+    ):
         for p in run_dir.glob(pattern):
             p.unlink()
 
@@ -179,8 +226,10 @@ def resume_configs(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     try:
         return dict(info["model_config"]), dict(info["train_config"]), str(info["data"]["dir"])
     except (KeyError, TypeError):
-        raise CheckpointError(f"the checkpoint in {run_dir} lacks its configs; it is corrupt. "
-                              "Start again with --overwrite") from None
+        raise CheckpointError(
+            f"the checkpoint in {run_dir} lacks its configs; it is corrupt. "
+            "Start again with --overwrite"
+        ) from None
 
 
 def train(
@@ -215,13 +264,16 @@ def train(
     check_length(train_data, T, "train")
     check_length(val_data, T, "val")
     if model_config.vocab_size < meta["vocab_size"]:
-        raise ConfigError(f"--vocab-size {model_config.vocab_size} is smaller than the data's "
-                          f"vocabulary ({meta['vocab_size']}); drop the flag")
+        raise ConfigError(
+            f"--vocab-size {model_config.vocab_size} is smaller than the data's "
+            f"vocabulary ({meta['vocab_size']}); drop the flag"
+        )
     tokenizer = load_data_tokenizer(data_dir)
 
     model = GPT(model_config, seed=config.seed)
-    optimizer = model.configure_optimizers(config.weight_decay, config.learning_rate,
-                                           (config.beta1, config.beta2))
+    optimizer = model.configure_optimizers(
+        config.weight_decay, config.learning_rate, (config.beta1, config.beta2)
+    )
     params = model.parameters()
     batch_rng = np.random.default_rng([1, config.seed])
     start, best_val, elapsed0 = 0, math.inf, 0.0
@@ -231,9 +283,10 @@ def train(
         try:
             model.load_state_dict(ck.model_state)
         except CheckpointError as e:
-            raise CheckpointError(f"the checkpoint in {run_dir} does not fit this model ({e}); "
-                                  "resume with the run's own model flags or use --overwrite") \
-                from None
+            raise CheckpointError(
+                f"the checkpoint in {run_dir} does not fit this model ({e}); "
+                "resume with the run's own model flags or use --overwrite"
+            ) from None
         optimizer.load_state_dict(ck.optimizer_state)
         batch_rng.bit_generator.state = ck.info["rng"]["batch"]
         model.rng.bit_generator.state = ck.info["rng"]["dropout"]
@@ -241,8 +294,10 @@ def train(
         best_val = float(ck.info["best_val_loss"])
         _rewrite_metrics_until(metrics_path, start)
         if start >= config.max_iters:
-            raise ConfigError(f"the run in {run_dir} is already at iteration {start}; pass a "
-                              "larger --max-iters to train further")
+            raise ConfigError(
+                f"the run in {run_dir} is already at iteration {start}; pass a "
+                "larger --max-iters to train further"
+            )
     elif overwrite:
         clear_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -258,22 +313,29 @@ def train(
         out = {}
         with no_grad():
             for split, data in (("train", train_data), ("val", val_data)):
-                losses = [model(*get_batch(data, B, T, eval_rng))[1].item()
-                          for _ in range(config.eval_iters)]
+                losses = [
+                    model(*get_batch(data, B, T, eval_rng))[1].item()
+                    for _ in range(config.eval_iters)
+                ]
                 out[split] = float(np.mean(losses))
         model.train()
         return out
 
     def save(name: str, it: int, losses: dict[str, float], elapsed: float) -> None:
         info = {
-            "iter": it, "elapsed": elapsed, "train_loss": losses["train"],
-            "val_loss": losses["val"], "best_val_loss": best_val,
+            "iter": it,
+            "elapsed": elapsed,
+            "train_loss": losses["train"],
+            "val_loss": losses["val"],
+            "best_val_loss": best_val,
             "model_config": dataclasses.asdict(model_config),
             "train_config": dataclasses.asdict(config),
             "tokenizer": tokenizer.to_dict(),
             "data": {"dir": str(Path(data_dir).resolve()), "meta": meta},
-            "rng": {"batch": batch_rng.bit_generator.state,
-                    "dropout": model.rng.bit_generator.state},
+            "rng": {
+                "batch": batch_rng.bit_generator.state,
+                "dropout": model.rng.bit_generator.state,
+            },
         }
         save_checkpoint(run_dir, name, model.state_dict(), optimizer.state_dict(), info)
 
@@ -281,14 +343,26 @@ def train(
         if echo:
             bar.write(text, file=sys.stdout)
 
-    bar = tqdm(total=config.max_iters, initial=start, file=sys.stderr, unit="it",
-               disable=None if progress is None else not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=config.max_iters,
+        initial=start,
+        file=sys.stderr,
+        unit="it",
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    )
     t0, losses = time.perf_counter(), {"train": math.nan, "val": math.nan}
     try:
         if start == 0:
             losses = estimate_loss()
-            log({"iter": 0, "train_loss": losses["train"], "val_loss": losses["val"],
-                 "elapsed": elapsed0})
+            log(
+                {
+                    "iter": 0,
+                    "train_loss": losses["train"],
+                    "val_loss": losses["val"],
+                    "elapsed": elapsed0,
+                }
+            )
             say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         model.train()
         t_log, tokens = time.perf_counter(), 0
@@ -311,20 +385,37 @@ def train(
                 now = time.perf_counter()
                 tok_s = tokens / max(now - t_log, 1e-9)
                 t_log, tokens = now, 0
-                log({"iter": n, "loss": loss_avg, "lr": lr, "grad_norm": norm,
-                     "tokens_per_s": tok_s, "elapsed": elapsed0 + now - t0})
-                bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
-                                refresh=False)
+                log(
+                    {
+                        "iter": n,
+                        "loss": loss_avg,
+                        "lr": lr,
+                        "grad_norm": norm,
+                        "tokens_per_s": tok_s,
+                        "elapsed": elapsed0 + now - t0,
+                    }
+                )
+                bar.set_postfix(
+                    loss=f"{loss_avg:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False
+                )
             bar.update(1)
             if n % config.eval_interval == 0 or n == config.max_iters:
                 losses = estimate_loss()
                 elapsed = elapsed0 + time.perf_counter() - t0
                 improved = losses["val"] < best_val
                 best_val = min(best_val, losses["val"])
-                log({"iter": n, "train_loss": losses["train"], "val_loss": losses["val"],
-                     "elapsed": elapsed})
-                say(f"iter {n}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                    f"{' (best)' if improved else ''}, {elapsed:.1f} s")
+                log(
+                    {
+                        "iter": n,
+                        "train_loss": losses["train"],
+                        "val_loss": losses["val"],
+                        "elapsed": elapsed,
+                    }
+                )
+                say(
+                    f"iter {n}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                    f"{' (best)' if improved else ''}, {elapsed:.1f} s"
+                )
                 if improved:
                     save("best", n, losses, elapsed)
                 save("last", n, losses, elapsed)
@@ -332,5 +423,10 @@ def train(
     finally:
         bar.close()
         metrics.close()
-    return TrainResult(config.max_iters, losses["train"], losses["val"], best_val,
-                       elapsed0 + time.perf_counter() - t0)
+    return TrainResult(
+        config.max_iters,
+        losses["train"],
+        losses["val"],
+        best_val,
+        elapsed0 + time.perf_counter() - t0,
+    )

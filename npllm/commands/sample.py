@@ -12,26 +12,62 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, metavar="RUN", help="a run folder of `npllm train`")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--max-new-tokens", type=int, default=500, metavar="N",
-                   help="tokens to generate (default 500)")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="T",
-                   help="below 1 sharpens, above 1 flattens; 0 is greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=200, metavar="K",
-                   help="sample among the K most likely tokens (default 200; 0: all)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=500,
+        metavar="N",
+        help="tokens to generate (default 500)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        metavar="T",
+        help="below 1 sharpens, above 1 flattens; 0 is greedy (default 0.8)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=200,
+        metavar="K",
+        help="sample among the K most likely tokens (default 200; 0: all)",
+    )
     p.add_argument("--seed", type=int, default=1337, metavar="S", help="sampling seed")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"),
-                   help="which checkpoint of the run (default best)")
-    p.add_argument("--top-p", type=float, default=None, metavar="P",
-                   help="nucleus sampling: the smallest top set with probability >= P")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
-                   help="CTRL penalty on tokens already in the context (default 1: off)")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=("best", "last"),
+        help="which checkpoint of the run (default best)",
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        metavar="P",
+        help="nucleus sampling: the smallest top set with probability >= P",
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="CTRL penalty on tokens already in the context (default 1: off)",
+    )
     p.add_argument("--greedy", action="store_true", help="always the most likely token")
     p.add_argument("--stream", action="store_true", help="print tokens as they come")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="end after this text (backslash escapes such as \\n work; "
-                        "repeatable)")
-    p.add_argument("--quantized", action="store_true",
-                   help="use the run's int8 checkpoint written by `npllm quantize`")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="end after this text (backslash escapes such as \\n work; repeatable)",
+    )
+    p.add_argument(
+        "--quantized",
+        action="store_true",
+        help="use the run's int8 checkpoint written by `npllm quantize`",
+    )
 
 
 def load_model(run_dir: str, name: str = "best"):
@@ -65,14 +101,17 @@ def load_quantized(run_dir: str):
     try:
         ck = load_checkpoint(run_dir, QUANT_NAME)
     except CheckpointError as e:
-        raise CheckpointError(f"{e} (for --quantized, run `npllm quantize {run_dir}` "
-                              "first)") from None
+        raise CheckpointError(
+            f"{e} (for --quantized, run `npllm quantize {run_dir}` first)"
+        ) from None
     try:
         config = GPTConfig(**ck.info["model_config"])
         tokenizer = tokenizer_from_dict(ck.info["tokenizer"])
     except (KeyError, TypeError) as e:
-        raise CheckpointError(f"the int8 checkpoint in {run_dir} lacks {e}; it is corrupt; "
-                              f"run `npllm quantize {run_dir}` again") from None
+        raise CheckpointError(
+            f"the int8 checkpoint in {run_dir} lacks {e}; it is corrupt; "
+            f"run `npllm quantize {run_dir}` again"
+        ) from None
     return Decoder(config, load_weights(ck.model_state)), tokenizer
 
 
@@ -93,8 +132,11 @@ def run(args: argparse.Namespace) -> int:
         raise DataError("the prompt is empty; pass some text with --prompt")
     block_size = model.config.block_size
     if len(prompt) > block_size:
-        print(f"npllm sample: warning: the prompt is {len(prompt)} tokens, longer than the "
-              f"context of {block_size}; only its last {block_size} are used", file=sys.stderr)
+        print(
+            f"npllm sample: warning: the prompt is {len(prompt)} tokens, longer than the "
+            f"context of {block_size}; only its last {block_size} are used",
+            file=sys.stderr,
+        )
         prompt = prompt[-block_size:]
     # backslash escapes (\n, \t, \u00e9) as Python reads them; other characters as given
     stops = [s.encode("latin-1", "backslashreplace").decode("unicode_escape") for s in args.stop]
@@ -103,10 +145,17 @@ def run(args: argparse.Namespace) -> int:
     out, new_ids, shown = sys.stdout, [], 0
     out.write(args.prompt)
     text = ""
-    for token in stream(model, prompt, args.max_new_tokens, temperature=args.temperature,
-                        top_k=args.top_k or None, top_p=args.top_p,
-                        repetition_penalty=args.repetition_penalty, greedy=args.greedy,
-                        seed=args.seed):
+    for token in stream(
+        model,
+        prompt,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        greedy=args.greedy,
+        seed=args.seed,
+    ):
         new_ids.append(token)
         # Decode everything generated so far: a BPE token may end inside a UTF-8
         # character, which shows as U+FFFD until the next token completes it.

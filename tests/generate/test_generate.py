@@ -18,10 +18,19 @@ from npllm.quant import load_weights, quantize_state_dict
 
 CONFIGS = {
     "gelu": GPTConfig(vocab_size=37, block_size=12, n_layer=2, n_head=2, n_embd=16),
-    "relu-nobias": GPTConfig(vocab_size=29, block_size=10, n_layer=2, n_head=4, n_embd=16,
-                             bias=False, mlp_hidden=24, activation="relu"),
-    "gelu_exact": GPTConfig(vocab_size=23, block_size=8, n_layer=1, n_head=1, n_embd=8,
-                            activation="gelu_exact"),
+    "relu-nobias": GPTConfig(
+        vocab_size=29,
+        block_size=10,
+        n_layer=2,
+        n_head=4,
+        n_embd=16,
+        bias=False,
+        mlp_hidden=24,
+        activation="relu",
+    ),
+    "gelu_exact": GPTConfig(
+        vocab_size=23, block_size=8, n_layer=1, n_head=1, n_embd=8, activation="gelu_exact"
+    ),
 }
 # wide enough that the decode step's products can take their parallel path
 # (npllm.decode.PARALLEL)
@@ -42,7 +51,7 @@ def make_model(name: str, seed: int = 0) -> GPT:
 def full_logits(model: GPT, idx: np.ndarray) -> np.ndarray:
     """The last position's logits by recomputation, cropped to the window as nanoGPT."""
     with no_grad():
-        logits, _ = model(idx[:, -model.config.block_size:])
+        logits, _ = model(idx[:, -model.config.block_size :])
     return logits.data[:, -1]
 
 
@@ -63,16 +72,17 @@ def test_cached_logits_equal_recomputation_at_every_step_and_across_the_crop(nam
         context = np.concatenate([context, nxt], axis=1)
         if cache.length == cfg.block_size:
             cache.length = 0  # what `stream` does at the window's end
-            logits = dec.forward(context[:, -cfg.block_size:], cache, last_only=True)
+            logits = dec.forward(context[:, -cfg.block_size :], cache, last_only=True)
             rebuilt += 1
         else:
             logits = dec.forward(nxt, cache, last_only=True)
     assert rebuilt > 1
     # the whole-sequence forward agrees with the model too
     with no_grad():
-        ref = model(context[:, -cfg.block_size:])[0].data
-    np.testing.assert_allclose(dec.forward(context[:, -cfg.block_size:]), ref,
-                               rtol=1e-5, atol=1e-5)
+        ref = model(context[:, -cfg.block_size :])[0].data
+    np.testing.assert_allclose(
+        dec.forward(context[:, -cfg.block_size :]), ref, rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", [*sorted(CONFIGS), "wide"])
@@ -91,9 +101,9 @@ def test_fused_decode_step_equals_the_numpy_path(name, quantized):
         dec.forward(ids[:, :2], fused)
         dec.forward(ids[:, :2], ref)
     for t in range(2, bs):
-        got = dec.forward(ids[:, t:t + 1], fused, last_only=True)
+        got = dec.forward(ids[:, t : t + 1], fused, last_only=True)
         with kernels.use("numpy"):
-            want = dec.forward(ids[:, t:t + 1], ref, last_only=True)
+            want = dec.forward(ids[:, t : t + 1], ref, last_only=True)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         assert fused.length == ref.length == t + 1
     for a, b in zip(fused.k + fused.v, ref.k + ref.v):
@@ -101,8 +111,10 @@ def test_fused_decode_step_equals_the_numpy_path(name, quantized):
 
 
 def test_serial_and_parallel_decode_agree_bitwise_and_the_decoder_picks_one():
-    model = GPT(GPTConfig(vocab_size=50, block_size=2 * _TRIALS + 2, n_layer=1, n_head=4,
-                          n_embd=256), seed=5)
+    model = GPT(
+        GPTConfig(vocab_size=50, block_size=2 * _TRIALS + 2, n_layer=1, n_head=4, n_embd=256),
+        seed=5,
+    )
     rng = np.random.default_rng(6)
     bs = model.config.block_size
     ids = rng.integers(0, 50, (1, bs))
@@ -112,8 +124,11 @@ def test_serial_and_parallel_decode_agree_bitwise_and_the_decoder_picks_one():
         dec.par_min = par_min
         cache = dec.new_cache(1)
         dec.forward(ids[:, :1], cache)
-        runs[par_min] = [dec.forward(ids[:, t:t + 1], cache, last_only=True)
-                         for t in range(1, bs)] + cache.k + cache.v
+        runs[par_min] = (
+            [dec.forward(ids[:, t : t + 1], cache, last_only=True) for t in range(1, bs)]
+            + cache.k
+            + cache.v
+        )
     for a, b in zip(runs[SERIAL], runs[PARALLEL]):
         np.testing.assert_array_equal(a, b)
     # left to itself, a decoder times both settings, then keeps the faster
@@ -197,7 +212,7 @@ def test_batched_stop_pads_finished_rows_with_minus_one():
     row0 = ids[0].tolist()
     end = row0.index(tok)
     assert row0[: end + 1] == free[0, : end + 1].tolist()
-    assert all(t == -1 for t in row0[end + 1:])
+    assert all(t == -1 for t in row0[end + 1 :])
     row1_stopped = tok in free[1].tolist()
     assert reason == ("stop" if row1_stopped else "length")
 
@@ -239,8 +254,9 @@ def test_bad_arguments_raise_at_the_call_not_at_the_first_token(kwargs, exc, wor
 @pytest.mark.parametrize("embedding", [False, True])
 def test_quantized_model_logits_are_close_to_the_float_models(embedding):
     model = GPT(CONFIGS["gelu"], seed=3)  # the real init scale
-    qdec = Decoder(model.config, load_weights(quantize_state_dict(model.state_dict(),
-                                                                  embedding=embedding)))
+    qdec = Decoder(
+        model.config, load_weights(quantize_state_dict(model.state_dict(), embedding=embedding))
+    )
     idx = np.random.default_rng(0).integers(0, 37, (2, 12))
     with no_grad():
         ref = model(idx)[0].data

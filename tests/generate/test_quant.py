@@ -47,8 +47,9 @@ def test_each_row_uses_the_full_range_and_zero_rows_stay_zero():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(1, 9), st.integers(1, 70), st.integers(1, 300), st.booleans(),
-       st.integers(0, 99))
+@given(
+    st.integers(1, 9), st.integers(1, 70), st.integers(1, 300), st.booleans(), st.integers(0, 99)
+)
 def test_numba_int8_matmul_equals_its_numpy_reference(n, m, k, bias, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, k)).astype(np.float32)
@@ -64,8 +65,9 @@ def test_int8_matmul_takes_the_parallel_path_on_big_matrices_too():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 384)).astype(np.float32)
     wq, scale = quantize(rng.standard_normal((1152, 384)).astype(np.float32))
-    np.testing.assert_allclose(int8_linear_numba(x, wq, scale), int8_linear_numpy(x, wq, scale),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        int8_linear_numba(x, wq, scale), int8_linear_numpy(x, wq, scale), rtol=1e-5, atol=1e-4
+    )
     with pytest.raises(ShapeError, match="int8"):
         int8_linear_numba(x, wq.astype(np.float32), scale)
 
@@ -93,5 +95,8 @@ def test_state_dict_round_trip_keeps_names_and_shrinks_linears():
     assert isinstance(emb, Int8Weight)
     np.testing.assert_allclose(emb.rows(np.array([[3, 4]]))[0], emb.dequantize()[[3, 4]])
     proj = sd["transformer.h.0.mlp.c_proj.weight"]
-    np.testing.assert_allclose(w["transformer.h.0.mlp.c_proj.weight"].dequantize(), proj,
-                               atol=float(np.abs(proj).max()) / 254 + 1e-6)
+    np.testing.assert_allclose(
+        w["transformer.h.0.mlp.c_proj.weight"].dequantize(),
+        proj,
+        atol=float(np.abs(proj).max()) / 254 + 1e-6,
+    )

@@ -22,14 +22,44 @@ def run(tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(300)))
     prepare(str(corpus), root / "data")
-    assert cli.main(["train", "--data", str(root / "data"), "--out", str(root / "run"), *TINY,
-                     "--max-iters", "20", "--learning-rate", "1e-2"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                str(root / "data"),
+                "--out",
+                str(root / "run"),
+                *TINY,
+                "--max-iters",
+                "20",
+                "--learning-rate",
+                "1e-2",
+            ]
+        )
+        == 0
+    )
     return root / "run"
 
 
 def sample(run, capsys, *flags):
-    assert cli.main(["sample", "--run", str(run), "--prompt", "to be", "--max-new-tokens",
-                     "30", "--seed", "5", *flags]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--prompt",
+                "to be",
+                "--max-new-tokens",
+                "30",
+                "--seed",
+                "5",
+                *flags,
+            ]
+        )
+        == 0
+    )
     return capsys.readouterr()
 
 
@@ -57,22 +87,36 @@ def test_sample_quantized_greedy_stream_and_stop(run, capsys):
     kw = ("--top-p", "0.9", "--repetition-penalty", "1.2", "--temperature", "1.3")
     assert sample(run, capsys, *kw, "--stream").out == sample(run, capsys, *kw).out
     # --stop ends right after the first occurrence of the text
-    free = sample(run, capsys, "--temperature", "1.5").out[len("to be"):-1]
+    free = sample(run, capsys, "--temperature", "1.5").out[len("to be") : -1]
     stop = free[3:5]
-    cut = sample(run, capsys, "--temperature", "1.5", "--stop", stop).out[len("to be"):-1]
+    cut = sample(run, capsys, "--temperature", "1.5", "--stop", stop).out[len("to be") : -1]
     assert cut == free[: free.index(stop) + len(stop)]
     # escapes are read as in Python; other characters (even non-ASCII) as given
-    lines = sample(run, capsys, "--temperature", "1.5", "--max-new-tokens", "60",
-                   "--stop", "\\n", "--stop", "é").out[len("to be"):-1]
+    lines = sample(
+        run,
+        capsys,
+        "--temperature",
+        "1.5",
+        "--max-new-tokens",
+        "60",
+        "--stop",
+        "\\n",
+        "--stop",
+        "é",
+    ).out[len("to be") : -1]
     free = sample(run, capsys, "--temperature", "1.5", "--max-new-tokens", "60").out
-    free = free[len("to be"):-1]
+    free = free[len("to be") : -1]
     assert "\n" in free and lines == free[: free.index("\n") + 1]
 
 
 def test_sample_crops_long_prompts_with_a_one_line_warning(run, capsys):
     prompt = "to be or not " * 5  # 65 characters, block_size is 16
-    assert cli.main(["sample", "--run", str(run), "--prompt", prompt, "--max-new-tokens",
-                     "5", "--greedy"]) == 0
+    assert (
+        cli.main(
+            ["sample", "--run", str(run), "--prompt", prompt, "--max-new-tokens", "5", "--greedy"]
+        )
+        == 0
+    )
     res = capsys.readouterr()
     assert res.out.startswith(prompt)
     warning = res.err.strip().splitlines()

@@ -104,8 +104,9 @@ def test_greedy_is_argmax_and_temperature_zero_is_not_divided():
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((3, 50)).astype(np.float32)
     assert sample(logits, rng, greedy=True).tolist() == logits.argmax(-1).tolist()
-    np.testing.assert_array_equal(process_logits(logits, np.zeros((3, 0), np.int64),
-                                                 temperature=0.0), logits)
+    np.testing.assert_array_equal(
+        process_logits(logits, np.zeros((3, 0), np.int64), temperature=0.0), logits
+    )
 
 
 def test_seeded_draws_are_reproducible_and_follow_the_distribution():

@@ -21,8 +21,7 @@ def states(seed: int):
     optim = {
         "step": 7 + seed,
         "groups": [{"lr": 1e-3 / 3, "betas": (0.9, 0.99), "weight_decay": 0.1}],
-        "state": {0: {"m": rng.standard_normal(5).astype(np.float32),
-                      "v": np.float32(seed + 0.5)}},
+        "state": {0: {"m": rng.standard_normal(5).astype(np.float32), "v": np.float32(seed + 0.5)}},
         "flag": None,
     }
     info = {"iter": 10 * seed, "rng": np.random.default_rng(seed).bit_generator.state}
@@ -66,8 +65,9 @@ def test_resave_replaces_the_old_weights_file(tmp_path):
     assert load_checkpoint(tmp_path, "last").info["iter"] == 20
 
 
-@pytest.mark.parametrize("fail_at", ["weights write", "weights fsync", "record write",
-                                     "record fsync"])
+@pytest.mark.parametrize(
+    "fail_at", ["weights write", "weights fsync", "record write", "record fsync"]
+)
 def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch, fail_at):
     save_checkpoint(tmp_path, "last", *states(1))
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -31,8 +31,13 @@ def test_cpu_small_is_nanogpts_cpu_run():
     assert model == dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0)
     c = TrainConfig(**train)
     assert (c.batch_size, c.max_iters, c.decay_iters, c.warmup_iters) == (12, 2000, 2000, 100)
-    assert (c.learning_rate, c.min_lr, c.beta2, c.weight_decay, c.grad_clip) == \
-        (1e-3, 1e-4, 0.99, 0.1, 1.0)
+    assert (c.learning_rate, c.min_lr, c.beta2, c.weight_decay, c.grad_clip) == (
+        1e-3,
+        1e-4,
+        0.99,
+        0.1,
+        1.0,
+    )
 
 
 def test_learning_rate_warms_up_then_decays_to_min_lr():
@@ -44,9 +49,17 @@ def test_learning_rate_warms_up_then_decays_to_min_lr():
     assert TrainConfig(decay_lr=False, learning_rate=0.5).lr_at(7) == 0.5
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("batch_size", 0), ("max_iters", -1), ("learning_rate", float("nan")), ("beta1", 1.0),
-    ("eval_iters", 0), ("lr_decay_iters", 5)])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("batch_size", 0),
+        ("max_iters", -1),
+        ("learning_rate", float("nan")),
+        ("beta1", 1.0),
+        ("eval_iters", 0),
+        ("lr_decay_iters", 5),
+    ],
+)
 def test_validation_names_the_flag(field, value):
     with pytest.raises(ConfigError, match="--" + field.replace("_", "-")):
         TrainConfig(**{field: value}).validate()
