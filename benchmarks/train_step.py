@@ -16,6 +16,7 @@ parameters that enter matmuls, i.e. `num_params()` with the tied embedding).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -32,35 +33,27 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.common and the torch reference in tests/
 from benchmarks.common import machine_info, write_section  # noqa: E402
+from npllm.gpt import GPTConfig  # noqa: E402
+from npllm.train import PRESETS  # noqa: E402
+
+
+def _shape(preset: str, **overrides) -> dict:
+    """A training preset's model fields (npllm.train.PRESETS), without dropout (the torch
+    reference has none), with the benchmark's vocabulary and batch size."""
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    model = {k: v for k, v in PRESETS[preset].items() if k in fields}
+    return {**model, "dropout": 0.0, **overrides}
+
 
 SHAPES = {
-    # nanoGPT's CPU Shakespeare run
-    "cpu-small": dict(
-        vocab_size=65,
-        block_size=64,
-        n_layer=4,
-        n_head=4,
-        n_embd=128,
-        activation="gelu",
-        batch_size=12,
-    ),
-    # GuppyLM's shape
-    "guppy": dict(
-        vocab_size=4096,
-        block_size=128,
-        n_layer=6,
-        n_head=6,
-        n_embd=384,
-        mlp_hidden=768,
-        activation="relu",
-        batch_size=8,
-    ),
+    "cpu-small": _shape("cpu-small", vocab_size=65, batch_size=12),  # nanoGPT's CPU run
+    "guppy": _shape("guppy", vocab_size=4096, batch_size=8),  # GuppyLM's shape
 }
 LR, WD, BETAS, CLIP = 1e-3, 0.1, (0.9, 0.99), 1.0
 
 
 def model_config(shape: str) -> dict:
-    return {k: v for k, v in SHAPES[shape].items() if k != "batch_size"}
+    return {k: v for k, v in SHAPES[shape].items() if k not in ("batch_size", "dropout")}
 
 
 def batches(shape: str, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -76,7 +69,7 @@ def batches(shape: str, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndar
 
 class NpllmRunner:
     def __init__(self, shape: str):
-        from npllm.gpt import GPT, GPTConfig
+        from npllm.gpt import GPT
         from npllm.optim import clip_grad_norm
 
         self.model = GPT(GPTConfig(**model_config(shape)), seed=0)
