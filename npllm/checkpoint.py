@@ -126,7 +126,7 @@ def read_record(run_dir: str | os.PathLike, name: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(
             f"no checkpoint {name!r} in {run_dir} ({path.name} is missing); "
-            "train first, or start a new run without --resume"
+            f"train a run there first (npllm train --out {run_dir})"
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(
