@@ -38,10 +38,13 @@ from npllm.train import PRESETS  # noqa: E402
 
 
 def _shape(preset: str, **overrides) -> dict:
-    """A training preset's model fields (npllm.train.PRESETS), without dropout (the torch
-    reference has none), with the benchmark's vocabulary and batch size."""
-    fields = {f.name for f in dataclasses.fields(GPTConfig)}
-    model = {k: v for k, v in PRESETS[preset].items() if k in fields}
+    """Every GPTConfig field of a training preset (npllm.train.PRESETS over GPTConfig's
+    defaults), without dropout (the torch reference has none), with the benchmark's
+    vocabulary and batch size."""
+    fields = dataclasses.fields(GPTConfig)
+    model = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    names = {f.name for f in fields}
+    model.update({k: v for k, v in PRESETS[preset].items() if k in names})
     return {**model, "dropout": 0.0, **overrides}
 
 
