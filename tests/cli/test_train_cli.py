@@ -50,40 +50,11 @@ def test_prepare_train_resume_sample_end_to_end(shakespeare_slice, tmp_path, cap
     assert evals[-1][1] < evals[0][1] - 0.3  # it learned something
     assert [i for i, _ in records(run, "loss")] == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
     assert load_checkpoint(run, "last").info["iter"] == 50
-    assert (
-        cli.main(
-            [
-                "sample",
-                "--run",
-                str(run),
-                "--prompt",
-                "ROMEO:",
-                "--max-new-tokens",
-                "40",
-                "--seed",
-                "3",
-            ]
-        )
-        == 0
-    )
+    sample = ["sample", "--run", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "40"]
+    assert cli.main([*sample, "--seed", "3"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40 + 1
-    assert (
-        cli.main(
-            [
-                "sample",
-                "--run",
-                str(run),
-                "--prompt",
-                "ROMEO:",
-                "--max-new-tokens",
-                "40",
-                "--seed",
-                "3",
-            ]
-        )
-        == 0
-    )
+    assert cli.main([*sample, "--seed", "3"]) == 0
     assert capsys.readouterr().out == text  # seeded sampling repeats
 
 
