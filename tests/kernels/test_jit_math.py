@@ -30,7 +30,17 @@ def test_ferf_absolute_error():
     assert apply_math("erf", np.array([0.0], dtype=np.float32))[0] == 0.0
 
 
-def test_float64_is_exact():
+def _ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance in units in the last place between two float64 arrays."""
+    return np.abs(a - b) / np.spacing(np.maximum(np.abs(a), np.abs(b)))
+
+
+def test_float64_is_the_library_function_within_a_few_ulp():
+    # On float64 the kernels call libm's exp/erf. NumPy's own float64 exp is a SIMD
+    # routine on AVX-512 machines that differs from libm by up to an ulp, so the check
+    # is "within a few ulp", not bit for bit: it must pass on any x86-64 CPU, and it still
+    # fails on any float32 approximation (millions of ulp away in float64).
     x = np.linspace(-30.0, 30.0, 1001)
-    np.testing.assert_array_equal(apply_math("exp", x), np.exp(x))
-    np.testing.assert_array_equal(apply_math("erf", x), [math.erf(v) for v in x])
+    assert _ulps(apply_math("exp", x), np.exp(x)).max() <= 4
+    assert _ulps(apply_math("erf", x), np.array([math.erf(v) for v in x])).max() <= 4
+    assert apply_math("exp", np.array([0.0]))[0] == 1.0
