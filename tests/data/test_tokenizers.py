@@ -128,3 +128,95 @@ def test_load_tokenizer_rejects_bad_files(tmp_path):
     bad.write_text('{"type": "wordpiece"}')
     with pytest.raises(DataError, match="unknown tokenizer type"):
         load_tokenizer(bad)
+
+
+# Special tokens: fixed ids after the ordinary vocabulary, produced from text only where
+# the caller allows them, one id each, kept through save/load.
+CHAT = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+BPE_SP = BPETokenizer.train(SAMPLE, 333, specials=CHAT)
+CHAR_SP = CharTokenizer.from_text(SAMPLE, specials=CHAT)
+# text made of the corpus alphabet, with the specials' own characters and text mixed in
+pieces = st.lists(st.sampled_from([*CHAT, "<|", "|>", "im_end", "<", "|", ">", " a", "\n"]))
+char_text = st.lists(st.one_of(st.text(alphabet=CHAR.chars, max_size=8), pieces.map("".join)))
+
+
+def test_specials_take_the_ids_after_the_ordinary_vocabulary():
+    assert BPE_SP.vocab_size == 333 and BPE_SP.base_vocab_size == 330
+    assert BPE_SP.merges == BPE.merges  # the specials' ids are not learned merges
+    assert BPE_SP.specials == {"<|endoftext|>": 330, "<|im_start|>": 331, "<|im_end|>": 332}
+    assert CHAR_SP.specials["<|im_end|>"] == len(CHAR.chars) + 2
+    assert CHAR_SP.vocab_size == len(CHAR.chars) + 3
+    assert BPE_SP.special_id("<|im_end|>") == 332
+    with pytest.raises(DataError, match="no special token '<|tool|>'"):
+        BPE_SP.special_id("<|tool|>")
+    # adding a user's own token keeps every earlier id
+    more = BPE_SP.with_specials(["<|tool|>", "<|im_end|>"])
+    assert more.specials == {**BPE_SP.specials, "<|tool|>": 333}
+    assert more.encode("x<|tool|>", allowed_special={"<|tool|>"})[-1] == 333
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=12), pieces.map("".join))).map("".join))
+def test_bpe_specials_round_trip_and_user_text_never_makes_one(s):
+    plain = BPE_SP.encode(s)
+    assert not set(plain) & BPE_SP.special_ids  # ordinary text, whatever it contains
+    assert plain == BPE.encode(s)  # and exactly as a tokenizer without specials encodes it
+    assert BPE_SP.decode(plain) == s
+    allowed = BPE_SP.encode(s, allowed_special="all")
+    assert BPE_SP.decode(allowed) == s
+    # each allowed special occurrence is one id, never split or merged with its neighbours
+    n = sum(allowed.count(i) for i in BPE_SP.special_ids)
+    assert n == len(re.findall("|".join(map(re.escape, CHAT)), s))
+
+
+@settings(max_examples=60, deadline=None)
+@given(char_text.map("".join))
+def test_char_specials_round_trip_and_user_text_never_makes_one(s):
+    tok = CharTokenizer.from_text(SAMPLE + "<|>_imendtx", specials=CHAT)
+    plain = tok.encode(s)
+    assert len(plain) == len(s) and not set(plain) & tok.special_ids
+    assert tok.decode(plain) == s
+    allowed = tok.encode(s, allowed_special={"<|im_end|>"})
+    assert tok.decode(allowed) == s
+    assert allowed.count(tok.specials["<|im_end|>"]) == s.count("<|im_end|>")
+    assert tok.specials["<|im_start|>"] not in allowed  # not allowed, so never produced
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.text(alphabet="<|>abc_", min_size=1, max_size=8), unique=True, max_size=4),
+    st.sampled_from(["char", "bpe"]),
+    st.text(alphabet="<|>abc_ \n", max_size=40),
+)
+def test_specials_survive_save_and_load(tmp_path_factory, specials, kind, s):
+    tok = (
+        CharTokenizer.from_text("<|>abc_ \n", specials)
+        if kind == "char"
+        else BPETokenizer.train("abc abc <|a|> " * 3, 270, specials)
+    )
+    path = tmp_path_factory.mktemp("tok") / "tok.json"
+    tok.save(path)
+    again = load_tokenizer(path)
+    assert again.specials == tok.specials and again.vocab_size == tok.vocab_size
+    for allowed in ((), "all"):
+        ids = tok.encode(s, allowed_special=allowed)
+        assert again.encode(s, allowed_special=allowed) == ids
+        assert again.decode(ids) == s
+
+
+def test_special_token_errors(tmp_path):
+    with pytest.raises(DataError, match="not special tokens"):
+        BPE_SP.encode("a", allowed_special={"<|nope|>"})
+    with pytest.raises(DataError, match="distinct"):
+        CharTokenizer("ab", specials=["<|x|>", "<|x|>"])
+    with pytest.raises(DataError, match="non-empty"):
+        BPETokenizer([], specials=[""])
+    with pytest.raises(DataError, match="token ids"):
+        BPE_SP.decode([333])
+    with pytest.raises(DataError, match="token ids"):
+        CHAR_SP.decode([-1])  # a negative id is an error, not the last token
+    d = BPE_SP.to_dict()
+    d["specials"][0][1] = 7  # an id that collides with a byte
+    (tmp_path / "t.json").write_text(__import__("json").dumps(d))
+    with pytest.raises(DataError, match="malformed tokenizer"):
+        load_tokenizer(tmp_path / "t.json")
