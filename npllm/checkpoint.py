@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from npllm.errors import CheckpointError
+from npllm.errors import CheckpointError, ConfigError
 
 FORMAT = 1
 
@@ -42,6 +42,24 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def ensure_writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """`path` as a folder that exists and takes new files, or a ConfigError in one line
+    (a file in the way, a read-only or impossible place such as /proc/x)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {p} is a file; pass a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".npllm-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write to {flag} {p} ({e.strerror or e}); pass a folder you can write to"
+        ) from None
+    return p
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -16,20 +16,21 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from npllm.checkpoint import write_bytes_atomic, write_json_atomic
+from npllm.checkpoint import ensure_writable_dir, write_bytes_atomic, write_json_atomic
 from npllm.errors import ConfigError, DataError
 from npllm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
@@ -231,16 +232,32 @@ def load_corpus(spec: str) -> str:
     return read_text_file(spec)
 
 
-def make_tokenizer(text: str, kind: str, vocab_size: int | None = None) -> Tokenizer:
+def make_tokenizer(
+    text: str | Sequence[str],
+    kind: str,
+    vocab_size: int | None = None,
+    specials: Sequence[str] = (),
+) -> Tokenizer:
+    """A tokenizer learned from `text` (or from several texts, which no BPE merge
+    crosses), with `specials` after its ordinary ids; occurrences of a special's text are
+    cut out of what it learns from."""
+    texts = [text] if isinstance(text, str) else list(text)
+    if specials:
+        cut = re.compile("|".join(map(re.escape, specials)))
+        texts = [piece for t in texts for piece in cut.split(t)]
     if kind == "char":
         if vocab_size is not None:
             raise ConfigError("--vocab-size applies to --tokenizer bpe only; drop it for char")
-        return CharTokenizer.from_text(text)
+        return CharTokenizer.from_text("".join(texts), specials)
     if kind == "bpe":
         vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
-        if not 256 <= vocab_size <= 2**31:
-            raise ConfigError(f"--vocab-size must be at least 256 for bpe, got {vocab_size}")
-        return BPETokenizer.train(text, vocab_size)
+        least = 256 + len(specials)
+        if not least <= vocab_size <= 2**31:
+            raise ConfigError(
+                f"--vocab-size must be at least {least} for bpe"
+                f"{f' with {len(specials)} special tokens' if specials else ''}, got {vocab_size}"
+            )
+        return BPETokenizer.train(texts, vocab_size, specials)
     raise ConfigError(f"unknown tokenizer {kind!r}; choose char or bpe")
 
 
@@ -254,24 +271,24 @@ def prepare(
     tokenizer: str = "char",
     vocab_size: int | None = None,
     val_fraction: float = 0.1,
+    specials: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Tokenize a corpus into `out`: train.bin, val.bin (first 90% / last 10% of the
-    tokens), tokenizer.json and meta.json (written last, so it marks a complete folder)."""
+    tokens), tokenizer.json and meta.json (written last, so it marks a complete folder).
+    `specials` (e.g. `<|endoftext|>` between documents) become their ids where the corpus
+    holds their text: the corpus is trusted, unlike a user's prompt."""
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    out = ensure_writable_dir(out, "--out")
     text = load_corpus(corpus)
-    tok = make_tokenizer(text, tokenizer, vocab_size)
-    ids = np.asarray(tok.encode(text), dtype=token_dtype(tok.vocab_size))
+    tok = make_tokenizer(text, tokenizer, vocab_size, specials)
+    ids = np.asarray(tok.encode(text, allowed_special="all"), dtype=token_dtype(tok.vocab_size))
     n_train = int(len(ids) * (1.0 - val_fraction))
     if n_train < 1 or n_train == len(ids):
         raise DataError(
             f"the corpus {corpus} gives only {len(ids)} tokens, too few to split "
             "into train and val; use a longer text"
         )
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; pass a folder for the prepared data")
-    out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / "train.bin", ids[:n_train].tobytes())
     write_bytes_atomic(out / "val.bin", ids[n_train:].tobytes())
     tok.save(out / "tokenizer.json")
@@ -281,6 +298,7 @@ def prepare(
         "corpus_chars": len(text),
         "tokenizer": tok.kind,
         "vocab_size": tok.vocab_size,
+        "special_tokens": tok.specials,
         "dtype": ids.dtype.name,
         "train_tokens": n_train,
         "val_tokens": len(ids) - n_train,
