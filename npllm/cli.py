@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except NpllmError as e:
         print(f"npllm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"npllm {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"npllm {args.command}: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 130
 
 

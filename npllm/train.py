@@ -6,6 +6,17 @@ memmapped train tokens -> `GPT` forward/backward, `gradient_accumulation_steps` 
 steps (and at the end) the mean loss over `eval_iters` batches of each split is logged and
 the `last` checkpoint written, plus `best` when val improved (`npllm.checkpoint`).
 
+Chat data (`npllm prepare --chat`) trains the same way on packed conversations whose
+targets outside the assistant mask are the ignore index, so the losses (train, val) are
+over assistant tokens only. `init_from` starts from another run's weights instead of a
+fresh init (fine-tuning), growing the token embedding when the data's tokenizer added
+special tokens to that run's.
+
+Robustness: a non-finite loss or gradient norm stops the run before the optimizer step
+(`TrainingDiverged`), so no checkpoint ever holds the diverged weights; Ctrl-C (SIGINT)
+finishes the current step, writes the `last` checkpoint and stops (`TrainingInterrupted`),
+so `--resume` continues from there; a second Ctrl-C stops at once.
+
 Reproducibility: all randomness comes from three generators derived from `seed`: the
 model's init/dropout streams (inside `GPT`), the training batches, and the evaluation
 batches (drawn afresh from the same seed at each evaluation, so evaluating never moves
@@ -19,7 +30,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +40,23 @@ from typing import Any
 
 import numpy as np
 
-from npllm.checkpoint import load_checkpoint, read_record, save_checkpoint, write_bytes_atomic
-from npllm.errors import CheckpointError, ConfigError
+from npllm.checkpoint import (
+    ensure_writable_dir,
+    load_checkpoint,
+    read_record,
+    save_checkpoint,
+    write_bytes_atomic,
+)
+from npllm.errors import CheckpointError, ConfigError, DataError, NpllmError
+
+
+class TrainingDiverged(NpllmError, RuntimeError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run after writing its `last` checkpoint (the message says so)."""
+
 
 RUN_FILES = ("last.json", "best.json", "metrics.jsonl")
 
@@ -144,8 +172,37 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_interval=250,
         eval_iters=100,
     ),
+    # A chat model that a 2-core CPU trains in about 15 minutes on `chat-demo` with a
+    # BPE vocabulary of 1024 (README, "Chat"); the loss counts assistant tokens only.
+    "chat": dict(
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        block_size=128,
+        dropout=0.0,
+        batch_size=16,
+        max_iters=3000,
+        lr_decay_iters=None,
+        learning_rate=2e-3,
+        min_lr=2e-4,
+        warmup_iters=100,
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        eval_interval=250,
+        eval_iters=50,
+    ),
 }
 DEFAULT_PRESET = "cpu-small"
+
+
+def scaled_warmup(values: dict[str, Any]) -> int | None:
+    """A preset's warmup shortened to a tenth of the decay steps when it is longer
+    (so `--max-iters 20` trains), or None when it fits as it is."""
+    decay = values.get("lr_decay_iters") or values.get("max_iters", 0)
+    warmup = values.get("warmup_iters", 0)
+    return decay // 10 if warmup > decay // 10 else None
 
 
 def model_fields() -> list[dataclasses.Field]:
@@ -232,6 +289,72 @@ def resume_configs(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str
         ) from None
 
 
+def compatible_tokenizers(base: Any, data: Any) -> bool:
+    """True when `data` is `base` with zero or more special tokens appended."""
+    a, b = base.to_dict(), data.to_dict()
+    a_specials, b_specials = a.pop("specials", []), b.pop("specials", [])
+    return a == b and b_specials[: len(a_specials)] == a_specials
+
+
+def init_weights(run_dir: str | os.PathLike, model: Any, data_tokenizer: Any) -> str:
+    """Load the weights of a run's best (else last) checkpoint into `model`, whose
+    vocabulary may be larger (new rows keep their fresh init); returns which one."""
+    from npllm.tokenizers import tokenizer_from_dict
+
+    name = "best" if (Path(run_dir) / "best.json").is_file() else "last"
+    ck = load_checkpoint(run_dir, name)
+    try:
+        base = tokenizer_from_dict(ck.info["tokenizer"])
+    except KeyError:
+        raise CheckpointError(f"the checkpoint in {run_dir} lacks its tokenizer") from None
+    if not compatible_tokenizers(base, data_tokenizer):
+        raise DataError(
+            f"the data was not tokenized with the tokenizer of {run_dir}; prepare it with "
+            f"`npllm prepare --tokenizer-from {run_dir}`"
+        )
+    state = dict(ck.model_state)
+    own = model.state_dict()
+    key = "transformer.wte.weight"
+    old, new = state[key], own[key]
+    if old.shape[0] < new.shape[0] and old.shape[1:] == new.shape[1:]:
+        grown = new.copy()
+        grown[: old.shape[0]] = old
+        state[key] = grown
+        if "lm_head.weight" in state:
+            state["lm_head.weight"] = grown
+    try:
+        model.load_state_dict(state)
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"the checkpoint in {run_dir} does not fit this model ({e}); drop the model flags "
+            "with --init-from: the model keeps that run's shape"
+        ) from None
+    return name
+
+
+class _SigintFlag:
+    """While active (main thread only), the first Ctrl-C sets `.set` for the loop to act on
+    at the end of a step; a second one raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __enter__(self) -> _SigintFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 def train(
     data_dir: str | os.PathLike,
     run_dir: str | os.PathLike,
@@ -240,14 +363,15 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    init_from: str | os.PathLike | None = None,
     progress: bool | None = None,
     echo: bool = True,
 ) -> TrainResult:
     """Train a `GPT(model_config)` on a prepared data folder, writing checkpoints and
     `metrics.jsonl` to `run_dir`. With `resume`, continue from `run_dir`'s `last`
-    checkpoint (whose configs the caller passes back, possibly with a new `max_iters`).
-    `progress`: tqdm bar on stderr (None: only when stderr is a terminal); `echo`:
-    print the evaluations to stdout."""
+    checkpoint (whose configs the caller passes back, possibly with a new `max_iters`);
+    with `init_from`, start from another run's weights. `progress`: tqdm bar on stderr
+    (None: only when stderr is a terminal); `echo`: print the evaluations to stdout."""
     from tqdm import tqdm
 
     from npllm.autograd import no_grad
@@ -258,19 +382,41 @@ def train(
     config.validate()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume, overwrite)
+    if resume and init_from is not None:
+        raise ConfigError("--resume continues the run's own weights; drop --init-from")
     meta = load_meta(data_dir)
-    train_data, val_data = load_split(data_dir, "train"), load_split(data_dir, "val")
     T, B, accum = model_config.block_size, config.batch_size, config.gradient_accumulation_steps
-    check_length(train_data, T, "train")
-    check_length(val_data, T, "val")
+    if meta.get("chat"):
+        from npllm.chat_data import get_chat_batch, load_chat_split, window_starts
+
+        splits = {}
+        for split in ("train", "val"):
+            tokens, mask, starts = load_chat_split(data_dir, split)
+            splits[split] = (tokens, mask, window_starts(tokens, starts, T, split))
+
+        def batch(split: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            return get_chat_batch(*splits[split], B, T, rng)
+    else:
+        splits = {split: load_split(data_dir, split) for split in ("train", "val")}
+        for split, data in splits.items():
+            check_length(data, T, split)
+
+        def batch(split: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            return get_batch(splits[split], B, T, rng)
+
     if model_config.vocab_size < meta["vocab_size"]:
         raise ConfigError(
             f"--vocab-size {model_config.vocab_size} is smaller than the data's "
             f"vocabulary ({meta['vocab_size']}); drop the flag"
         )
     tokenizer = load_data_tokenizer(data_dir)
+    ensure_writable_dir(run_dir, "--out")
 
     model = GPT(model_config, seed=config.seed)
+    init_note = None
+    if init_from is not None:
+        init_note = {"run": str(Path(init_from).resolve())}
+        init_note["checkpoint"] = init_weights(init_from, model, tokenizer)
     optimizer = model.configure_optimizers(
         config.weight_decay, config.learning_rate, (config.beta1, config.beta2)
     )
@@ -278,6 +424,7 @@ def train(
     batch_rng = np.random.default_rng([1, config.seed])
     start, best_val, elapsed0 = 0, math.inf, 0.0
     metrics_path = run_dir / "metrics.jsonl"
+    saved_at: int | None = None  # iteration of the newest `last` checkpoint
     if resume:
         ck = load_checkpoint(run_dir, "last")
         try:
@@ -292,6 +439,8 @@ def train(
         model.rng.bit_generator.state = ck.info["rng"]["dropout"]
         start, elapsed0 = int(ck.info["iter"]), float(ck.info["elapsed"])
         best_val = float(ck.info["best_val_loss"])
+        init_note = ck.info.get("init_from")
+        saved_at = start
         _rewrite_metrics_until(metrics_path, start)
         if start >= config.max_iters:
             raise ConfigError(
@@ -300,28 +449,31 @@ def train(
             )
     elif overwrite:
         clear_run(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     metrics = open(metrics_path, "a", encoding="utf-8")
 
     def log(record: dict[str, Any]) -> None:
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
 
-    def estimate_loss() -> dict[str, float]:
+    def estimate_loss() -> dict[str, float] | None:
+        """Mean losses over `eval_iters` batches per split; None if Ctrl-C came."""
         model.eval()
         eval_rng = np.random.default_rng([2, config.seed])  # same batches at every evaluation
         out = {}
         with no_grad():
-            for split, data in (("train", train_data), ("val", val_data)):
-                losses = [
-                    model(*get_batch(data, B, T, eval_rng))[1].item()
-                    for _ in range(config.eval_iters)
-                ]
+            for split in ("train", "val"):
+                losses = []
+                for _ in range(config.eval_iters):
+                    if sigint.set:
+                        model.train()
+                        return None
+                    losses.append(model(*batch(split, eval_rng))[1].item())
                 out[split] = float(np.mean(losses))
         model.train()
         return out
 
     def save(name: str, it: int, losses: dict[str, float], elapsed: float) -> None:
+        nonlocal saved_at
         info = {
             "iter": it,
             "elapsed": elapsed,
@@ -337,11 +489,34 @@ def train(
                 "dropout": model.rng.bit_generator.state,
             },
         }
+        if init_note is not None:
+            info["init_from"] = init_note
         save_checkpoint(run_dir, name, model.state_dict(), optimizer.state_dict(), info)
+        if name == "last":
+            saved_at = it
 
     def say(text: str) -> None:
         if echo:
             bar.write(text, file=sys.stdout)
+
+    def diverged(what: str, it: int, lr: float) -> TrainingDiverged:
+        kept = (
+            f"the last good checkpoint (iteration {saved_at}) is kept in {run_dir}"
+            if saved_at is not None
+            else "no checkpoint had been written yet"
+        )
+        return TrainingDiverged(
+            f"{what} became non-finite at iteration {it} (learning rate {lr:.3g}); "
+            f"training stopped and {kept}. Lower --learning-rate (keep --grad-clip on, or "
+            "raise --warmup-iters), then --resume from that checkpoint or start with --overwrite"
+        )
+
+    def interrupted(it: int, losses: dict[str, float], elapsed: float) -> TrainingInterrupted:
+        save("last", it, losses, elapsed)
+        return TrainingInterrupted(
+            f"stopped at iteration {it} and saved the last checkpoint; continue with "
+            f"`npllm train --out {run_dir} --resume`"
+        )
 
     bar = tqdm(
         total=config.max_iters,
@@ -352,77 +527,93 @@ def train(
         dynamic_ncols=True,
     )
     t0, losses = time.perf_counter(), {"train": math.nan, "val": math.nan}
-    try:
-        if start == 0:
-            losses = estimate_loss()
-            log(
-                {
-                    "iter": 0,
-                    "train_loss": losses["train"],
-                    "val_loss": losses["val"],
-                    "elapsed": elapsed0,
-                }
-            )
-            say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        model.train()
-        t_log, tokens = time.perf_counter(), 0
-        for it in range(start, config.max_iters):
-            lr = config.lr_at(it)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for _ in range(accum):
-                x, y = get_batch(train_data, B, T, batch_rng)
-                _, loss = model(x, y)
-                (loss * (1.0 / accum)).backward()
-                loss_sum += loss.item()
-            norm = clip_grad_norm(params, config.grad_clip) if config.grad_clip > 0 else None
-            optimizer.step()
-            optimizer.zero_grad()
-            tokens += B * T * accum
-            n, loss_avg = it + 1, loss_sum / accum
-            if n % config.log_interval == 0 or n == config.max_iters:
-                now = time.perf_counter()
-                tok_s = tokens / max(now - t_log, 1e-9)
-                t_log, tokens = now, 0
+    sigint = _SigintFlag()
+    with sigint:
+        try:
+            if start == 0:
+                got = estimate_loss()
+                if got is None:
+                    raise interrupted(0, losses, elapsed0)
+                losses = got
                 log(
                     {
-                        "iter": n,
-                        "loss": loss_avg,
-                        "lr": lr,
-                        "grad_norm": norm,
-                        "tokens_per_s": tok_s,
-                        "elapsed": elapsed0 + now - t0,
-                    }
-                )
-                bar.set_postfix(
-                    loss=f"{loss_avg:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False
-                )
-            bar.update(1)
-            if n % config.eval_interval == 0 or n == config.max_iters:
-                losses = estimate_loss()
-                elapsed = elapsed0 + time.perf_counter() - t0
-                improved = losses["val"] < best_val
-                best_val = min(best_val, losses["val"])
-                log(
-                    {
-                        "iter": n,
+                        "iter": 0,
                         "train_loss": losses["train"],
                         "val_loss": losses["val"],
-                        "elapsed": elapsed,
+                        "elapsed": elapsed0,
                     }
                 )
-                say(
-                    f"iter {n}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                    f"{' (best)' if improved else ''}, {elapsed:.1f} s"
-                )
-                if improved:
-                    save("best", n, losses, elapsed)
-                save("last", n, losses, elapsed)
-                t_log, tokens = time.perf_counter(), 0  # evaluation time is not training speed
-    finally:
-        bar.close()
-        metrics.close()
+                say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            model.train()
+            t_log, tokens = time.perf_counter(), 0
+            for it in range(start, config.max_iters):
+                lr = config.lr_at(it)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum = 0.0
+                for _ in range(accum):
+                    x, y = batch("train", batch_rng)
+                    _, loss = model(x, y)
+                    (loss * (1.0 / accum)).backward()
+                    loss_sum += loss.item()
+                n, loss_avg = it + 1, loss_sum / accum
+                if not math.isfinite(loss_avg):
+                    raise diverged("the training loss", n, lr)
+                norm = clip_grad_norm(params, config.grad_clip) if config.grad_clip > 0 else None
+                if norm is not None and not math.isfinite(norm):
+                    raise diverged("the gradient norm", n, lr)
+                optimizer.step()
+                optimizer.zero_grad()
+                tokens += B * T * accum
+                if n % config.log_interval == 0 or n == config.max_iters:
+                    now = time.perf_counter()
+                    tok_s = tokens / max(now - t_log, 1e-9)
+                    t_log, tokens = now, 0
+                    log(
+                        {
+                            "iter": n,
+                            "loss": loss_avg,
+                            "lr": lr,
+                            "grad_norm": norm,
+                            "tokens_per_s": tok_s,
+                            "elapsed": elapsed0 + now - t0,
+                        }
+                    )
+                    bar.set_postfix(
+                        loss=f"{loss_avg:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False
+                    )
+                bar.update(1)
+                if n % config.eval_interval == 0 or n == config.max_iters:
+                    got = estimate_loss()
+                    elapsed = elapsed0 + time.perf_counter() - t0
+                    if got is None:
+                        raise interrupted(n, losses, elapsed)
+                    losses = got
+                    if not all(map(math.isfinite, losses.values())):
+                        raise diverged("the evaluated loss", n, lr)
+                    improved = losses["val"] < best_val
+                    best_val = min(best_val, losses["val"])
+                    log(
+                        {
+                            "iter": n,
+                            "train_loss": losses["train"],
+                            "val_loss": losses["val"],
+                            "elapsed": elapsed,
+                        }
+                    )
+                    say(
+                        f"iter {n}: train loss {losses['train']:.4f}, val loss "
+                        f"{losses['val']:.4f}{' (best)' if improved else ''}, {elapsed:.1f} s"
+                    )
+                    if improved:
+                        save("best", n, losses, elapsed)
+                    save("last", n, losses, elapsed)
+                    t_log, tokens = time.perf_counter(), 0  # evaluation time is not speed
+                elif sigint.set:
+                    raise interrupted(n, losses, elapsed0 + time.perf_counter() - t0)
+        finally:
+            bar.close()
+            metrics.close()
     return TrainResult(
         config.max_iters,
         losses["train"],

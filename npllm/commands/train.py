@@ -3,7 +3,12 @@ corpus (`--corpus NAME|FILE`, prepared into RUN/data first). Every field of `GPT
 and `TrainConfig` is a flag (`--n-layer 2`, `--max-iters 200`); precedence, lowest first:
 the defaults, the preset, then the flags given. `--resume` continues the run's `last`
 checkpoint with its recorded configs, where flags may change training fields such as
-`--max-iters` but not the model."""
+`--max-iters` but not the model. `--init-from RUN` fine-tunes: the model takes RUN's shape
+and weights (its vocabulary grown when the data's tokenizer added special tokens to RUN's,
+as `npllm prepare --tokenizer-from RUN` does), training starts at step 0.
+
+A preset's warmup longer than a tenth of the run is shortened to that tenth, with a note
+(an explicit --warmup-iters is kept as given)."""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ import argparse
 
 from npllm.commands.prepare import add_corpus_arguments
 
-PRESET_NAMES = ("cpu-small", "guppy")  # npllm.train.PRESETS, listed here to keep --help light
+# npllm.train.PRESETS, listed here to keep --help light
+PRESET_NAMES = ("cpu-small", "guppy", "chat")
 
 
 def _int_or_none(text: str) -> int | None:
@@ -81,6 +87,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "configs; training flags (e.g. --max-iters) may change them",
     )
     run.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    run.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="start from the weights of another run (its best checkpoint) and keep its "
+        "model shape and tokenizer: fine-tuning, e.g. a text model on chat data",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
     for title, table in (("model", MODEL_FLAGS), ("training", TRAIN_FLAGS)):
         group = p.add_argument_group(f"{title} config (defaults from the preset)")
@@ -108,8 +121,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace):
     """(data folder, GPTConfig, TrainConfig) from the flags, the preset, the data and, on
     --resume, the run's checkpoint."""
+    import sys
     from pathlib import Path
 
+    from npllm.checkpoint import ensure_writable_dir, read_record
     from npllm.data import load_meta, prepare
     from npllm.errors import CheckpointError, ConfigError
     from npllm.gpt import GPTConfig
@@ -118,6 +133,7 @@ def resolve(args: argparse.Namespace):
         check_run_dir,
         preset_values,
         resume_configs,
+        scaled_warmup,
         split_overrides,
     )
 
@@ -133,6 +149,8 @@ def resolve(args: argparse.Namespace):
     if args.resume:
         if args.corpus:
             raise ConfigError("--resume trains on the run's own data; drop --corpus")
+        if args.init_from:
+            raise ConfigError("--resume continues the run's own weights; drop --init-from")
         model_values, train_values, data_dir = resume_configs(args.out)
         for k, v in model_flags.items():
             if model_values.get(k) != v:
@@ -147,15 +165,47 @@ def resolve(args: argparse.Namespace):
         if args.data:
             data_dir = args.data
         else:
+            if args.init_from:
+                raise ConfigError(
+                    "--init-from needs data tokenized with that run's tokenizer: prepare it "
+                    f"with `npllm prepare --tokenizer-from {args.init_from}` and pass --data"
+                )
             data_dir = str(Path(args.out) / "data")
             corpus = args.corpus or "shakespeare"
             bpe_vocab = model_flags.get("vocab_size") if args.tokenizer == "bpe" else None
             check_run_dir(Path(args.out), resume=False, overwrite=args.overwrite)
+            ensure_writable_dir(args.out, "--out")
             prepare(corpus, data_dir, args.tokenizer, bpe_vocab)
         pm, pt = split_overrides(preset)
+        data_vocab = int(load_meta(data_dir)["vocab_size"])
+        if args.init_from:
+            name = "best" if (Path(args.init_from) / "best.json").is_file() else "last"
+            try:
+                pm = dict(read_record(args.init_from, name)["model_config"])
+            except (KeyError, TypeError):
+                raise CheckpointError(
+                    f"the checkpoint in {args.init_from} lacks its model config; it is corrupt"
+                ) from None
+            fixed = {k: v for k, v in model_flags.items() if k != "dropout" and pm.get(k) != v}
+            if fixed:
+                k = next(iter(fixed))
+                raise ConfigError(
+                    f"--{k.replace('_', '-')} cannot change with --init-from: the model keeps "
+                    f"the shape of {args.init_from} ({k}={pm.get(k)!r}); drop the flag"
+                )
+            pm["vocab_size"] = max(int(pm["vocab_size"]), data_vocab)
         model_values = {**pm, **model_flags}
-        model_values.setdefault("vocab_size", int(load_meta(data_dir)["vocab_size"]))
+        model_values.setdefault("vocab_size", data_vocab)
         train_values = {**pt, **train_flags}
+        if "warmup_iters" not in train_flags:
+            warmup = scaled_warmup(train_values)
+            if warmup is not None:
+                print(
+                    f"npllm train: note: warmup shortened from {train_values['warmup_iters']} "
+                    f"to {warmup} steps, a tenth of this run (--warmup-iters sets it)",
+                    file=sys.stderr,
+                )
+                train_values["warmup_iters"] = warmup
     try:
         return data_dir, GPTConfig(**model_values), TrainConfig(**train_values)
     except TypeError as e:
@@ -173,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         config,
         resume=args.resume,
         overwrite=args.overwrite,
+        init_from=args.init_from,
         progress=False if args.quiet else None,
         echo=not args.quiet,
     )
