@@ -124,8 +124,11 @@ class ChatSession:
         max_new_tokens: int = 256,
         **sampling: Any,
     ) -> None:
+        from npllm.generate import as_decoder
+
         require_chat_tokens(tokenizer)
-        self.model, self.tokenizer = model, tokenizer
+        # one decoder for the whole session (it settles its threading on the first reply)
+        self.model, self.tokenizer = as_decoder(model), tokenizer
         self.block_size = model.config.block_size
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling
@@ -219,8 +222,9 @@ def stop_rate(
 ) -> dict[str, Any]:
     """Greedy replies to the first user turn of each conversation: how many end with
     `<|im_end|>` before `max_new_tokens`, and each (prompt, reply, reference)."""
-    from npllm.generate import generate
+    from npllm.generate import as_decoder, generate
 
+    model = as_decoder(model)
     end = tokenizer.special_id(IM_END)
     rows = []
     for conv in conversations:

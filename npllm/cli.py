@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("npllm.commands.prepare", "tokenize a corpus into train/val token files"),
     "train": ("npllm.commands.train", "train a GPT on prepared data or a corpus"),
     "sample": ("npllm.commands.sample", "print text sampled from a trained run"),
+    "chat": ("npllm.commands.chat", "talk to a chat model of a run in the terminal"),
     "quantize": ("npllm.commands.quantize", "write an int8 weight-only copy of a run's checkpoint"),
     "plot": ("npllm.commands.plot", "draw a run's loss curves to a PNG"),
     "bench": ("npllm.bench", "run a benchmark from benchmarks/ (kernels, train, ...)"),
