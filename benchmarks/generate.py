@@ -1,50 +1,64 @@
 """Decoding speed at batch 1: npllm's KV-cache `generate` beside PyTorch eager with its own
-KV cache, on the same random weights, 2 threads each; the cache against recomputing the
+KV cache, each in its own processes with its own default settings (torch at its default
+thread count and OpenMP's default, active, waiting); the cache against recomputing the
 context; and the int8-quantized model (weight bytes and decode speed).
 
-Each measurement generates `block_size - 1` tokens greedily after a one-token prompt (so
-the cache fills its whole window and never crops) and counts decode steps per second. The
-runs are interleaved A/B in one process after warm-up, so machine noise hits all of them
-alike; the medians of `--repeats` runs are reported. The greedy ids of npllm and torch are
-compared: speed is never bought with a different answer.
+A first npllm process writes the random initial weights of the shape (the training-step
+benchmark's cpu-small and guppy) to a temporary .npz; then npllm and torch processes
+alternate, rotating who goes first. In each, every run generates `block_size - 1` tokens
+greedily after a one-token prompt (so the cache fills its whole window and never crops);
+after one warm-up call of each run, `--samples` calls of each are timed, interleaved. The
+greedy ids of npllm and torch (separate processes, same weights) are compared: speed is
+never bought with a different answer.
 
-    python benchmarks/generate.py                    # both shapes
-    python benchmarks/generate.py --shape guppy --repeats 7
-    python benchmarks/generate.py --run RUN --write  # + int8 val loss on a trained run;
-                                                     # update benchmarks/RESULTS.md
+    python benchmarks/generate.py                      # both shapes
+    python benchmarks/generate.py --shape guppy --rounds 5
+    python benchmarks/generate.py --run RUN --write    # + int8 val loss of a trained run;
+                                                       # update benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-
-import numpy as np  # noqa: E402
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, write_section  # noqa: E402
-from benchmarks.train_step import SHAPES, model_config  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Job,
+    alternate,
+    command_line,
+    header,
+    load_average,
+    log,
+    ratio,
+    run_worker,
+    stats,
+    write_section,
+)
+from benchmarks.train_step import SHAPES, load, model_config, prepare  # noqa: E402
+
+TORCH_KV = "PyTorch eager, KV cache"
+NPLLM_KV = "npllm, KV cache"
 
 
-def torch_kv_model(config, sd: dict[str, np.ndarray]):
+# ---- the torch side ----------------------------------------------------------------------
+def torch_kv_model(c, sd: dict):
     """A nanoGPT-shaped torch model with a preallocated KV cache, eager, inference only:
     the baseline a PyTorch user would write. `step(idx, start)` runs positions
     [start, start + T) and returns the last position's logits (B, V)."""
+    import numpy as np
     import torch
     import torch.nn.functional as F
 
     W = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
-    c = config
     nh, C = c.n_head, c.n_embd
     hs = C // nh
     act = {"gelu": lambda x: F.gelu(x, approximate="tanh"), "gelu_exact": F.gelu, "relu": F.relu}[
@@ -89,12 +103,12 @@ def torch_kv_model(config, sd: dict[str, np.ndarray]):
     return KVModel()
 
 
-def torch_generate(model, prompt: np.ndarray, n: int, use_cache: bool = True) -> list[int]:
-    """Greedy decoding, batch 1: with the cache one position per step, else the whole
-    context every step."""
+def torch_generate(model, n: int, use_cache: bool = True) -> list[int]:
+    """Greedy decoding after the prompt [0], batch 1: with the cache one position per
+    step, else the whole context every step."""
     import torch
 
-    ids = torch.from_numpy(prompt[None].astype(np.int64))
+    ids = torch.zeros(1, 1, dtype=torch.int64)
     logits = model.step(ids, 0)
     out = []
     for _ in range(n):
@@ -105,103 +119,96 @@ def torch_generate(model, prompt: np.ndarray, n: int, use_cache: bool = True) ->
     return out
 
 
-def timed(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
+# ---- the npllm side ----------------------------------------------------------------------
+def npllm_runs(config: dict, weights: dict, recompute: bool) -> tuple[dict, dict]:
+    """name -> function returning the greedy ids; and facts about the decoders."""
+    import numpy as np
 
-
-def bench_shape(shape: str, repeats: int) -> str:
-    import torch
-
-    from npllm.decode import PARALLEL, SERIAL
     from npllm.generate import Decoder, generate
-    from npllm.gpt import GPT, GPTConfig
+    from npllm.gpt import GPTConfig
     from npllm.quant import load_weights, quantize_state_dict, weight_bytes
 
-    torch.set_num_threads(2)
-    cfg = GPTConfig(**model_config(shape))
-    model = GPT(cfg, seed=0)
-    sd = model.state_dict()
-    dec = Decoder.from_model(model)  # picks serial or parallel products itself, by timing
-    forced = {}
-    for par_min in (SERIAL, PARALLEL):
-        forced[par_min] = Decoder.from_model(model)
-        forced[par_min].par_min = par_min
-    weights_f = load_weights(sd)
-    weights_q = load_weights(quantize_state_dict(sd, embedding=True))
-    qdec = Decoder(cfg, weights_q)
-    tmodel = torch_kv_model(cfg, sd)
-    prompt = np.array([0])
-    n = cfg.block_size - 1
+    try:  # where the decode kernels live has moved once; the forced runs are optional
+        from npllm.decode import PARALLEL, SERIAL
+    except ImportError:
+        try:
+            from npllm.kernels.decode import PARALLEL, SERIAL
+        except ImportError:
+            PARALLEL = SERIAL = None
+    cfg = GPTConfig(**model_config(config))
+    weights_f = load_weights(weights)
+    weights_q = load_weights(quantize_state_dict(weights, embedding=True))
+    dec, qdec = Decoder(cfg, weights_f), Decoder(cfg, weights_q)
+    prompt, n = np.array([0]), cfg.block_size - 1
 
-    runs = {
-        "npllm, KV cache": lambda: generate(dec, prompt, n, greedy=True)[0].tolist(),
-        "npllm, KV cache, serial products": lambda: generate(
-            forced[SERIAL], prompt, n, greedy=True
-        )[0].tolist(),
-        "npllm, KV cache, parallel products": lambda: generate(
-            forced[PARALLEL], prompt, n, greedy=True
-        )[0].tolist(),
-        "PyTorch eager, KV cache": lambda: torch_generate(tmodel, prompt, n),
-        "npllm, recompute": lambda: generate(dec, prompt, n, greedy=True, use_cache=False)[
-            0
-        ].tolist(),
-        "PyTorch eager, recompute": lambda: torch_generate(tmodel, prompt, n, use_cache=False),
-        "npllm int8, KV cache": lambda: generate(qdec, prompt, n, greedy=True)[0].tolist(),
-    }
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    ids: dict[str, list[int]] = {}
-    for fn in runs.values():  # warm-up: Numba compiles, caches fill
-        fn()
+    def run(d, **kw):
+        return lambda: generate(d, prompt, n, greedy=True, **kw)[0].tolist()
+
+    runs = {NPLLM_KV: run(dec)}
+    if SERIAL is not None:
+        for label, par_min in (("serial", SERIAL), ("parallel", PARALLEL)):
+            forced = Decoder(cfg, weights_f)
+            forced.par_min = par_min
+            runs[f"npllm, KV cache, {label} products"] = run(forced)
+    if recompute:
+        runs["npllm, recompute"] = run(dec, use_cache=False)
+    runs["npllm int8, KV cache"] = run(qdec)
+
+    def facts() -> dict:
+        def choice(d) -> str:
+            if SERIAL is None:
+                return "(not reported)"
+            if d.par_min is None:
+                return "serial (no product is big enough for the parallel path)"
+            return "parallel" if d.par_min == PARALLEL else "serial"
+
+        return {
+            "products": choice(dec),
+            "products_int8": choice(qdec),
+            "bytes": {
+                "linear_f": weight_bytes(weights_f, linear_only=True),
+                "linear_q": weight_bytes(weights_q, True),
+                "all_f": weight_bytes(weights_f),
+                "all_q": weight_bytes(weights_q),
+            },
+        }
+
+    return runs, facts
+
+
+def decode_worker(spec: dict) -> dict:
+    fw = spec["framework"]
+    if fw == "torch":
+        import torch  # noqa: F401  (this process never loads npllm)
+    else:
+        import npllm  # noqa: F401
+    meta, weights, _, _ = load(spec["dir"], spec["shape"])
+    config = meta["config"]
+    n = config["block_size"] - 1
+    if fw == "torch":
+        tmodel = torch_kv_model(SimpleNamespace(**config), weights)
+        runs = {TORCH_KV: lambda: torch_generate(tmodel, n)}
+        if spec["recompute"]:
+            runs["PyTorch eager, recompute"] = lambda: torch_generate(tmodel, n, use_cache=False)
+        facts = dict
+    else:
+        runs, facts = npllm_runs(config, weights, spec["recompute"])
+    ids = {name: fn() for name, fn in runs.items()}  # warm-up: compiles, caches fill
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
-    for r in range(repeats):
-        # rotate who goes first, as benchmarks/common.interleaved does
+    for r in range(spec["samples"]):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn = runs[name]
-            dt, ids[name] = timed(fn)
-            times[name].append(dt)
-    tok_s = {k: n / statistics.median(v) for k, v in times.items()}
-    torch_c = tok_s["PyTorch eager, KV cache"]
-    cache_speedup = tok_s["npllm, KV cache"] / tok_s["npllm, recompute"]
-    same = ids["npllm, KV cache"] == ids["PyTorch eager, KV cache"] == ids["npllm, recompute"]
-    agree_q = np.mean(np.array(ids["npllm int8, KV cache"]) == np.array(ids["npllm, KV cache"]))
-
-    def choice(d: Decoder) -> str:
-        if d.par_min is None:
-            return "serial (none is big enough for the parallel path)"
-        return (
-            f"{'parallel' if d.par_min == PARALLEL else 'serial'}, chosen by timing both "
-            "in its first decode steps"
-        )
-
-    lin_f, lin_q = weight_bytes(weights_f, linear_only=True), weight_bytes(weights_q, True)
-    all_f, all_q = weight_bytes(weights_f), weight_bytes(weights_q)
-    s = SHAPES[shape]
-    lines = [
-        f"### {shape}: V={s['vocab_size']} L={s['n_layer']} nh={s['n_head']} "
-        f"C={s['n_embd']} block={s['block_size']} {s['activation']}, batch 1, "
-        f"{n} greedy tokens, median of {repeats}",
-        "",
-        "| run | tokens/s | vs PyTorch eager + KV cache |",
-        "|---|---|---|",
-        *[f"| {k} | {v:,.0f} | {v / torch_c:.2f}x |" for k, v in tok_s.items()],
-        "",
-        f'- Products of "npllm, KV cache": {choice(dec)}; int8: {choice(qdec)}.',
-        f"- KV cache over recomputation: npllm {cache_speedup:.1f}x, "
-        f"PyTorch {torch_c / tok_s['PyTorch eager, recompute']:.1f}x.",
-        f"- Greedy ids identical (npllm cached, npllm recompute, torch): {same}; int8 agrees "
-        f"with float on {agree_q:.0%} of the greedy ids.",
-        f"- int8 (Linears + tied embedding): Linear weights {lin_f / 1e6:.2f} MB -> "
-        f"{lin_q / 1e6:.2f} MB ({lin_f / lin_q:.2f}x smaller); all weights "
-        f"{all_f / 1e6:.2f} MB -> {all_q / 1e6:.2f} MB ({all_f / all_q:.2f}x).",
-        "",
-    ]
-    return "\n".join(lines)
+            t0 = time.perf_counter()
+            got = runs[name]()
+            samples[name].append(time.perf_counter() - t0)
+            if got != ids[name]:
+                raise RuntimeError(f"{name}: greedy ids changed between calls")
+    return {"samples": samples, "ids": ids, "tokens": n, "facts": facts()}
 
 
-def trained_int8(run: str, eval_iters: int) -> str:
+def int8_val_worker(spec: dict) -> dict:
     """Val loss of a trained run's best checkpoint in float32 and int8, same batches."""
+    import npllm  # noqa: F401
     from npllm.checkpoint import load_checkpoint
     from npllm.commands.quantize import val_loss
     from npllm.data import load_split
@@ -209,6 +216,7 @@ def trained_int8(run: str, eval_iters: int) -> str:
     from npllm.gpt import GPTConfig
     from npllm.quant import load_weights, quantize_state_dict, weight_bytes
 
+    run, eval_iters = spec["run"], spec["eval_iters"]
     ck = load_checkpoint(run, "best")
     cfg = GPTConfig(**ck.info["model_config"])
     val = load_split(ck.info["data"]["dir"], "val")
@@ -230,40 +238,145 @@ def trained_int8(run: str, eval_iters: int) -> str:
         lines.append(
             f"| {what} | {weight_bytes(wq) / 1e6:.2f} MB | {loss:.4f} | {loss - base:+.4f} |"
         )
-    return "\n".join(lines) + "\n"
+    return {"samples": {}, "text": "\n".join(lines) + "\n"}
+
+
+WORKERS = {"prepare": prepare, "decode": decode_worker, "int8_val": int8_val_worker}
+
+
+# ---- the parent --------------------------------------------------------------------------
+def report(shape: str, meta: dict, results: dict[str, list[dict]]) -> tuple[str, bool]:
+    """The shape's markdown and whether npllm's and torch's greedy ids agree."""
+    import statistics
+
+    c = meta["config"]
+    npl, tch = results["npllm"], results["torch"]
+    n = npl[0]["tokens"]
+    rows = {}
+    for runs in (npl, tch):
+        for name in runs[0]["samples"]:
+            rows[name] = stats(runs, name).map(lambda t: n / t)
+    ref = rows[TORCH_KV]
+    ids = {name: r["ids"][name] for runs in (npl, tch) for r in runs for name in r["ids"]}
+    same_kv = all(a["ids"][NPLLM_KV] == b["ids"][TORCH_KV] for a in npl for b in tch)
+    cached_same = all(
+        r["ids"].get("npllm, recompute", r["ids"][NPLLM_KV]) == r["ids"][NPLLM_KV] for r in npl
+    )
+    q, f = ids["npllm int8, KV cache"], ids[NPLLM_KV]
+    agree_q = sum(a == b for a, b in zip(q, f)) / len(f)
+    facts = npl[0]["facts"]
+    b = facts["bytes"]
+    lines = [
+        f"### {shape}: V={c['vocab_size']} L={c['n_layer']} nh={c['n_head']} C={c['n_embd']} "
+        f"block={c['block_size']} {c['activation']}, batch 1, {n} greedy tokens a call; "
+        f"{len(npl)} rounds, each process 1 warm-up + {len(npl[0]['samples'][NPLLM_KV])} "
+        "timed calls of each run",
+        "",
+        "| run | tokens/s: median (runs min-max; IQR of all) | vs PyTorch eager + KV cache |",
+        "|---|---|---|",
+        *[f"| {k} | {v.fmt(1, 0)} | {v.median / ref.median:.2f}x |" for k, v in rows.items()],
+        "",
+        f"- npllm/PyTorch, KV cache, tokens/s: **{ratio(rows[NPLLM_KV], ref)}**.",
+        f"- Products of npllm's decoder (serial or parallel, chosen by timing both in its "
+        f"first decode steps): {facts['products']}; int8: {facts['products_int8']}.",
+    ]
+    if "npllm, recompute" in rows and "PyTorch eager, recompute" in rows:
+        lines.append(
+            f"- KV cache over recomputation: npllm "
+            f"{rows[NPLLM_KV].median / rows['npllm, recompute'].median:.1f}x, PyTorch "
+            f"{ref.median / rows['PyTorch eager, recompute'].median:.1f}x."
+        )
+    lines += [
+        f"- Greedy ids of npllm and torch (separate processes) identical: {same_kv}; npllm "
+        f"cached = recompute: {cached_same}; int8 agrees with float on {agree_q:.0%} of them.",
+        f"- int8 (Linears + tied embedding): Linear weights {b['linear_f'] / 1e6:.2f} MB -> "
+        f"{b['linear_q'] / 1e6:.2f} MB ({b['linear_f'] / b['linear_q']:.2f}x smaller); all "
+        f"weights {b['all_f'] / 1e6:.2f} MB -> {b['all_q'] / 1e6:.2f} MB "
+        f"({b['all_f'] / b['all_q']:.2f}x); peak RSS npllm "
+        f"{statistics.median(r['info']['peak_rss_mb'] for r in npl):.0f} MB, torch "
+        f"{statistics.median(r['info']['peak_rss_mb'] for r in tch):.0f} MB.",
+    ]
+    if not same_kv:
+        lines.append("\n**IDS DIFFER**: npllm's and torch's greedy ids are not the same.")
+    return "\n".join(lines) + "\n", same_kv and cached_same
+
+
+def measure(shape: str, args, folder: str):
+    script = Path(__file__)
+    prep = Job(
+        "prepare", "prepare", {"framework": "npllm", "shape": shape, "dir": folder, "n_batches": 1}
+    )
+    meta = alternate(script, [prep], 1, echo=lambda _: None)["prepare"][0]
+    spec = {
+        "shape": shape,
+        "dir": folder,
+        "samples": args.samples,
+        "recompute": not args.no_recompute,
+    }
+    jobs = [Job(fw, "decode", {"framework": fw, **spec}) for fw in ("npllm", "torch")]
+    return meta, alternate(script, jobs, args.rounds)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--worker":
+        return run_worker(argv, WORKERS)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--shape",
+        choices=[*SHAPES, "all"],
+        default="all",
+        help="model shape (all: cpu-small and guppy)",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="processes per framework")
+    ap.add_argument("--samples", type=int, default=5, help="timed calls of each run a process")
+    ap.add_argument(
+        "--no-recompute", action="store_true", help="skip the runs without KV cache (slow at guppy)"
+    )
     ap.add_argument("--run", help="a trained run folder: also compare its val loss in int8")
     ap.add_argument("--eval-iters", type=int, default=50, help="val batches for --run")
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    ap.add_argument("--results", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    shapes = list(SHAPES) if args.shape == "all" else [args.shape]
-    import torch
-
-    torch.set_num_threads(2)
-    info = machine_info()
-    head = "\n".join(
-        [
-            f"Machine: {info['cpu']}; Python {info['python']}, numpy {info['numpy']}, numba "
-            f"{info['numba']}, torch {info['torch']}. Date: {info['date']}.",
-            f"Command: `python benchmarks/generate.py {' '.join(argv or sys.argv[1:])}`",
-            "",
-        ]
+    shapes = ["cpu-small", "guppy"] if args.shape == "all" else [args.shape]
+    load0 = load_average()
+    parts, ok, everything = [], True, {}
+    with tempfile.TemporaryDirectory() as folder:
+        for shape in shapes:
+            log(f"== {shape}")
+            meta, results = measure(shape, args, folder)
+            text, same = report(shape, meta, results)
+            print(text, flush=True)
+            parts.append(text)
+            ok &= same
+            for label, runs in results.items():
+                everything.setdefault(label, []).extend(runs)
+    if args.run:
+        job = Job(
+            "int8",
+            "int8_val",
+            {"framework": "npllm", "run": args.run, "eval_iters": args.eval_iters},
+        )
+        parts.append(alternate(Path(__file__), [job], 1)["int8"][0]["text"])
+        print(parts[-1], flush=True)
+    head = header(
+        everything,
+        (load0, load_average()),
+        command_line("generate.py", argv),
+        "Each framework in its own processes with its own defaults, alternating; "
+        "tokens/s medians over all timed calls of all processes.",
     )
     print(head)
-    parts = [head]
-    for shape in shapes:
-        parts.append(bench_shape(shape, args.repeats))
-        print(parts[-1], flush=True)
-    if args.run:
-        parts.append(trained_int8(args.run, args.eval_iters))
-        print(parts[-1], flush=True)
-    if args.write:
-        write_section("Generation", "\n".join(parts))
+    if args.write or args.results:
+        write_section(
+            "Generation", head + "\n" + "\n".join(parts), *([args.results] if args.results else [])
+        )
+    if not ok:
+        print(
+            "GREEDY IDS DIFFER between npllm and torch, or between npllm's cached and "
+            "recomputed runs"
+        )
+        return 1
     return 0
 
 

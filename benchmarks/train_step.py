@@ -1,254 +1,343 @@
-"""One full training step (forward, backward, clip, AdamW) of npllm beside PyTorch eager.
+"""One full training step (forward, backward, clip, AdamW) of npllm beside PyTorch eager,
+each in its own processes with its own default settings.
 
-Both models hold the same weights and see the same batches; steps are interleaved A/B in
-one process after warm-up, at 2 threads each, so machine noise hits both alike. Peak memory
-(RSS) is measured for each framework in its own fresh process. The losses of the two runs
-are compared at every step: speed is never bought with a wrong answer.
+A first npllm process writes the initial weights, the model config and the batches to a
+temporary .npz; then npllm and torch processes alternate (npllm, torch; torch, npllm; ...),
+each loading that file, taking `--warmup` untimed steps and `--steps` timed ones, and
+reporting its step times, its losses and its peak RSS. The parent imports neither
+framework and sets no thread variable; torch runs at its default thread count. The losses
+of the two frameworks (same weights, same batches) are compared step by step: speed is
+never bought with a wrong answer, and a mismatch fails the run.
 
-    python benchmarks/train_step.py                 # both shapes
-    python benchmarks/train_step.py --shape cpu-small --steps 30
-    npllm bench train                               # the same
+    python benchmarks/train_step.py                        # cpu-small and guppy
+    python benchmarks/train_step.py --shape guppy --rounds 6 --steps 10
+    npllm bench train [--write]                            # the same
 
-FLOPs per token follow nanoGPT/PaLM: 6 N + 12 L C T (N = non-embedding... here all
-parameters that enter matmuls, i.e. `num_params()` with the tied embedding).
+FLOPs per token follow nanoGPT/PaLM: 6 N + 12 L C T, N all parameters that enter matmuls
+(`num_params()` with the tied embedding).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import resource
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-# isort: off
-import npllm  # noqa: F401  (before numpy: it sets the BLAS/OpenMP thread environment)
-import numpy as np
-# isort: on
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # benchmarks.common and the torch reference in tests/
-from benchmarks.common import machine_info, write_section  # noqa: E402
-from npllm.gpt import GPTConfig  # noqa: E402
-from npllm.train import PRESETS  # noqa: E402
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks.common and the torch reference in tests/
 
+from benchmarks.common import (  # noqa: E402
+    Job,
+    alternate,
+    command_line,
+    header,
+    load_average,
+    log,
+    ratio,
+    run_worker,
+    stats,
+    write_section,
+)
 
-def _shape(preset: str, **overrides) -> dict:
-    """Every GPTConfig field of a training preset (npllm.train.PRESETS over GPTConfig's
-    defaults), without dropout (the torch reference has none), with the benchmark's
-    vocabulary and batch size."""
-    fields = dataclasses.fields(GPTConfig)
-    model = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
-    names = {f.name for f in fields}
-    model.update({k: v for k, v in PRESETS[preset].items() if k in names})
-    return {**model, "dropout": 0.0, **overrides}
-
-
-SHAPES = {
-    "cpu-small": _shape("cpu-small", vocab_size=65, batch_size=12),  # nanoGPT's CPU run
-    "guppy": _shape("guppy", vocab_size=4096, batch_size=8),  # GuppyLM's shape
+# name -> (npllm.train preset, overrides): the vocabulary and batch of the benchmark
+SHAPES: dict[str, tuple[str | None, dict]] = {
+    "cpu-small": ("cpu-small", dict(vocab_size=65, batch_size=12)),  # nanoGPT's CPU run
+    "guppy": ("guppy", dict(vocab_size=4096, batch_size=8)),  # GuppyLM's shape
+    # for the harness's tests only
+    "tiny": (None, dict(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, batch_size=2)),
 }
 LR, WD, BETAS, CLIP = 1e-3, 0.1, (0.9, 0.99), 1.0
+LOSS_TOLERANCE = 1e-3  # relative; float32 losses of the two frameworks agree to ~1e-5
 
 
-def model_config(shape: str) -> dict:
-    return {k: v for k, v in SHAPES[shape].items() if k not in ("batch_size", "dropout")}
+# ---- the npllm side ----------------------------------------------------------------------
+def shape_config(shape: str) -> dict:
+    """Every GPTConfig field of a shape (the npllm.train preset over GPTConfig's defaults,
+    then the overrides), dropout 0 (the torch reference has none), plus batch_size.
+    Runs in an npllm process."""
+    import dataclasses
+
+    from npllm.gpt import GPTConfig
+    from npllm.train import PRESETS
+
+    preset, overrides = SHAPES[shape]
+    fields = dataclasses.fields(GPTConfig)
+    out = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    names = {f.name for f in fields}
+    if preset is not None:
+        out.update({k: v for k, v in PRESETS[preset].items() if k in names | {"batch_size"}})
+    return {**out, **overrides, "dropout": 0.0}
 
 
-def batches(shape: str, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    s = SHAPES[shape]
-    rng = np.random.default_rng(seed)
-    B, T, V = s["batch_size"], s["block_size"], s["vocab_size"]
-    out = []
-    for _ in range(n):
-        data = rng.integers(0, V, size=(B, T + 1))
-        out.append((data[:, :-1].astype(np.int64), data[:, 1:].astype(np.int64)))
-    return out
+def model_config(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "batch_size"}
 
 
-class NpllmRunner:
-    def __init__(self, shape: str):
-        from npllm.gpt import GPT
-        from npllm.optim import clip_grad_norm
+def files(folder: str, shape: str) -> tuple[Path, Path]:
+    return Path(folder) / f"{shape}.json", Path(folder) / f"{shape}.npz"
 
-        self.model = GPT(GPTConfig(**model_config(shape)), seed=0)
-        self.opt = self.model.configure_optimizers(WD, LR, BETAS)
-        self.params = self.model.parameters()
-        self.clip = clip_grad_norm
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return self.model.state_dict()
+def prepare(spec: dict) -> dict:
+    """npllm process: write `shape`'s config, seeded initial weights and `n_batches`
+    random batches into spec["dir"], for every worker to load."""
+    import numpy as np
 
-    def step(self, x: np.ndarray, y: np.ndarray) -> float:
-        _, loss = self.model(x, y)
-        self.opt.zero_grad()
+    import npllm  # noqa: F401  (npllm first, as in every npllm-side worker)
+    from npllm.gpt import GPT, GPTConfig
+
+    shape, n = spec["shape"], spec["n_batches"]
+    config = shape_config(shape)
+    model = GPT(GPTConfig(**model_config(config)), seed=0)
+    rng = np.random.default_rng(0)
+    B, T, V = config["batch_size"], config["block_size"], config["vocab_size"]
+    data = rng.integers(0, V, size=(n, B, T + 1))
+    meta_path, arrays_path = files(spec["dir"], shape)
+    np.savez(
+        arrays_path,
+        x=data[:, :, :-1].astype(np.int64),
+        y=data[:, :, 1:].astype(np.int64),
+        **{"w:" + k: v for k, v in model.state_dict().items()},
+    )
+    n_params = model.num_params(non_embedding=False)
+    meta = {"config": config, "n_params": n_params}
+    meta_path.write_text(json.dumps(meta))
+    return meta
+
+
+def load(folder: str, shape: str):
+    """(meta, weights, xs, ys) as `prepare` wrote them."""
+    import numpy as np
+
+    meta_path, arrays_path = files(folder, shape)
+    meta = json.loads(meta_path.read_text())
+    with np.load(arrays_path) as z:
+        weights = {k[2:]: z[k] for k in z.files if k.startswith("w:")}
+        xs, ys = z["x"], z["y"]
+    return meta, weights, xs, ys
+
+
+def npllm_trainer(config: dict, weights: dict):
+    """A function doing one npllm training step on (x, y) and returning the loss."""
+    from npllm.gpt import GPT, GPTConfig
+    from npllm.optim import clip_grad_norm
+
+    model = GPT(GPTConfig(**model_config(config)), seed=0)
+    model.load_state_dict(weights)
+    opt = model.configure_optimizers(WD, LR, BETAS)
+    params = model.parameters()
+
+    def step(x, y) -> float:
+        _, loss = model(x, y)
+        opt.zero_grad()
         loss.backward()
-        self.clip(self.params, CLIP)
-        self.opt.step()
+        clip_grad_norm(params, CLIP)
+        opt.step()
         return loss.item()
 
-
-class TorchRunner:
-    def __init__(self, shape: str, state_dict: dict[str, np.ndarray] | None = None):
-        import torch
-
-        from tests.model.torch_gpt import TorchConfig, TorchGPT
-
-        torch.set_num_threads(2)
-        torch.manual_seed(0)
-        self.torch = torch
-        self.model = TorchGPT(TorchConfig(**model_config(shape)))
-        if state_dict is not None:
-            self.model.load_state_dict({k: torch.tensor(v) for k, v in state_dict.items()})
-        params = list(self.model.parameters())
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": WD}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=LR,
-            betas=BETAS,
-        )
-        self.params = params
-
-    def step(self, x: np.ndarray, y: np.ndarray) -> float:
-        torch = self.torch
-        _, loss = self.model(torch.from_numpy(x), torch.from_numpy(y))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, CLIP)
-        self.opt.step()
-        return loss.item()
+    return step
 
 
-def flops_per_token(shape: str, n_params: int) -> int:
-    c = SHAPES[shape]
-    return 6 * n_params + 12 * c["n_layer"] * c["n_embd"] * c["block_size"]
+def torch_model_and_adamw(model_cfg: dict, weights: dict, lr: float, wd: float, betas):
+    """The PyTorch reference GPT (tests/model/torch_gpt.py) holding `weights`, and
+    torch's AdamW with decay on 2-D weights only, as npllm's configure_optimizers."""
+    import inspect
 
+    import torch
 
-def measure_time(shape: str, steps: int, warmup: int) -> dict:
-    npl = NpllmRunner(shape)
-    tch = TorchRunner(shape, npl.state_dict())
-    data = batches(shape, warmup + steps)
-    times = {"npllm": [], "torch": []}
-    losses = {"npllm": [], "torch": []}
-    for i, (x, y) in enumerate(data):
-        order = (("npllm", npl), ("torch", tch)) if i % 2 == 0 else (("torch", tch), ("npllm", npl))
-        for name, runner in order:
-            t0 = time.perf_counter()
-            loss = runner.step(x, y)
-            dt = time.perf_counter() - t0
-            losses[name].append(loss)
-            if i >= warmup:
-                times[name].append(dt)
-    gap = max(abs(a - b) / abs(b) for a, b in zip(losses["npllm"], losses["torch"]))
-    n_params = npl.model.num_params(non_embedding=False)
-    return {"times": times, "losses": losses, "max_rel_loss_gap": gap, "n_params": n_params}
+    from tests.model.torch_gpt import TorchConfig, torch_gpt_from
 
-
-def _rss_child(framework: str, shape: str, steps: int) -> None:
-    """Run in a fresh process: build one framework's model, train a few steps, print peak RSS."""
-    runner = NpllmRunner(shape) if framework == "npllm" else TorchRunner(shape)
-    for x, y in batches(shape, steps):
-        runner.step(x, y)
-    print(json.dumps({"maxrss_mb": peak_rss_mb()}))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set. VmHWM, not getrusage: ru_maxrss survives exec on
-    Linux, so a child started from a big parent would report the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def measure_rss(framework: str, shape: str, steps: int = 5) -> float:
-    out = subprocess.run(
+    accepted = inspect.signature(TorchConfig).parameters
+    model = torch_gpt_from(
+        weights, TorchConfig(**{k: v for k, v in model_cfg.items() if k in accepted})
+    )
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(
         [
-            sys.executable,
-            __file__,
-            "--rss-child",
-            framework,
-            "--shape",
-            shape,
-            "--steps",
-            str(steps),
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])["maxrss_mb"]
+        lr=lr,
+        betas=tuple(betas),
+    )
+    return model, opt
 
 
-def report(shape: str, steps: int, warmup: int) -> tuple[str, dict]:
-    r = measure_time(shape, steps, warmup)
-    rss = {fw: measure_rss(fw, shape) for fw in ("npllm", "torch")}
-    s = SHAPES[shape]
-    tokens = s["batch_size"] * s["block_size"]
-    fpt = flops_per_token(shape, r["n_params"])
-    med = {k: float(np.median(v)) for k, v in r["times"].items()}
+def torch_trainer(config: dict, weights: dict):
+    """The same step in PyTorch eager, torch's AdamW."""
+    import torch
+
+    model, opt = torch_model_and_adamw(model_config(config), weights, LR, WD, BETAS)
+    params = list(model.parameters())
+
+    def step(x, y) -> float:
+        _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def train_worker(spec: dict) -> dict:
+    """One framework's process: `warmup` + `steps` steps on the prepared batches."""
+    if spec["framework"] == "torch":
+        import torch  # noqa: F401  (torch first: this process never loads npllm)
+
+        make = torch_trainer
+    else:
+        import npllm  # noqa: F401
+
+        make = npllm_trainer
+        if spec["framework"] == "numpy":
+            from npllm import kernels
+
+            kernels.use("numpy")
+    meta, weights, xs, ys = load(spec["dir"], spec["shape"])
+    step = make(meta["config"], weights)
+    times, losses = [], []
+    for i in range(spec["warmup"] + spec["steps"]):
+        t0 = time.perf_counter()
+        losses.append(step(xs[i], ys[i]))
+        if i >= spec["warmup"]:
+            times.append(time.perf_counter() - t0)
+    return {"samples": {"step": times}, "losses": losses}
+
+
+WORKERS = {"prepare": prepare, "train": train_worker}
+
+
+# ---- the parent --------------------------------------------------------------------------
+def loss_gap(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+
+
+def measure(shape: str, rounds: int, steps: int, warmup: int, numpy_ref: bool, folder: str):
+    """Prepare the shape, then alternate the frameworks' processes. Returns (meta, results)."""
+    script = Path(__file__)
+    [prep] = alternate(
+        script,
+        [
+            Job(
+                "prepare",
+                "prepare",
+                {"framework": "npllm", "shape": shape, "dir": folder, "n_batches": warmup + steps},
+            )
+        ],
+        1,
+        echo=lambda _: None,
+    ).values()
+    meta = prep[0]
+    names = ["npllm", "torch"] + (["numpy"] if numpy_ref else [])
+    common = {"shape": shape, "dir": folder, "steps": steps, "warmup": warmup}
+    jobs = [Job(fw, "train", {"framework": fw, **common}) for fw in names]
+    return meta, alternate(script, jobs, rounds)
+
+
+def report(shape: str, meta: dict, results: dict[str, list[dict]], steps: int, warmup: int):
+    """The shape's markdown table and its loss check: (text, worst relative gap)."""
+    import statistics
+
+    c = meta["config"]
+    tokens = c["batch_size"] * c["block_size"]
+    fpt = 6 * meta["n_params"] + 12 * c["n_layer"] * c["n_embd"] * c["block_size"]
+    st = {fw: stats(runs, "step") for fw, runs in results.items()}
+    rounds = len(results["npllm"])
     lines = [
-        f"### {shape}: B={s['batch_size']} T={s['block_size']} L={s['n_layer']} "
-        f"nh={s['n_head']} C={s['n_embd']} V={s['vocab_size']} "
-        f"({r['n_params'] / 1e6:.2f}M params), {steps} timed steps after {warmup} warm-up",
+        f"### {shape}: B={c['batch_size']} T={c['block_size']} L={c['n_layer']} "
+        f"nh={c['n_head']} C={c['n_embd']} V={c['vocab_size']} "
+        f"MLP {c['mlp_hidden'] or 4 * c['n_embd']} "
+        f"{c['activation']} ({meta['n_params'] / 1e6:.2f}M params); {rounds} rounds, each "
+        f"process {warmup} warm-up + {steps} timed steps",
         "",
-        "| framework | median ms | min ms | max ms | tokens/s | GFLOP/s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|",
+        "| framework | step ms: median (runs min-max; IQR of all) | tokens/s | GFLOP/s | "
+        "peak RSS MB |",
+        "|---|---|---|---|---|",
     ]
-    for fw in ("npllm", "torch"):
-        t = r["times"][fw]
+    for fw, s in st.items():
+        rss = statistics.median(r["info"]["peak_rss_mb"] for r in results[fw])
         lines.append(
-            f"| {fw} | {med[fw] * 1e3:.1f} | {min(t) * 1e3:.1f} | {max(t) * 1e3:.1f} | "
-            f"{tokens / med[fw]:,.0f} | {fpt * tokens / med[fw] / 1e9:.0f} | {rss[fw]:.0f} |"
+            f"| {fw} | {s.fmt(1e3)} | {tokens / s.median:,.0f} | "
+            f"{fpt * tokens / s.median / 1e9:.0f} | {rss:.0f} |"
         )
-    ratio = med["npllm"] / med["torch"]
+    # the same weights and batches: every process must produce the same losses
+    ref = results["npllm"][0]["losses"]
+    gaps = {fw: max(loss_gap(r["losses"], ref) for r in runs) for fw, runs in results.items()}
+    worst = max(gaps.values())
+    rss = {
+        fw: statistics.median(r["info"]["peak_rss_mb"] for r in results[fw])
+        for fw in ("npllm", "torch")
+    }
     lines += [
         "",
-        f"npllm/torch step-time ratio: **{ratio:.2f}**; "
-        f"RSS ratio {rss['npllm'] / rss['torch']:.2f}; max relative loss gap over "
-        f"{len(r['losses']['npllm'])} steps: {r['max_rel_loss_gap']:.1e}",
-        "",
+        f"npllm/torch step time: **{ratio(st['npllm'], st['torch'])}**; peak RSS "
+        f"{rss['npllm'] / rss['torch']:.2f}. Largest relative loss gap to npllm's first "
+        f"run over {len(ref)} steps: " + ", ".join(f"{fw} {g:.1e}" for fw, g in gaps.items()) + ".",
     ]
-    return "\n".join(lines), {"ratio": ratio, "gap": r["max_rel_loss_gap"]}
-
-
-def header() -> str:
-    info = machine_info()
-    return (
-        f"Machine: {info['cpu']}; Python {info['python']}, numpy {info['numpy']}, "
-        f"numba {info['numba']}, torch {info['torch']}. Date: {info['date']}."
-    )
+    if worst > LOSS_TOLERANCE:
+        lines.append(
+            f"\n**LOSS MISMATCH**: the frameworks' losses differ by {worst:.1e} (relative), "
+            f"more than {LOSS_TOLERANCE:g}; these timings compare different computations."
+        )
+    return "\n".join(lines) + "\n", worst
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--worker":
+        return run_worker(argv, WORKERS)
+    ap = argparse.ArgumentParser(prog="npllm bench train", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--shape",
+        choices=[*SHAPES, "all"],
+        default="all",
+        help="model shape (all: cpu-small and guppy)",
+    )
+    ap.add_argument("--rounds", type=int, default=4, help="processes per framework")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per process")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per process")
+    ap.add_argument(
+        "--numpy",
+        action="store_true",
+        help="also time npllm with the NumPy reference kernels (own processes)",
+    )
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
-    ap.add_argument("--rss-child", choices=["npllm", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--results", type=Path, help=argparse.SUPPRESS)  # another RESULTS.md
     args = ap.parse_args(argv)
-    if args.rss_child:
-        _rss_child(args.rss_child, args.shape, args.steps)
-        return 0
-    shapes = list(SHAPES) if args.shape == "all" else [args.shape]
-    command = "python benchmarks/train_step.py " + " ".join(argv or sys.argv[1:])
-    out = [header(), f"Command: `{command.strip()}`", ""]
-    print("\n".join(out))
-    worst_gap = 0.0
-    for shape in shapes:
-        text, r = report(shape, args.steps, args.warmup)
-        print(text, flush=True)
-        out.append(text)
-        worst_gap = max(worst_gap, r["gap"])
-    if args.write:
-        write_section("Training step", "\n".join(out))
-    if worst_gap > 1e-3:
-        print(f"LOSS MISMATCH: npllm and torch losses differ by {worst_gap:.1e} (relative)")
+    shapes = ["cpu-small", "guppy"] if args.shape == "all" else [args.shape]
+    load0 = load_average()
+    parts, worst, everything = [], 0.0, {}
+    with tempfile.TemporaryDirectory() as folder:
+        for shape in shapes:
+            log(f"== {shape}")
+            meta, results = measure(shape, args.rounds, args.steps, args.warmup, args.numpy, folder)
+            text, gap = report(shape, meta, results, args.steps, args.warmup)
+            print(text, flush=True)
+            parts.append(text)
+            worst = max(worst, gap)
+            for label, runs in results.items():
+                everything.setdefault(label, []).extend(runs)
+    head = header(
+        everything,
+        (load0, load_average()),
+        command_line("train_step.py", argv),
+        "Each framework in its own processes at its default thread count, alternating; "
+        "medians over all timed steps of all processes.",
+    )
+    print(head)
+    if args.write or args.results:
+        write_section(
+            "Training step",
+            head + "\n" + "\n".join(parts),
+            *([args.results] if args.results else []),
+        )
+    if worst > LOSS_TOLERANCE:
+        print(f"LOSS MISMATCH: npllm and torch losses differ by {worst:.1e} (relative)")
         return 1
     return 0
 

@@ -2,7 +2,10 @@
 repository's `benchmarks/` folder (`npllm bench kernels` runs benchmarks/kernels.py, `npllm
 bench train` benchmarks/train_step.py). Options after NAME go to the script; `npllm bench
 kernels --help` lists them. Needs a source checkout (an editable install), since the
-benchmarks are not part of the installed package."""
+benchmarks are not part of the installed package.
+
+This process only orchestrates: each benchmark runs every framework it compares (npllm,
+the NumPy references, PyTorch) in fresh processes of its own (benchmarks/common.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,12 @@ import sys
 from pathlib import Path
 
 # short names for scripts whose file name differs
-ALIASES = {"train": "train_step"}
+ALIASES = {
+    "train": "train_step",
+    "import-order": "import_order",
+    "cold-start": "cold_start",
+    "shakespeare": "shakespeare_char",
+}
 
 
 def _folder() -> Path:
