@@ -30,3 +30,8 @@ class DataError(NpllmError, ValueError):
 
 class CheckpointError(NpllmError, RuntimeError):
     """A checkpoint or run folder that is missing, corrupt or does not match."""
+
+
+class GrammarError(NpllmError, ValueError):
+    """A regex, JSON Schema or grammar that cannot be used to constrain generation:
+    unsupported syntax or keyword, or no output could ever satisfy it."""

@@ -20,7 +20,9 @@ be shifted to new positions. Every token past the window therefore costs a prefi
 
 `generate`/`stream` sample with the rules of `npllm.sampling`. Stop sequences are checked
 on the generated ids only and are included in the output; in a batch, a row that has
-stopped yields -1 from then on while the others continue.
+stopped yields -1 from then on while the others continue. `regex=`, `json_schema=` or
+`grammar=` constrain the output (`npllm.constrain`): a mask before sampling, and the
+grammar's state advanced by each token; a row stops when its output is complete.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from npllm import kernels
+from npllm.constrain import Grammar, Guide, compile_grammar
 from npllm.decode import ACTIVATIONS, PARALLEL, SERIAL, decode_block, decode_head
 from npllm.errors import ConfigError, DataError, ShapeError
 from npllm.kernels.int8 import int8_linear
@@ -336,6 +339,10 @@ def stream(
     seed: int | None = None,
     stop: int | Sequence[int] | Sequence[Sequence[int]] | None = None,
     use_cache: bool = True,
+    regex: str | None = None,
+    json_schema: Any = None,
+    grammar: Grammar | str | None = None,
+    tokenizer: Any = None,
 ) -> Iterator[Any]:
     """Yield new token ids one step at a time: an int for a 1-D prompt (T,), a (B,) int64
     array for a batch (B, T) of equal-length prompts (-1 for rows already stopped). The
@@ -345,7 +352,12 @@ def stream(
     `model` is a GPT or a `Decoder`. temperature 0 or `greedy` picks the argmax; `seed`
     seeds the sampler's `numpy.random.Generator`. `use_cache=False` recomputes the whole
     context for every token (for comparison). Prompts longer than block_size are cropped
-    to their last block_size tokens."""
+    to their last block_size tokens.
+
+    Constraints (`npllm.constrain`; at most one): `regex` (fully matched), `json_schema`
+    (a dict or JSON text), or `grammar` (a built `Grammar`, or "json_object" / "json");
+    the first two need the model's `tokenizer`. A row then stops ("stop") once its output
+    is complete, and an output cut by `max_new_tokens` is complete too."""
     check_sampling_args(temperature, top_k, top_p, repetition_penalty)
     if (
         isinstance(max_new_tokens, bool)
@@ -357,6 +369,14 @@ def stream(
     dec = as_decoder(model)
     single = np.ndim(idx) == 1
     context = dec.check_idx(np.asarray(idx)[None] if single else idx)  # (B, T)
+    g = compile_grammar(
+        regex=regex,
+        json_schema=json_schema,
+        grammar=grammar,
+        tokenizer=tokenizer,
+        vocab_size=dec.config.vocab_size,
+    )
+    guide = None if g is None else g.guide(context.shape[0], max_new_tokens)
     # validated above, before the first `next`: a generator body would only raise there
     return _stream(
         dec,
@@ -371,6 +391,7 @@ def stream(
         greedy=greedy or temperature == 0,
         rng=np.random.default_rng(seed),
         use_cache=use_cache,
+        guide=guide,
     )
 
 
@@ -388,6 +409,7 @@ def _stream(
     greedy: bool,
     rng: np.random.Generator,
     use_cache: bool,
+    guide: Guide | None = None,
 ) -> Iterator[Any]:
     B, T0 = context.shape
     bs = dec.config.block_size
@@ -404,7 +426,8 @@ def _stream(
     logits = dec.forward(context[:, -bs:], cache, last_only=True)  # (B, V)
     for step in range(max_new_tokens):
         n = T0 + step  # context length so far
-        if not plain:
+        mask = None if guide is None else guide.mask()  # (B, V) allowed tokens
+        if not plain or mask is not None:
             logits = process_logits(
                 logits,
                 ctx[:, :n],
@@ -412,8 +435,10 @@ def _stream(
                 top_k=top_k,
                 top_p=top_p,
                 repetition_penalty=repetition_penalty,
+                mask=mask,
             )
         nxt = sample(logits, rng, greedy=greedy)  # (B,)
+        complete = None if guide is None else guide.advance(nxt, ~done)
         if done.any():
             # a stopped row keeps feeding its last token (ignored) so the batch stays aligned
             ctx[:, n] = np.where(done, ctx[:, n - 1], nxt)
@@ -425,6 +450,8 @@ def _stream(
         for s in stops:
             if step + 1 >= s.size:
                 done |= np.all(new[:, step + 1 - s.size : step + 1] == s, axis=1)
+        if complete is not None:
+            done |= complete
         if done.all():
             return "stop"
         if step == max_new_tokens - 1:
@@ -453,6 +480,10 @@ def generate(
     seed: int | None = None,
     stop: int | Sequence[int] | Sequence[Sequence[int]] | None = None,
     use_cache: bool = True,
+    regex: str | None = None,
+    json_schema: Any = None,
+    grammar: Grammar | str | None = None,
+    tokenizer: Any = None,
 ) -> tuple[np.ndarray, str]:
     """Generate up to `max_new_tokens` ids after the prompt `idx` ((T,) or (B, T)).
     Returns (new_ids, finish_reason): new_ids (n,) or (B, n) int64 without the prompt
@@ -470,6 +501,10 @@ def generate(
         seed=seed,
         stop=stop,
         use_cache=use_cache,
+        regex=regex,
+        json_schema=json_schema,
+        grammar=grammar,
+        tokenizer=tokenizer,
     )
     ids: list[Any] = []
     while True:

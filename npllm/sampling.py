@@ -1,7 +1,9 @@
 """Samplers: turn a row of next-token logits into a token id.
 
 The order is the one Hugging Face's `generate` uses: repetition penalty -> temperature ->
-top-k -> top-p -> softmax -> draw. Every function works on a (B, V) float32 batch of
+top-k -> top-p -> softmax -> draw, after the grammar's mask (`npllm.constrain`), if any,
+has set the logits of disallowed tokens to -inf, so every rule then works among the
+allowed tokens only. Every function works on a (B, V) float32 batch of
 logits and returns a new array (the caller's logits are never modified).
 
 - `apply_repetition_penalty`: the CTRL rule (Keskar et al. 2019, as HF implements it):
@@ -103,9 +105,13 @@ def process_logits(
     top_k: int | None = None,
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Penalty, temperature, top-k and top-p in HF's order. logits (B, V) -> (B, V).
+    """Mask, penalty, temperature, top-k and top-p in HF's order. logits (B, V) -> (B, V).
+    `mask` (B, V) bool: the tokens a grammar allows; the others get -inf first.
     Temperature 0 is left to `sample` (greedy); it is not divided by here."""
+    if mask is not None:
+        logits = np.where(mask, logits, logits.dtype.type(-np.inf))
     out = apply_repetition_penalty(logits, context, repetition_penalty)
     if temperature > 0 and temperature != 1.0:
         out /= out.dtype.type(temperature)
