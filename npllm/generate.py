@@ -419,7 +419,9 @@ def _stream(
     ctx = np.empty((B, T0 + max_new_tokens), np.int64)
     ctx[:, :T0] = context
     new = np.full((B, max_new_tokens), -1, np.int64)
-    done = np.zeros(B, bool)
+    done = np.zeros(B, bool) if guide is None else guide.finished.copy()
+    if done.all():  # the grammar's output is complete before any token
+        return "stop"
     # greedy picks the argmax, which temperature, top-k and top-p never change
     plain = greedy and repetition_penalty == 1.0
     cache = dec.new_cache(B) if use_cache else None

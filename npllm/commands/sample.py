@@ -2,7 +2,9 @@
 int8 one of `npllm quantize` with `--quantized`), generated with `npllm.generate.stream`
 (KV cache, temperature, top-k, top-p, repetition penalty, greedy); `--stream` prints each
 token as it comes. `--stop TEXT` ends the text after the first occurrence of TEXT (checked
-on the decoded text, so it works whatever the tokenizer's token boundaries)."""
+on the decoded text, so it works whatever the tokenizer's token boundaries).
+`--regex R` or `--json-schema FILE` constrain the text to match R or to be JSON valid
+against the schema in FILE (`npllm.constrain`); generation ends when it is complete."""
 
 from __future__ import annotations
 
@@ -68,6 +70,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the run's int8 checkpoint written by `npllm quantize`",
     )
+    add_constraint_arguments(p)
+
+
+def add_constraint_arguments(p: argparse.ArgumentParser) -> None:
+    """--regex / --json-schema, for every command that generates."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--regex",
+        metavar="R",
+        help="the output must fully match the regex R (literals, classes, . * + ? {m,n} | ( ))",
+    )
+    group.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        help="the output must be JSON valid against the JSON Schema in FILE",
+    )
+
+
+def read_json_schema(path: str | None):
+    """The schema in the file `path` (None: no schema), as a dict or a boolean."""
+    import json
+
+    from npllm.errors import ConfigError
+
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read --json-schema {path}: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--json-schema {path} is not valid JSON: {e}") from None
 
 
 def load_model(run_dir: str, name: str = "best"):
@@ -155,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         greedy=args.greedy,
         seed=args.seed,
+        regex=args.regex,
+        json_schema=read_json_schema(args.json_schema),
+        tokenizer=tokenizer,
     ):
         new_ids.append(token)
         # Decode everything generated so far: a BPE token may end inside a UTF-8

@@ -150,9 +150,10 @@ class Guide:
     def __init__(self, grammar: Grammar, batch: int, max_new_tokens: int) -> None:
         self.g = grammar
         self.state = np.zeros(batch, np.int64)
-        self.finished = np.zeros(batch, bool)
         self.max_new_tokens = max_new_tokens
         self.step = 0  # tokens emitted so far
+        # finished before the first token: only the empty output fits (or the budget)
+        self.finished = np.full(batch, self._must_end(0))
 
     def mask(self) -> np.ndarray:
         g = self.g
@@ -179,11 +180,18 @@ class Guide:
             if s < 0:
                 raise GrammarError(f"token {t} is not allowed in state {self.state[b]}")
             self.state[b] = s
-            left = self.max_new_tokens - self.step - 1  # tokens after this one
-            if g.accept[s] and g.eos_ids.size == 0 and g.near[s] > left - 1:
-                self.finished[b] = True
         self.step += 1
+        for b, s in enumerate(self.state):
+            if not self.finished[b] and self._must_end(s):
+                self.finished[b] = True
         return self.finished.copy()
+
+    def _must_end(self, s: int) -> bool:
+        """An accepting state where no token can follow within the budget, and no
+        end-of-sequence token to emit: the output is complete as it is."""
+        g = self.g
+        left = self.max_new_tokens - self.step  # tokens still to come
+        return bool(g.accept[s]) and g.eos_ids.size == 0 and g.near[s] > left - 1
 
 
 def _walk_vocabulary(
