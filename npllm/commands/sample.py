@@ -153,6 +153,7 @@ def load_quantized(run_dir: str):
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from npllm.constrain.index import end_ids
     from npllm.errors import ConfigError, DataError
     from npllm.generate import stream
 
@@ -178,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     if any(not s for s in stops):
         raise ConfigError("--stop needs a non-empty text")
     out, new_ids, shown = sys.stdout, [], 0
+    # under a constraint, the end-of-output special ends the text and is not shown
+    ends = set(end_ids(tokenizer)) if args.regex or args.json_schema else set()
     out.write(args.prompt)
     text = ""
     for token in stream(
@@ -194,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
         json_schema=read_json_schema(args.json_schema),
         tokenizer=tokenizer,
     ):
+        if token in ends:
+            break
         new_ids.append(token)
         # Decode everything generated so far: a BPE token may end inside a UTF-8
         # character, which shows as U+FFFD until the next token completes it.

@@ -18,8 +18,8 @@ End of sequence: the ids in `eos_ids` (`<|endoftext|>`, `<|im_end|>`) are allowe
 exactly in accepting states, and never in the others.
 
 A `Guide` follows B rows through one generation. Its mask also respects the budget: with
-r tokens left, a token is allowed only if its next state can finish in r - 1 tokens,
-so an output cut by `max_new_tokens` is still complete.
+r tokens left, a token is allowed only if its next state can finish in r - 1 tokens
+(its end-of-sequence token included), so `max_new_tokens` never cuts an output short.
 """
 
 from __future__ import annotations
@@ -51,16 +51,19 @@ def vocabulary_bytes(tokenizer, vocab_size: int | None = None) -> list[bytes | N
     return (toks + [None] * n)[:n]
 
 
+END_OF_OUTPUT = ("<|im_end|>", "<|endoftext|>")
+
+
 def special_ids(tokenizer) -> list[int]:
-    """Ids of the tokenizer's special tokens, if it has any."""
-    special = getattr(tokenizer, "special_tokens", None) or {}
-    return sorted(int(i) for i in special.values())
+    """Ids of the tokenizer's special tokens (`tokenizer.specials`: text -> id)."""
+    return sorted(getattr(tokenizer, "specials", {}).values())
 
 
 def end_ids(tokenizer) -> list[int]:
-    """The special tokens that end a generation (`<|im_end|>`, `<|endoftext|>`)."""
-    special = getattr(tokenizer, "special_tokens", None) or {}
-    return sorted(int(i) for name, i in special.items() if name in ("<|im_end|>", "<|endoftext|>"))
+    """The special tokens that end an output: `<|im_end|>` (a chat turn) and
+    `<|endoftext|>`, those of them the tokenizer has."""
+    specials = getattr(tokenizer, "specials", {})
+    return sorted(specials[t] for t in END_OF_OUTPUT if t in specials)
 
 
 class Grammar:
@@ -111,6 +114,8 @@ class Grammar:
         np.maximum.at(far, src, dist[dst])
         np.minimum.at(near, src, dist[dst])
         self.far, self.near = far, near
+        # with an end-of-sequence token, a complete output also needs the token to end it
+        self.tail = int(self.eos_ids.size > 0)
 
     @property
     def n_states(self) -> int:
@@ -118,8 +123,8 @@ class Grammar:
 
     @property
     def min_tokens(self) -> int:
-        """The fewest tokens of any complete output."""
-        return int(self.dist[0])
+        """The fewest tokens of any complete output (its end-of-sequence included)."""
+        return int(self.dist[0]) + self.tail
 
     def allowed(self, state: int) -> np.ndarray:
         """Sorted token ids allowed in `state` (end-of-sequence ids included)."""
@@ -162,9 +167,9 @@ class Guide:
         for b, s in enumerate(self.state):
             if self.finished[b]:
                 out[b] = True  # ignored by the caller; keeps its softmax finite
-            elif g.far[s] > left:  # near the budget: only tokens that can still finish
+            elif g.far[s] + g.tail > left:  # near the budget: tokens that can still finish
                 a, e = g.edge_start[s], g.edge_start[s + 1]
-                late = g.dist[g.edge_dst[a:e]] > left
+                late = g.dist[g.edge_dst[a:e]] + g.tail > left
                 out[b, g.edge_tok[a:e][late]] = False
         return out
 

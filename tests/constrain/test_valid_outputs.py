@@ -165,3 +165,21 @@ def test_stream_and_generate_agree(bpe, bpe_model):
     streamed = list(it)
     assert streamed == ids.tolist() and reason == "stop"
     assert json.loads(bpe.decode(streamed))["ok"] in (True, False)
+
+
+def test_end_specials_only_where_the_output_is_complete(bpe):
+    """With chat specials, `<|im_end|>` and `<|endoftext|>` are allowed exactly in
+    accepting states and `<|im_start|>` never; a row ends with one of them."""
+    tok = bpe.with_specials(["<|im_start|>", "<|im_end|>", "<|endoftext|>"])
+    model = tiny_decoder(tok.vocab_size, seed=4)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}}}
+    g = schema_grammar(schema, tok)
+    start, end, eot = (tok.special_id(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"))
+    assert (g.masks[:, end] == g.accept).all() and (g.masks[:, eot] == g.accept).all()
+    assert not g.masks[:, start].any()
+    ids, reason = generate(model, np.zeros((8, 1), np.int64), 40, grammar=g, seed=0)
+    assert reason == "stop"
+    for row in ids:
+        row = [int(i) for i in row if i >= 0]
+        assert row[-1] in (end, eot) and not set(row[:-1]) & {start, end, eot}
+        judge_schema(schema, [token_bytes(tok, row[:-1]).decode()])
