@@ -7,11 +7,15 @@ conversation, `/quit` (or end of input) leaves. Ctrl-C during a reply stops that
 and returns to the prompt. When the history outgrows the context window, the oldest
 exchanges are dropped and a note says so once. `--prompt TEXT` asks one question, prints
 the answer and exits (for scripts). `--eval DATA` measures, over the held-out
-conversations of a chat data folder, how often greedy replies end with `<|im_end|>`."""
+conversations of a chat data folder, how often greedy replies end with `<|im_end|>`.
+`--json-schema FILE` (or `--regex R`) makes every reply JSON valid against the schema
+(or a full match of R); `<|im_end|>` is then allowed only once the reply is complete."""
 
 from __future__ import annotations
 
 import argparse
+
+from npllm.commands.sample import add_constraint_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,6 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-n", type=int, default=200, metavar="N", help="prompts for --eval (default 200)"
     )
+    add_constraint_arguments(p)
 
 
 def _sampling(args: argparse.Namespace) -> dict:
@@ -170,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from npllm.chat import ChatSession
-    from npllm.commands.sample import load_model
+    from npllm.commands.sample import load_model, read_json_schema
+    from npllm.constrain import compile_grammar
     from npllm.errors import ConfigError
 
     sampling = _sampling(args)
@@ -179,6 +185,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("pass --prompt or --eval, not both")
         return evaluate(args)
     model, tokenizer = load_model(args.run, args.checkpoint)
+    grammar = compile_grammar(  # built once, for every reply
+        regex=args.regex,
+        json_schema=read_json_schema(args.json_schema),
+        tokenizer=tokenizer,
+        vocab_size=model.config.vocab_size,
+    )
+    if grammar is not None:
+        sampling["grammar"] = grammar
     session = ChatSession(
         model,
         tokenizer,
