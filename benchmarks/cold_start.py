@@ -114,7 +114,8 @@ def cold_start_table(rounds: int = 1, shape: str = "cpu-small") -> list[str]:
         f"{rounds} round(s) (range):",
         "",
         "| process | import npllm | first training step | second step | first decode "
-        "(8 tokens) | second decode | Numba functions compiled (step / + decode) |",
+        "(8 tokens) | second decode | Numba functions compiled by the end of the first step / "
+        "of the decodes |",
         "|---|---|---|---|---|---|---|",
     ]
     import statistics

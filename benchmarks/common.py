@@ -334,6 +334,21 @@ def header(
         if runs:
             pids = ", ".join(str(r["info"]["pid"]) for r in runs)
             lines.append(f"- {label} (pids {pids}): {describe_worker(runs[0]['info'])}")
+    tuned = sorted(
+        {
+            f"{k}={v}"
+            for runs in results.values()
+            for r in runs
+            for k, v in r["info"]["env"].items()
+            if r["info"]["framework"] == "torch"
+        }
+    )
+    if tuned:  # inherited from whoever started the benchmark: say so where it shows
+        lines += [
+            "",
+            f"**Warning**: torch's processes ran with {', '.join(tuned)} set; "
+            "these are not torch's defaults.",
+        ]
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"

@@ -231,3 +231,24 @@ def test_cpu_isa_names_the_vector_extensions():
     assert re.fullmatch(
         r"(AVX2|AVX-512|AMX)( / (AVX2|AVX-512|AMX))*|no AVX2|unknown", common.cpu_isa()
     )
+
+
+def test_header_warns_when_torch_ran_with_thread_variables():
+    def info(framework, env):
+        return {
+            "pid": 1,
+            "framework": framework,
+            "python": "3",
+            "env": env,
+            "loaded": {"torch": framework == "torch", "npllm": framework != "torch"},
+        }
+
+    results = {
+        "npllm": [{"info": info("npllm", {})}],
+        "torch": [{"info": info("torch", {"OMP_WAIT_POLICY": "passive"})}],
+    }
+    text = common.header(results, (0.5, 0.7), "python benchmarks/x.py")
+    assert "**Warning**: torch's processes ran with OMP_WAIT_POLICY=passive" in text
+    assert "at start 0.50, at end 0.70" in text
+    results["torch"][0]["info"]["env"] = {}
+    assert "Warning" not in common.header(results, (0.5, 0.7), "x")
