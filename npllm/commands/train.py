@@ -1,11 +1,11 @@
 """`npllm train`: train a GPT on a prepared data folder (`--data DIR`) or straight from a
-corpus (`--corpus NAME|FILE`, prepared into RUN/data first). Every field of `GPTConfig`
-and `TrainConfig` is a flag (`--n-layer 2`, `--max-iters 200`); precedence, lowest first:
-the defaults, the preset, then the flags given. `--resume` continues the run's `last`
-checkpoint with its recorded configs, where flags may change training fields such as
-`--max-iters` but not the model. `--init-from RUN` fine-tunes: the model takes RUN's shape
-and weights (its vocabulary grown when the data's tokenizer added special tokens to RUN's,
-as `npllm prepare --tokenizer-from RUN` does), training starts at step 0.
+corpus (`--corpus NAME|FILE`, prepared into RUN/data first; `chat-demo` as conversations).
+Every field of `GPTConfig` and `TrainConfig` is a flag (`--n-layer 2`, `--max-iters 200`);
+precedence, lowest first: the defaults, the preset, then the flags given. `--resume`
+continues the run's `last` checkpoint with its recorded configs, where flags may change
+training fields such as `--max-iters` but not the model. `--init-from RUN` fine-tunes: the
+model takes RUN's shape and weights (its vocabulary grown when the data's tokenizer added
+special tokens to RUN's, as `npllm prepare --tokenizer-from RUN` does), from step 0.
 
 A preset's warmup longer than a tenth of the run is shortened to that tenth, with a note
 (an explicit --warmup-iters is kept as given)."""
@@ -124,6 +124,7 @@ def resolve(args: argparse.Namespace):
     import sys
     from pathlib import Path
 
+    from npllm.chat_data import CHAT_DEMO, prepare_chat
     from npllm.checkpoint import ensure_writable_dir, read_record
     from npllm.data import load_meta, prepare
     from npllm.errors import CheckpointError, ConfigError
@@ -175,7 +176,10 @@ def resolve(args: argparse.Namespace):
             bpe_vocab = model_flags.get("vocab_size") if args.tokenizer == "bpe" else None
             check_run_dir(Path(args.out), resume=False, overwrite=args.overwrite)
             ensure_writable_dir(args.out, "--out")
-            prepare(corpus, data_dir, args.tokenizer, bpe_vocab)
+            if corpus == CHAT_DEMO:
+                prepare_chat(corpus, data_dir, args.tokenizer, bpe_vocab)
+            else:
+                prepare(corpus, data_dir, args.tokenizer, bpe_vocab)
         pm, pt = split_overrides(preset)
         data_vocab = int(load_meta(data_dir)["vocab_size"])
         if args.init_from:

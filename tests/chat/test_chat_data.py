@@ -152,3 +152,13 @@ def test_bad_chat_prepare_input_gives_one_line(tmp_path, capsys, args, match):
     assert cli.main(["prepare", *args, "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and match in err
+
+
+def test_train_straight_from_chat_demo(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--corpus", "chat-demo", "--tokenizer", "bpe", "--vocab-size", "300"]
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "32"]
+    quick = ["--max-iters", "2", "--eval-iters", "1", "--batch-size", "2", "--quiet"]
+    assert cli.main([*args, "--out", str(run), *tiny, *quick]) == 0
+    meta = load_meta(run / "data")
+    assert meta["chat"] and meta["vocab_size"] == 300 and meta["train_conversations"] == 18_000
