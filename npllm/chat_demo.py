@@ -5,7 +5,7 @@ Gull Island with Mara, the keeper, and Biscuit, her cat. It answers about forty 
 (its lamp, the sea, weather, birds, food, small sums, ...), each asked in many wordings:
 a greeting, a phrasing of the question and a closing are drawn independently, so a large
 share of the questions in a validation split never occur in training. A quarter of the
-conversations open with a system message, a third run to two or three exchanges, where
+conversations open with a system message, a third run to two to four exchanges, where
 "tell me more" and "why?" get an answer about the topic just discussed. All text is ours.
 
 `conversations(n, seed)` is deterministic: the same `n` and `seed` give the same list.
