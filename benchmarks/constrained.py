@@ -59,6 +59,17 @@ DECODE_SCHEMA = {
 }
 
 
+NOTE = """What is measured: tokens/s over whole `generate` calls (prefill of one token, 127
+decode steps, sampling); the constrained calls add, per step, one row of the grammar's
+precomputed (states x 4,096) mask table applied as -inf before sampling, and one state
+advance (a binary search among the state's allowed tokens). "mask + advance alone"
+replays the same ids through a fresh guide, without the model. Compile: the schema ->
+NFA -> byte DFA (dead states pruned) -> the walk of the vocabulary's trie that gives
+every state its allowed tokens and next states, and each state's fewest tokens to a
+complete output. Targets: constrained >= 0.8x unconstrained, a 20-property schema
+compiled in <= 1 s over 4,096 tokens."""
+
+
 def compile_schema(n: int) -> dict:
     """n properties of every scalar kind, half of them required."""
     kinds = [
@@ -194,7 +205,13 @@ def report(results: dict, rounds: int) -> str:
             f"| {label} | {stats(comp, key).fmt(digits=3)} | "
             f"{f['states']:,}, {f['edges']:,}, {f['min']} |"
         )
+    r, c20 = tj.median / tf.median, stats(comp, "schema20").median
     lines.append("")
+    lines.append(
+        f"Targets: constrained / unconstrained {r:.2f} (target >= 0.8: "
+        f"{'met' if r >= 0.8 else 'NOT met'}); 20-property schema {c20:.2f} s (target <= 1 s: "
+        f"{'met' if c20 <= 1 else 'NOT met'})."
+    )
     lines.append(
         f"{rounds} rounds; each decode process: 2 warm-up + 5 timed generations; "
         "each compile process: 3 builds of each grammar."
@@ -223,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     load0 = load_average()
     results = alternate(Path(__file__), jobs, args.rounds)
     load1 = load_average()
-    body = header(results, (load0, load1), command_line("constrained.py", argv))
+    body = header(results, (load0, load1), command_line("constrained.py", argv), NOTE)
     body += "\n" + report(results, args.rounds) + "\n"
     print(body)
     if args.write:
