@@ -12,8 +12,12 @@ contents are encoded as ordinary text, so a message that contains the text `<|im
 cannot close a turn. `encode_chat` returns the ids and a mask that is true on the tokens
 the model must learn to produce: each assistant message's content and its closing
 `<|im_end|>` (not the header before it, not the newline after it). Training counts the
-loss on those tokens only (`npllm.data.get_chat_batch`), so the model learns to answer
+loss on those tokens only (`npllm.chat_data.get_chat_batch`), so the model learns to answer
 and to stop, not to imitate its users.
+
+`ChatSession` holds a conversation with a model for `npllm chat` (history, context-window
+trimming, streamed replies); `stop_rate` measures how often greedy replies end with
+`<|im_end|>` (`npllm chat --eval`).
 """
 
 from __future__ import annotations
