@@ -34,12 +34,13 @@ DEFAULT_DEMO_SIZE = 20_000
 Conversation = list[dict[str, str]]
 
 
-def read_conversations(path: str | os.PathLike) -> list[Conversation]:
-    """The conversations of a JSONL file, or a DataError naming the first bad line."""
+def read_conversations(path: str | os.PathLike) -> tuple[list[Conversation], list[int]]:
+    """The conversations of a JSONL file and their line numbers, or a DataError naming
+    the first bad line."""
     from npllm.data import read_text_file
 
     text = read_text_file(path)
-    convs = []
+    convs, lines = [], []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -51,6 +52,7 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
             if not isinstance(record, dict) or "messages" not in record:
                 raise DataError('expected an object with a "messages" list')
             convs.append(check_messages(record["messages"]))
+            lines.append(n)
         except DataError as e:
             raise DataError(
                 f'{path}, line {n}: {e}; each line must be {{"messages": [{{"role": '
@@ -58,20 +60,25 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
             ) from None
     if not convs:
         raise DataError(f"{path} holds no conversations; write one JSON object per line")
-    return convs
+    return convs, lines
 
 
-def load_conversations(corpus: str, size: int | None, seed: int) -> list[Conversation]:
+def load_conversations(
+    corpus: str, size: int | None, seed: int
+) -> tuple[list[Conversation], list[str]]:
+    """The conversations of `corpus` (chat-demo or a JSONL file), each with where it is
+    from for error messages."""
     if corpus == CHAT_DEMO:
         from npllm.chat_demo import conversations
 
         n = DEFAULT_DEMO_SIZE if size is None else size
         if n < 2:
             raise ConfigError(f"--size must be at least 2 conversations, got {n}")
-        return conversations(n, seed)
+        return conversations(n, seed), [f"{CHAT_DEMO} conversation {k + 1}" for k in range(n)]
     if size is not None:
         raise ConfigError(f"--size applies to --corpus {CHAT_DEMO} only; drop it")
-    return read_conversations(corpus)
+    convs, lines = read_conversations(corpus)
+    return convs, [f"{corpus}, line {n}" for n in lines]
 
 
 def chat_tokenizer(
@@ -116,7 +123,7 @@ def tokenizer_of(source: str | os.PathLike) -> Tokenizer:
     )
 
 
-def _pack(tok: Tokenizer, convs: list[Conversation], where: list[int]) -> tuple[np.ndarray, ...]:
+def _pack(tok: Tokenizer, convs: list[Conversation], where: list[str]) -> tuple[np.ndarray, ...]:
     """(tokens, mask, starts) of the conversations, one after another."""
     from npllm.data import token_dtype
 
@@ -128,7 +135,7 @@ def _pack(tok: Tokenizer, convs: list[Conversation], where: list[int]) -> tuple[
         try:
             i, m = encode_chat(tok, c)
         except DataError as e:
-            raise DataError(f"conversation {line}: {e}") from None
+            raise DataError(f"{line}: {e}") from None
         ids += i
         mask += m
     return (
@@ -154,7 +161,7 @@ def prepare_chat(
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     out = ensure_writable_dir(out, "--out")
-    convs = load_conversations(corpus, size, seed)
+    convs, where = load_conversations(corpus, size, seed)
     if len(convs) < 2:
         raise DataError(
             f"{corpus} holds {len(convs)} conversation; a train/val split needs at least two"
@@ -172,7 +179,7 @@ def prepare_chat(
         "seed": seed,
     }
     for name, rows in split.items():
-        tokens, mask, starts = _pack(tok, [convs[i] for i in rows], [i + 1 for i in rows])
+        tokens, mask, starts = _pack(tok, [convs[i] for i in rows], [where[i] for i in rows])
         meta["dtype"] = tokens.dtype.name
         meta[f"{name}_conversations"] = len(rows)
         meta[f"{name}_tokens"] = len(tokens)

@@ -162,3 +162,16 @@ def test_train_straight_from_chat_demo(tmp_path, capsys):
     assert cli.main([*args, "--out", str(run), *tiny, *quick]) == 0
     meta = load_meta(run / "data")
     assert meta["chat"] and meta["vocab_size"] == 300 and meta["train_conversations"] == 18_000
+
+
+def test_text_that_a_reused_tokenizer_cannot_encode_names_its_line(tmp_path, capsys):
+    base = tmp_path / "base"
+    prepare_chat(str(write_jsonl(tmp_path / "a.jsonl", [conv(k) for k in range(5)])), base)
+    src = tmp_path / "b.jsonl"
+    src.write_text(
+        json.dumps({"messages": conv(1)}) + "\n\n" + json.dumps({"messages": conv("Ω")}) + "\n"
+    )
+    args = ["prepare", "--corpus", str(src), "--chat", "--tokenizer-from", str(base)]
+    assert cli.main([*args, "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert f"{src}, line 3: characters not in the tokenizer's alphabet: 'Ω'" in err
