@@ -500,3 +500,59 @@ def same_topic(reply: str, reference: str) -> bool | None:
     topics = _answer_topics()
     want = topics.get(reference)
     return None if want is None else topics.get(reply) == want
+
+
+# One question per topic in a wording chat-demo never generates (checked by a test):
+# `npllm chat --eval` asks them too, to show how far past its templates a model goes.
+PARAPHRASES: list[tuple[str, str]] = [
+    ("name", "What's your name?"),
+    ("age", "How many years old are you?"),
+    ("home", "Where do you stay?"),
+    ("island", "Describe Gull Island for me."),
+    ("job", "What is your work?"),
+    ("lamp", "How does your light work?"),
+    ("sea", "What do you think of the sea?"),
+    ("waves", "What makes the waves?"),
+    ("fog", "What do you do in the fog?"),
+    ("storms", "Do storms frighten you?"),
+    ("rain", "Is it rainy on the island?"),
+    ("wind", "How windy is it where you live?"),
+    ("weather", "How's the weather?"),
+    ("sun", "What time does the sun come up?"),
+    ("moon", "Why does the moon change its shape?"),
+    ("stars", "Are there many stars at night?"),
+    ("tides", "What is a tide?"),
+    ("night", "How do you spend your nights?"),
+    ("morning", "What is your morning like?"),
+    ("seasons", "Which season do you like best?"),
+    ("gulls", "Do gulls live on your island?"),
+    ("fish", "What kind of fish are there?"),
+    ("boats", "Do boats pass by the lighthouse?"),
+    ("food", "What is your favourite food?"),
+    ("sleep", "When do you go to sleep?"),
+    ("mara", "Who is the keeper?"),
+    ("cat", "Do you have a cat?"),
+    ("friends", "Who is your best friend?"),
+    ("music", "Do you sing songs?"),
+    ("colour", "Which colour do you like best?"),
+    ("robot", "Are you a machine?"),
+    ("books", "Do you like to read?"),
+    ("games", "What games do you play?"),
+    ("joke", "Tell me something funny."),
+    ("happy", "How are you feeling today?"),
+    ("sad", "I feel sad today."),
+    ("maths", "Are you good at counting?"),
+    ("beach", "Do you swim in the sea?"),
+    ("shells", "Do you find shells on the beach?"),
+    ("garden", "What grows in your garden?"),
+    ("mainland", "Have you ever left Gull Island?"),
+    ("help", "What can you help me with?"),
+]
+
+
+def topic_answers(topic: str) -> set[str]:
+    """Every reply chat-demo gives on `topic` (its answers and its follow-up)."""
+    for name, _, answers, more in TOPICS:
+        if name == topic:
+            return {*answers, more}
+    raise KeyError(topic)

@@ -214,8 +214,10 @@ def evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from npllm.chat import stop_rate
-    from npllm.chat_demo import same_topic
+    from npllm.chat_data import CHAT_DEMO
+    from npllm.chat_demo import PARAPHRASES, same_topic, topic_answers
     from npllm.commands.sample import load_model
+    from npllm.data import load_meta
     from npllm.errors import ConfigError, DataError
 
     if args.eval_n < 1:
@@ -248,4 +250,22 @@ def evaluate(args: argparse.Namespace) -> int:
         )
         + f"; mean reply {mean_len:.1f} tokens"
     )
+    if load_meta(args.eval).get("corpus") == CHAT_DEMO:
+        para = stop_rate(
+            model,
+            tokenizer,
+            [[{"role": "user", "content": q}] for _, q in PARAPHRASES],
+            args.max_new_tokens,
+        )
+        on_topic = [r["reply"] in topic_answers(t) for (t, _), r in zip(PARAPHRASES, para["rows"])]
+        missed = [
+            f"{q!r} -> {r['reply']!r}"
+            for (_, q), r, ok in zip(PARAPHRASES, para["rows"], on_topic)
+            if not ok
+        ]
+        print(
+            f"{para['n']} questions worded as chat-demo never words them: {para['stopped']} "
+            f"ended with <|im_end|>, {sum(on_topic)} got a reply of their topic"
+            + (f"; off topic: {'; '.join(missed)}" if missed else "")
+        )
     return 0

@@ -175,3 +175,14 @@ def test_text_that_a_reused_tokenizer_cannot_encode_names_its_line(tmp_path, cap
     assert cli.main([*args, "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert f"{src}, line 3: characters not in the tokenizer's alphabet: 'Ω'" in err
+
+
+def test_paraphrases_cover_every_topic_in_wordings_chat_demo_never_makes():
+    from npllm.chat_demo import PARAPHRASES, topic_answers
+
+    assert sorted(t for t, _ in PARAPHRASES) == sorted(t[0] for t in TOPICS)
+    generated = {q for _, qs, _, _ in TOPICS for q in qs}
+    users = {m["content"] for c in conversations(3000, seed=0) for m in c if m["role"] == "user"}
+    for topic, q in PARAPHRASES:
+        assert q.lower().rstrip("?.!") not in generated and q not in users
+        assert topic_answers(topic)
