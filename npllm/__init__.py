@@ -3,17 +3,10 @@
 Start with `npllm.autograd` (the engine), then `npllm.functional`, `npllm.layers` and
 `npllm.gpt`. The architecture is described in docs/DESIGN.md of the project.
 
-Thread pools: OpenBLAS (numpy's matmuls) and Numba's OpenMP pool spin-wait after each
-call and then fight for the 2 cores when calls alternate (PERF_NOTES measured 1.6-3x
-slowdowns). npllm sets `OPENBLAS_THREAD_TIMEOUT=4` and `OMP_WAIT_POLICY=passive` (unless
-already set) below; they only take effect when npllm is imported before numpy/numba are
-loaded, because both read them once at load. Set them in the environment to be sure.
+Threads: npllm runs all its parallel work, matmuls included, on Numba's one thread pool
+(npllm/kernels/blas.py says how), and changes no environment variable, so neither the
+order of imports nor the other libraries in the process change its speed or theirs.
 """
-
-import os as _os
-
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-_os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 from npllm.autograd import Tensor, concatenate, gradcheck, no_grad, split
 from npllm.errors import NpllmError

@@ -25,6 +25,7 @@ mutable state in npllm.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 from collections.abc import Callable
@@ -54,6 +55,35 @@ def _drop_stale_cache() -> None:
 
 
 _drop_stale_cache()
+
+
+def _keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+
+    A training step allocates and frees the same large arrays every time. By default glibc
+    serves arrays past its mmap threshold with fresh mappings and trims the heap's free
+    top back to the OS, so each step maps, page-faults and unmaps its activations again:
+    about a quarter of a cpu-small step on the Xeon (PERF_NOTES). With the thresholds
+    raised, the second step reuses the first step's memory. The price is that up to
+    `_TRIM` bytes of freed memory stay in the process. Applied once, only under glibc,
+    and never when the user set any MALLOC_* variable or NPLLM_MALLOC=default."""
+    if os.environ.get("NPLLM_MALLOC", "").strip().lower() == "default":
+        return
+    if any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018  (glibc only)
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, _MMAP)
+    libc.mallopt(m_trim_threshold, _TRIM)
+
+
+_MMAP = 32 << 20  # glibc's largest allowed mmap threshold on 64-bit
+_TRIM = 512 << 20
+_keep_freed_memory()
 
 from npllm.errors import ConfigError  # noqa: E402
 from npllm.kernels import (  # noqa: E402
@@ -91,13 +121,10 @@ _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
     for name in mod.KERNELS
 }
 
-# The faster backend per kernel on this machine, as measured by `npllm bench kernels`
-# (benchmarks/RESULTS.md, "Kernels"): Numba for every kernel but these. Kernels not
-# listed default to "numba".
-DEFAULTS: dict[str, str] = {
-    "linear_forward": "numpy",  # BLAS; the blocked Numba GEMM reached 0.6-0.9x of it
-    "linear_backward": "numpy",
-}
+# The faster backend per kernel, as measured by `npllm bench kernels` (benchmarks/RESULTS.md,
+# "Kernels"): Numba for every kernel but those listed here (none at present; the linear
+# layer's Numba version is BLAS run inside Numba's pool, see blas.py).
+DEFAULTS: dict[str, str] = {}
 
 _mode: str = "auto"
 _active: dict[str, Callable[..., Any]] = {}

@@ -1,18 +1,21 @@
 """The linear layer's matmuls, forward and backward (llm.c's matmul_forward/backward),
 and a tiled, parallel Numba GEMM kept for study and benchmarks.
 
+The Numba backend (the default) runs BLAS inside Numba's thread pool (`blas.gemm`: a
+private single-threaded OpenBLAS per prange task), so matmuls and the fused kernels share
+one pool; the reference is NumPy's `@`.
+
     linear_forward(x, w, b) -> out          x (N, in), w (out, in), b (out,) or None
                                             out = x @ w.T + b
     linear_backward(dout, x, w, need_dx=True, need_dw=True, need_db=True) -> (dx, dw, db)
                                             dx = dout @ w, dw = dout.T @ x, db = sum_N dout
     gemm_numba(a, b) -> a @ b               the tiled kernel itself, (M, K) @ (K, N)
 
-The NumPy reference is BLAS (`@` on 2-D arrays, transposes passed as flags; the weight
-gradient oriented to dodge an OpenBLAS threading stall, see `_weight_grad`) and is the
-default: PERF_NOTES measured OpenBLAS at 4-8x a
-hand-written Numba matmul, and `benchmarks/kernels.py` re-measures the ratio here. The
-Numba kernel computes A @ B as A times (B^T)-transposed, register-blocked (see
-`_gemm_nt`); the forward's w is already (out, in), so its B^T is w itself, uncopied.
+The NumPy reference is NumPy's BLAS (`@` on 2-D arrays, transposes passed as flags; the
+weight gradient oriented to dodge an OpenBLAS threading stall, see `_weight_grad`).
+OpenBLAS runs at 4-8x the hand-written tiled kernel (PERF_NOTES), which
+`benchmarks/kernels.py` re-measures. The tiled kernel computes A @ B as A times
+(B^T)-transposed, register-blocked (see `_gemm_nt`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from numba import prange
 
 from npllm.kernels._jit import jit
+from npllm.kernels.blas import gemm
 
 KERNELS = ("linear_forward", "linear_backward")
 
@@ -129,15 +133,17 @@ def gemm_numba(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def linear_forward_numba(x, w, b):
-    out = gemm_numba(x, w.T)
-    if b is not None:
-        out += b
-    return out
+    # out = x @ w.T + b: the bias is written first and the GEMM adds onto it (beta = 1)
+    if b is None:
+        return gemm(x, w, trans_b=True)
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.result_type(x, w))
+    out[...] = b
+    return gemm(x, w, trans_b=True, out=out, beta=1.0)
 
 
 def linear_backward_numba(dout, x, w, need_dx=True, need_dw=True, need_db=True):
     # out = x @ w.T + b
-    dx = gemm_numba(dout, w) if need_dx else None
-    dw = gemm_numba(dout.T, x) if need_dw else None
+    dx = gemm(dout, w) if need_dx else None  # (N, out) @ (out, in)
+    dw = gemm(dout, x, trans_a=True) if need_dw else None  # (N, out)^T @ (N, in)
     db = dout.sum(axis=0) if need_db else None
     return dx, dw, db

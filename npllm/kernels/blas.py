@@ -1,0 +1,186 @@
+"""GEMM on one thread pool: a private, single-threaded OpenBLAS called from inside Numba's
+parallel loops.
+
+    gemm(a, b, trans_a=False, trans_b=False, out=None, beta=0.0) -> out
+        out = op(a) @ op(b) + beta * out, op(x) = x.T when trans_x; 2-D, float32 or float64
+
+Why not NumPy's `@`: NumPy's OpenBLAS runs its own pthread pool, and Numba runs an OpenMP
+pool. On a 2-core machine the idle workers of one pool spin while the other pool needs
+the cores, so every switch between a matmul and a fused kernel cost 1.6-3x
+(PERF_NOTES). The old cure, `OMP_WAIT_POLICY=passive` in the environment, only worked when
+npllm was imported before torch or numba, made every Numba launch wake a sleeping thread,
+and slowed PyTorch too when it shared the process.
+
+So npllm owns its BLAS: the `scipy-openblas32` wheel (the OpenBLAS build NumPy and SciPy
+are made with) is loaded here as a private copy, with its own thread count set to one,
+and nothing else in the process uses it. `gemm` splits the rows of the output into
+chunks and runs one single-threaded `cblas_?gemm` per chunk in a `prange`, so matmuls and
+fused kernels share Numba's pool and there is never a second pool to fight with. NumPy's
+own BLAS, and every other library, keep their settings untouched.
+
+The BLAS entry points reach Numba as external symbols (`llvmlite.binding.add_symbol`), so
+the compiled kernels refer to them by name and stay cacheable on disk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib.util
+import os
+
+import numpy as np
+from llvmlite import binding as llvm
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from npllm.kernels._jit import jit
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+def _load_private_openblas() -> ctypes.CDLL:
+    spec = importlib.util.find_spec("scipy_openblas32")
+    libs = glob.glob(os.path.join(spec.submodule_search_locations[0], "lib", "*openblas*.so*"))
+    libs += glob.glob(os.path.join(spec.submodule_search_locations[0], "lib", "*openblas*.dylib"))
+    # OpenBLAS reads OPENBLAS_NUM_THREADS once, when it is loaded: set it to one for this
+    # load only, so that this copy never starts worker threads, then restore it for others.
+    before = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        lib = ctypes.CDLL(sorted(libs)[0])
+    finally:
+        if before is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = before
+    lib.scipy_openblas_set_num_threads(1)
+    return lib
+
+
+_LIB = _load_private_openblas()
+_LIB.scipy_openblas_get_config.restype = ctypes.c_char_p
+
+
+def config() -> str:
+    """The private OpenBLAS's build string, e.g. 'OpenBLAS 0.3.34 DYNAMIC_ARCH ... SkylakeX'."""
+    return _LIB.scipy_openblas_get_config().decode()
+
+
+def corename() -> str:
+    """The kernel family OpenBLAS picked for this CPU (Haswell, SkylakeX, Zen, ...)."""
+    _LIB.scipy_openblas_get_corename.restype = ctypes.c_char_p
+    return _LIB.scipy_openblas_get_corename().decode()
+
+
+for _c in "sd":
+    _fn = getattr(_LIB, f"scipy_cblas_{_c}gemm")
+    llvm.add_symbol(f"npllm_cblas_{_c}gemm", ctypes.cast(_fn, ctypes.c_void_p).value)
+
+
+def _cblas_gemm_type(real):
+    i = types.int32
+    p = types.voidptr
+    return types.void(i, i, i, i, i, i, real, p, i, p, i, real, p, i)
+
+
+_sgemm = types.ExternalFunction("npllm_cblas_sgemm", _cblas_gemm_type(types.float32))
+_dgemm = types.ExternalFunction("npllm_cblas_dgemm", _cblas_gemm_type(types.float64))
+
+
+@intrinsic
+def _ptr(typingctx, arr, offset):
+    """`&arr.flat[offset]` as a void pointer (arr C-contiguous)."""
+    sig = types.voidptr(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.bitcast(builder.gep(ary.data, [args[1]]), cgutils.voidptr_t)
+
+    return sig, codegen
+
+
+def _gemm_call(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
+    """One single-threaded cblas_?gemm on sub-blocks given by flat offsets (Numba only)."""
+    raise NotImplementedError
+
+
+@overload(_gemm_call, inline="always")
+def _gemm_call_impl(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
+    real = c.dtype
+    fn = _sgemm if real == types.float32 else _dgemm if real == types.float64 else None
+    if fn is None:
+        return None
+
+    def impl(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
+        i = np.int32
+        fn(
+            i(_ROW_MAJOR), i(ta), i(tb), i(m), i(n), i(k), real(1.0),
+            _ptr(a, a_off), i(lda), _ptr(b, b_off), i(ldb), real(beta), _ptr(c, c_off), i(ldc),
+        )  # fmt: skip
+
+    return impl
+
+
+@jit(parallel=True)
+def _gemm_rows(trans_a, trans_b, a, b, c, beta, chunks):
+    """c = op(a) @ op(b) + beta * c with the rows of c split into `chunks` prange tasks,
+    each one single-threaded BLAS call on its own block of rows."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    lda, ldb = a.shape[1], b.shape[1]
+    ta = _TRANS if trans_a else _NO_TRANS
+    tb = _TRANS if trans_b else _NO_TRANS
+    step = (m + chunks - 1) // chunks
+    for t in prange(chunks):
+        lo = t * step
+        rows = min(m, lo + step) - lo
+        if rows > 0:
+            # rows lo.. of op(a): rows of a, or columns of a when it is transposed
+            a_off = lo if trans_a else lo * lda
+            _gemm_call(ta, tb, rows, n, k, a, a_off, lda, b, 0, ldb, beta, c, lo * n, n)
+
+
+# Below this many multiply-adds one call does the whole product: splitting it would cost
+# more in the second thread's start than it saves.
+_SPLIT_MIN = 1 << 18
+
+
+def gemm(
+    a: np.ndarray,
+    b: np.ndarray,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    out: np.ndarray | None = None,
+    beta: float = 0.0,
+) -> np.ndarray:
+    """op(a) @ op(b) (+ beta * out), 2-D float32/float64, on Numba's pool (see module doc).
+    Other dtypes go to NumPy."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    k = a.shape[0] if trans_a else a.shape[1]
+    n = b.shape[0] if trans_b else b.shape[1]
+    dt = np.result_type(a, b)
+    if out is None:
+        out = np.empty((m, n), dtype=dt)
+        beta = 0.0
+    if dt not in (np.float32, np.float64) or out.dtype != dt or not out.flags.c_contiguous:
+        res = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        out[...] = res + beta * out if beta else res
+        return out
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        out *= beta
+        return out
+    a = np.ascontiguousarray(a, dtype=dt)
+    b = np.ascontiguousarray(b, dtype=dt)
+    chunks = 1 if m * n * k < _SPLIT_MIN or m < 2 else 2 * _num_threads()
+    _gemm_rows(trans_a, trans_b, a, b, out, beta, min(chunks, m))
+    return out
+
+
+def _num_threads() -> int:
+    from numba import get_num_threads
+
+    return get_num_threads()

@@ -1,0 +1,84 @@
+"""`blas.gemm`: the private single-threaded OpenBLAS run inside Numba's pool, against
+NumPy's matmul in every orientation, with and without accumulation into `out`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npllm.kernels import blas
+
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(1, 90),
+    k=st.integers(0, 70),
+    n=st.integers(1, 90),
+    trans_a=st.booleans(),
+    trans_b=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    beta=st.sampled_from([0.0, 1.0, 0.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_gemm_matches_numpy(m, k, n, trans_a, trans_b, dtype, beta, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    stored_a = np.ascontiguousarray(a.T) if trans_a else a
+    stored_b = np.ascontiguousarray(b.T) if trans_b else b
+    out = c0.copy()
+    got = blas.gemm(stored_a, stored_b, trans_a, trans_b, out=out, beta=beta)
+    assert got is out and got.dtype == dtype
+    scale = max(1.0, np.sqrt(k))
+    np.testing.assert_allclose(got, a.astype(np.float64) @ b + beta * c0, **{
+        "rtol": TOL[dtype]["rtol"], "atol": TOL[dtype]["atol"] * scale})  # fmt: skip
+    fresh = blas.gemm(stored_a, stored_b, trans_a, trans_b)
+    np.testing.assert_allclose(fresh, a.astype(np.float64) @ b, rtol=TOL[dtype]["rtol"],
+                               atol=TOL[dtype]["atol"] * scale)  # fmt: skip
+
+
+def test_large_product_is_split_across_threads_and_still_exact():
+    # big enough that gemm splits the rows into several prange tasks
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((301, 257)), rng.standard_normal((257, 129))
+    assert a.shape[0] * b.shape[1] * a.shape[1] >= blas._SPLIT_MIN
+    np.testing.assert_allclose(blas.gemm(a, b), a @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_non_contiguous_inputs_and_other_dtypes():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((40, 60)).astype(np.float32)[:, ::2]  # a strided view
+    b = rng.standard_normal((30, 20)).astype(np.float32)
+    np.testing.assert_allclose(blas.gemm(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    ai, bi = np.arange(6).reshape(2, 3), np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(blas.gemm(ai, bi), ai @ bi)  # NumPy's path, exact
+
+
+def test_private_blas_is_single_threaded_and_npllm_changes_nothing_process_wide():
+    assert blas._LIB.scipy_openblas_get_num_threads() == 1
+    assert "OpenBLAS" in blas.config()
+    # In a fresh process: importing npllm and running a kernel leaves the environment and
+    # NumPy's own BLAS thread count as they were.
+    code = (
+        "import os, numpy, threadpoolctl\n"
+        "env, pools = dict(os.environ), threadpoolctl.threadpool_info()\n"
+        "import npllm, npllm.kernels as K\n"
+        "K.linear_forward(numpy.ones((64, 64), 'f4'), numpy.ones((64, 64), 'f4'), None)\n"
+        "after = [i for i in threadpoolctl.threadpool_info() if i['filepath'] in "
+        "{p['filepath'] for p in pools}]\n"
+        "assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())\n"
+        "assert [i['num_threads'] for i in after] == [p['num_threads'] for p in pools]\n"
+        "print('ok', len(pools))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "OPENBLAS_"))}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[0] == "ok" and int(run.stdout.split()[1]) >= 1
