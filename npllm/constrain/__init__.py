@@ -14,7 +14,6 @@ with each sampled token. Build a `Grammar` once and pass it as `grammar=` to reu
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from npllm.constrain.automaton import DFA, regex_dfa
@@ -109,9 +108,4 @@ def compile_grammar(
         return json_grammar(GRAMMAR_NAMES[grammar], tokenizer, vocab_size)
     if regex is not None:
         return regex_grammar(regex, tokenizer, vocab_size)
-    if isinstance(json_schema, str):
-        try:
-            json_schema = json.loads(json_schema)
-        except json.JSONDecodeError as e:
-            raise GrammarError(f"the JSON schema is not valid JSON: {e}") from None
     return schema_grammar(json_schema, tokenizer, vocab_size)

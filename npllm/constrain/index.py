@@ -98,9 +98,8 @@ class Grammar:
         order = np.lexsort((tok, src))
         self.edge_tok, self.edge_dst = tok[order], dst[order]  # (E,), sorted by (state, token)
         S = dfa.n_states
-        self.edge_start = np.searchsorted(
-            src[order], np.arange(S + 1)
-        )  # state s: [start[s], start[s+1])
+        # the edges of state s are [edge_start[s], edge_start[s + 1])
+        self.edge_start = np.searchsorted(src[order], np.arange(S + 1))
         self.dist = dist  # (S,) tokens to acceptance; -1 for states no token path finishes
         self.masks = np.zeros((S, V), bool)
         self.masks[src, tok] = True
