@@ -200,6 +200,8 @@ DEFAULT_PRESET = "cpu-small"
 def scaled_warmup(values: dict[str, Any]) -> int | None:
     """A preset's warmup shortened to a tenth of the decay steps when it is longer
     (so `--max-iters 20` trains), or None when it fits as it is."""
+    if values.get("decay_lr") is False:
+        return None  # a constant learning rate has no warmup
     decay = values.get("lr_decay_iters") or values.get("max_iters", 0)
     warmup = values.get("warmup_iters", 0)
     return decay // 10 if warmup > decay // 10 else None

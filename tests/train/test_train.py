@@ -68,3 +68,12 @@ def test_validation_names_the_flag(field, value):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset 'x'"):
         preset_values("x")
+
+
+def test_scaled_warmup_shortens_only_a_warmup_longer_than_a_tenth_of_the_decay():
+    from npllm.train import scaled_warmup
+
+    assert scaled_warmup({"max_iters": 20, "warmup_iters": 100}) == 2
+    assert scaled_warmup({"max_iters": 2000, "warmup_iters": 100}) is None
+    assert scaled_warmup({"max_iters": 500, "lr_decay_iters": 300, "warmup_iters": 100}) == 30
+    assert scaled_warmup({"max_iters": 20, "warmup_iters": 100, "decay_lr": False}) is None
