@@ -184,3 +184,16 @@ def test_end_specials_only_where_the_output_is_complete(bpe):
         row = [int(i) for i in row if i >= 0]
         assert row[-1] in (end, eot) and not set(row[:-1]) & {start, end, eot}
         judge_schema(schema, [token_bytes(tok, row[:-1]).decode()])
+
+
+def test_grammar_argument_forms(bpe, bpe_model):
+    """grammar="json_object" builds any-object mode from the tokenizer; a built Grammar
+    is reused as is across calls."""
+    ids, reason = generate(bpe_model, [0], 40, grammar="json_object", tokenizer=bpe, seed=1)
+    assert isinstance(json.loads(token_bytes(bpe, ids.tolist()).decode()), dict)
+    g = regex_grammar(r"(yes|no)!", bpe)
+    for seed in range(3):
+        ids, reason = generate(bpe_model, [0], 10, grammar=g, seed=seed)
+        assert reason == "stop" and bpe.decode(ids.tolist()) in ("yes!", "no!")
+    with pytest.raises(GrammarError, match="'json_object' or 'json'"):
+        generate(bpe_model, [0], 10, grammar="yaml", tokenizer=bpe)
