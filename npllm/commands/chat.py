@@ -26,6 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("best", "last"),
         help="which checkpoint of the run (default best)",
     )
+    p.add_argument(
+        "--quantized",
+        action="store_true",
+        help="use the run's int8 checkpoint written by `npllm quantize`",
+    )
     p.add_argument("--system", default=None, metavar="TEXT", help="a system message")
     p.add_argument(
         "--prompt",
@@ -105,6 +110,13 @@ def _sampling(args: argparse.Namespace) -> dict:
     )
 
 
+def _load(args: argparse.Namespace):
+    """(model or int8 `Decoder`, tokenizer) of the run, as `npllm sample` loads them."""
+    from npllm.commands.sample import load_model, load_quantized
+
+    return load_quantized(args.run) if args.quantized else load_model(args.run, args.checkpoint)
+
+
 def _say(session, text: str, out, err) -> None:
     """Stream one reply; Ctrl-C stops it (the part said stays in the history)."""
     gen = session.reply(text)
@@ -175,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from npllm.chat import ChatSession
-    from npllm.commands.sample import load_model, read_json_schema
+    from npllm.commands.sample import read_json_schema
     from npllm.constrain import compile_grammar
     from npllm.errors import ConfigError
 
@@ -184,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         if args.prompt is not None:
             raise ConfigError("pass --prompt or --eval, not both")
         return evaluate(args)
-    model, tokenizer = load_model(args.run, args.checkpoint)
+    model, tokenizer = _load(args)
     grammar = compile_grammar(  # built once, for every reply
         regex=args.regex,
         json_schema=read_json_schema(args.json_schema),
@@ -216,7 +228,6 @@ def evaluate(args: argparse.Namespace) -> int:
     from npllm.chat import stop_rate
     from npllm.chat_data import CHAT_DEMO
     from npllm.chat_demo import PARAPHRASES, same_topic, topic_answers
-    from npllm.commands.sample import load_model
     from npllm.data import load_meta
     from npllm.errors import ConfigError, DataError
 
@@ -229,7 +240,7 @@ def evaluate(args: argparse.Namespace) -> int:
     records.sort(key=lambda r: not r.get("unseen", False))  # stable: unseen ones first
     chosen = records[: args.eval_n]
     unseen = sum(bool(r.get("unseen")) for r in chosen)
-    model, tokenizer = load_model(args.run, args.checkpoint)
+    model, tokenizer = _load(args)
     result = stop_rate(model, tokenizer, [r["messages"] for r in chosen], args.max_new_tokens)
     rows = result["rows"]
     same = sum(r["reply"] == r["reference"] for r in rows)

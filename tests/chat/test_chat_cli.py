@@ -180,3 +180,17 @@ def test_bad_chat_input_is_one_line(chat_run, data_dir, tmp_path, capsys, args, 
     rc = cli.main(["chat", *[a.format(**fill) for a in args]])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and match in err, err
+
+
+def test_quantized_chat_uses_the_int8_checkpoint(chat_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(chat_run / "run", run)
+    ask = ["chat", "--run", str(run), "--quantized", "--prompt", "hi", "--greedy"]
+    assert cli.main([*ask, "--max-new-tokens", "5"]) == 2
+    assert "npllm quantize" in capsys.readouterr().err
+    assert cli.main(["quantize", str(run)]) == 0
+    capsys.readouterr()
+    assert cli.main([*ask, "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.endswith("\n")
