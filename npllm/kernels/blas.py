@@ -37,7 +37,7 @@ from numba.extending import intrinsic, overload
 
 from npllm.kernels._jit import jit
 
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 
 def _load_private_openblas() -> ctypes.CDLL:
@@ -101,22 +101,25 @@ def _ptr(typingctx, arr, offset):
     return sig, codegen
 
 
-def _gemm_call(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
-    """One single-threaded cblas_?gemm on sub-blocks given by flat offsets (Numba only)."""
-    raise NotImplementedError
+def gemm_block(ta, tb, m, n, k, alpha, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
+    """Inside a Numba kernel: one single-threaded cblas_?gemm, C = alpha op(A) op(B) + beta C,
+    on the row-major blocks that start at flat offsets `a_off`, `b_off`, `c_off` of the
+    C-contiguous arrays a, b, c; ta/tb are TRANS or NO_TRANS. For kernels that run many
+    small products in their own prange (attention: two or four per head)."""
+    raise NotImplementedError("gemm_block is callable from Numba kernels only")
 
 
-@overload(_gemm_call, inline="always")
-def _gemm_call_impl(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
+@overload(gemm_block, inline="always")
+def _gemm_block_impl(ta, tb, m, n, k, alpha, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
     real = c.dtype
     fn = _sgemm if real == types.float32 else _dgemm if real == types.float64 else None
     if fn is None:
         return None
 
-    def impl(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
+    def impl(ta, tb, m, n, k, alpha, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
         i = np.int32
         fn(
-            i(_ROW_MAJOR), i(ta), i(tb), i(m), i(n), i(k), real(1.0),
+            i(_ROW_MAJOR), i(ta), i(tb), i(m), i(n), i(k), real(alpha),
             _ptr(a, a_off), i(lda), _ptr(b, b_off), i(ldb), real(beta), _ptr(c, c_off), i(ldc),
         )  # fmt: skip
 
@@ -130,8 +133,8 @@ def _gemm_rows(trans_a, trans_b, a, b, c, beta, chunks):
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     lda, ldb = a.shape[1], b.shape[1]
-    ta = _TRANS if trans_a else _NO_TRANS
-    tb = _TRANS if trans_b else _NO_TRANS
+    ta = TRANS if trans_a else NO_TRANS
+    tb = TRANS if trans_b else NO_TRANS
     step = (m + chunks - 1) // chunks
     for t in prange(chunks):
         lo = t * step
@@ -139,7 +142,7 @@ def _gemm_rows(trans_a, trans_b, a, b, c, beta, chunks):
         if rows > 0:
             # rows lo.. of op(a): rows of a, or columns of a when it is transposed
             a_off = lo if trans_a else lo * lda
-            _gemm_call(ta, tb, rows, n, k, a, a_off, lda, b, 0, ldb, beta, c, lo * n, n)
+            gemm_block(ta, tb, rows, n, k, 1.0, a, a_off, lda, b, 0, ldb, beta, c, lo * n, n)
 
 
 # Below this many multiply-adds one call does the whole product: splitting it would cost

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from npllm.kernels._jit import fexp, jit, n_chunks
+from npllm.kernels._jit import fexp, fmax, jit, n_chunks
 
 KERNELS = ("cross_entropy_forward", "cross_entropy_backward")
 
@@ -59,7 +59,7 @@ def _ce_fwd(logits, targets, ignore_index, lse, losses, lo, hi):
     for i in range(lo, hi):
         mx = logits[i, 0]
         for j in range(v):
-            mx = max(mx, logits[i, j])
+            mx = fmax(mx, logits[i, j])
         s = t(0)
         for j in range(v):
             s += fexp(logits[i, j] - mx)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from npllm.kernels._jit import fexp, jit, n_chunks
+from npllm.kernels._jit import fexp, fmax, jit, n_chunks
 
 KERNELS = ("softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward")
 
@@ -54,7 +54,7 @@ def _softmax_rows(x, out, log, lo, hi):
     for i in range(lo, hi):
         mx = x[i, 0]
         for j in range(m):
-            mx = max(mx, x[i, j])
+            mx = fmax(mx, x[i, j])
         s = t(0)
         for j in range(m):
             e = fexp(x[i, j] - mx)
