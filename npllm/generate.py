@@ -1,15 +1,17 @@
 """Text generation: a KV-cache decoder on plain arrays, `generate` and `stream`.
 
-`Decoder` runs GPT's forward for inference only: it reads the model's parameter arrays
-(by their nanoGPT state-dict names) and builds no autograd graph. Prompts (prefill) and
-recomputation run as NumPy array code, BLAS doing the matmuls; a decode step (one new
-token per row) runs as one fused Numba call per block (`npllm.decode`), because at batch 1
+`Decoder` runs GPT's forward for inference only: it reads the per-block records that the
+model description (`npllm.arch`) gathers from the model's parameter arrays, and builds no
+autograd graph. Prompts (prefill) and recomputation run as NumPy array code on the
+kernels' NumPy references, BLAS doing the matmuls; a decode step (one new token per row)
+runs as one fused Numba call per block (`npllm.kernels.decode`), because at batch 1
 the per-op overhead of a framework dominates (PERF_NOTES: ~0.7 ms a token for 4 layers in
 torch eager). Linear weights may be float32 arrays or `npllm.quant.Int8Weight`s, which
 run through the int8 kernel. Under `npllm.kernels.use("numpy")` decode steps take the
 NumPy path too, which is the reference the fused step is tested against.
 
-The KV cache (`KVCache`): per layer, keys and values preallocated as (B, nh, block_size, hs).
+The KV cache (`KVCache`): per layer, keys and values preallocated as
+(B, n_kv_head, block_size, hs).
 `Decoder.forward(idx, cache)` appends the keys and values of `idx`'s positions to the cache
 and attends each new query over everything cached so far, so the same call is the prefill
 (the whole prompt in one pass) and a decode step (one token). When the context passes
@@ -27,7 +29,6 @@ grammar's state advanced by each token; a row stops when its output is complete.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -36,17 +37,25 @@ from typing import Any
 
 import numpy as np
 
-from npllm import kernels
+from npllm import arch, kernels
 from npllm.constrain import Grammar, Guide, compile_grammar
-from npllm.decode import ACTIVATIONS, PARALLEL, SERIAL, decode_block, decode_head
 from npllm.errors import ConfigError, DataError, ShapeError
+from npllm.kernels.decode import PARALLEL, SERIAL, decode_block, decode_head
 from npllm.kernels.int8 import int8_linear
 from npllm.quant import Int8Weight, load_weights
 from npllm.sampling import check_sampling_args, process_logits, sample
 
+# The NumPy forward (prompts, recomputation, the fused step's reference) runs on the
+# kernels' NumPy references, so BLAS is the only thread pool it wakes: two pools
+# alternating fight (PERF_NOTES). Exact GELU needs erf, which NumPy lacks: it takes the
+# active kernel (the NumPy one under kernels.use("numpy")).
 _LAYERNORM = kernels.get("layernorm_forward", "numpy")
-_RELU = kernels.get("relu_forward", "numpy")
-_GELU = kernels.get("gelu_forward", "numpy")
+_ATTENTION = kernels.get("attention_forward", "numpy")
+_ACTIVATIONS = {
+    "gelu": lambda h: kernels.get("gelu_forward", "numpy")(h, "tanh"),
+    "gelu_exact": lambda h: kernels.gelu_forward(h, "none"),
+    "relu": kernels.get("relu_forward", "numpy"),
+}
 
 
 _TRIALS = 8  # decode steps timed per setting before the decoder settles on one
@@ -54,7 +63,7 @@ _TRIALS = 8  # decode steps timed per setting before the decoder settles on one
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer, (B, nh, block_size, hs) each; positions
+    """Keys and values of every layer, (B, n_kv_head, block_size, hs) each; positions
     [0, length) are filled."""
 
     k: list[np.ndarray]
@@ -62,124 +71,50 @@ class KVCache:
     length: int = 0
 
 
-def _linear(x: np.ndarray, w: Any, b: np.ndarray | None) -> np.ndarray:
-    """x (N, in) @ w (out, in).T + b -> (N, out), float32 or int8 weights."""
-    if isinstance(w, Int8Weight):
-        return int8_linear(x, w.q, w.scale, b)
+def _linear(x: np.ndarray, w: np.ndarray, s: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x (N, in) @ w (out, in).T + b -> (N, out): float32 weights by BLAS (their scales
+    are ones), int8 ones through the int8 kernel."""
+    if w.dtype == np.int8:
+        return int8_linear(x, w, s, b)
     y = x @ w.T
-    if b is not None:
-        y += b
+    y += b
     return y
 
 
 class Decoder:
-    """GPT inference on arrays. `weights`: name -> float32 array or `Int8Weight`, with
-    nanoGPT's names (`model.state_dict()`, or `npllm.quant.load_weights` of a quantized
-    one); the lm_head is the token embedding (tied)."""
+    """GPT inference on arrays. `weights`: name -> float32 array or `Int8Weight` under the
+    model's state-dict names (`model.state_dict()`, or `npllm.quant.load_weights` of a
+    quantized one); `npllm.arch` turns them into the per-block records this runs on."""
 
     def __init__(self, config: Any, weights: dict[str, Any]) -> None:
         self.config = config
-        c = config
-        self.n_head, self.hs = c.n_head, c.n_embd // c.n_head
-        act = getattr(c, "activation", "gelu")
-        if act not in ("gelu", "gelu_exact", "relu"):
-            raise ConfigError(f"unknown activation {act!r}; use gelu, gelu_exact or relu")
-        self.activation = act
-        missing = [
-            n
-            for n in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight")
-            if n not in weights
-        ]
-        if missing:
-            raise ShapeError(f"the weights lack {', '.join(missing)}; pass a GPT's state dict")
-        self.wte = weights["transformer.wte.weight"]  # (V, C), also the lm_head
-        self.wpe = weights["transformer.wpe.weight"]  # (block_size, C)
-        self.ln_f = (weights["transformer.ln_f.weight"], weights.get("transformer.ln_f.bias"))
-        self.layers = []
-        for i in range(c.n_layer):
-            p = f"transformer.h.{i}."
-            self.layers.append(
-                {
-                    name: weights.get(p + name)
-                    for name in (
-                        "ln_1.weight",
-                        "ln_1.bias",
-                        "attn.c_attn.weight",
-                        "attn.c_attn.bias",
-                        "attn.c_proj.weight",
-                        "attn.c_proj.bias",
-                        "ln_2.weight",
-                        "ln_2.bias",
-                        "mlp.c_fc.weight",
-                        "mlp.c_fc.bias",
-                        "mlp.c_proj.weight",
-                        "mlp.c_proj.bias",
-                    )
-                }
-            )
-
-        self._fused: tuple | None = None  # the decode step's arguments, built on first use
-        # The decode step's `par_min` (npllm.decode): None until the first decode steps
-        # have timed SERIAL against PARALLEL, _TRIALS each, alternating; then the faster.
-        # Set it to force one (tests, benchmarks); results are bitwise the same either way.
+        self.spec = arch.spec(config)
+        self.n_kv_head, self.hs = self.spec.n_kv_head, config.n_embd // config.n_head
+        self.activation = arch.activation(config)
+        self.weights = arch.inference_weights(config, weights)
+        w = self.weights
+        self._records = [tuple(r) for r in w.blocks]
+        # the most weights of one product: the lm_head's or a block's largest
+        products = [m for r in w.blocks for m in (r.qkv_w, r.out_w, r.up_w, r.down_w)]
+        self._biggest = max(a.size for a in [w.head.w, *products])
+        # The decode step's `par_min` (npllm.kernels.decode): None until the first decode
+        # steps have timed SERIAL against PARALLEL, _TRIALS each, alternating; then the
+        # faster. Set it to force one (tests, benchmarks); results are bitwise the same.
         self.par_min: int | None = None
         self._timings: dict[int, list[float]] = {SERIAL: [], PARALLEL: []}
 
-    def _fused_args(self) -> tuple:
-        """Per block, the arrays `npllm.decode.decode_block` takes (weights with their
-        scales, ones for float32; zero biases where the model has none); then the head's."""
-        if self._fused is None:
-
-            def mat(w: Any, b: Any) -> tuple:
-                q, sc = (
-                    (w.q, w.scale)
-                    if isinstance(w, Int8Weight)
-                    else (w, np.ones(w.shape[0], np.float32))
-                )
-                return q, sc, np.zeros(q.shape[0], np.float32) if b is None else b
-
-            def ln(w: np.ndarray, b: Any) -> tuple:
-                return w, np.zeros_like(w) if b is None else b
-
-            blocks = [
-                (
-                    *ln(p["ln_1.weight"], p["ln_1.bias"]),
-                    *mat(p["attn.c_attn.weight"], p["attn.c_attn.bias"]),
-                    *mat(p["attn.c_proj.weight"], p["attn.c_proj.bias"]),
-                    *ln(p["ln_2.weight"], p["ln_2.bias"]),
-                    *mat(p["mlp.c_fc.weight"], p["mlp.c_fc.bias"]),
-                    *mat(p["mlp.c_proj.weight"], p["mlp.c_proj.bias"]),
-                )
-                for p in self.layers
-            ]
-            self._fused = (blocks, (*ln(*self.ln_f), *mat(self.wte, None)))
-            # the most weights of one product: the lm_head's or a block's largest
-            self._biggest = max(
-                int(np.prod(w.shape))
-                for w in [self.wte]
-                + [
-                    p[n]
-                    for p in self.layers
-                    for n in (
-                        "attn.c_attn.weight",
-                        "attn.c_proj.weight",
-                        "mlp.c_fc.weight",
-                        "mlp.c_proj.weight",
-                    )
-                ]
-            )
-        return self._fused
+    def _embed(self, idx: np.ndarray, start: int) -> np.ndarray:
+        """Token (+ learned position) embeddings of idx (B, T) at positions start.. -> (B, T, C)."""
+        emb = self.weights.embed
+        x = emb.rows(idx) if isinstance(emb, Int8Weight) else emb[idx]
+        if self.weights.pos is not None:
+            x = x + self.weights.pos[start : start + idx.shape[1]]
+        return x
 
     def _step(self, idx: np.ndarray, cache: KVCache) -> np.ndarray:
         """One new token per row (B, 1) through the fused Numba kernels -> logits (B, V)."""
-        blocks, head = self._fused_args()
         pos = cache.length
-        if isinstance(self.wte, Int8Weight):
-            x = self.wte.rows(idx[:, 0])  # (B, C)
-        else:
-            x = self.wte[idx[:, 0]]  # (B, C)
-        x += self.wpe[pos]
-        act = ACTIVATIONS[self.activation]
+        x = np.ascontiguousarray(self._embed(idx, pos)[:, 0], np.float32)  # (B, C)
         par_min, timings = self.par_min, self._timings
         if par_min is None and self._biggest * x.shape[0] < PARALLEL:
             par_min = SERIAL  # no product is big enough for the choice to matter
@@ -187,10 +122,11 @@ class Decoder:
         if timed:
             par_min = SERIAL if len(timings[SERIAL]) <= len(timings[PARALLEL]) else PARALLEL
             t0 = time.perf_counter()
-        for i, args in enumerate(blocks):
-            decode_block(x, pos, *args, cache.k[i], cache.v[i], act, par_min)
+        spec = tuple(self.spec)  # plain tuples: Numba types them fast (kernels/decode.py)
+        for i, w in enumerate(self._records):
+            decode_block(x, pos, w, cache.k[i], cache.v[i], spec, par_min)
         cache.length = pos + 1
-        logits = decode_head(x, *head, par_min)
+        logits = decode_head(x, tuple(self.weights.head), spec, par_min)
         if timed:
             timings[par_min].append(time.perf_counter() - t0)
             if len(timings[PARALLEL]) == _TRIALS:
@@ -200,12 +136,13 @@ class Decoder:
 
     @classmethod
     def from_model(cls, model: Any) -> Decoder:
-        """A decoder over a GPT's parameter arrays (shared, not copied)."""
+        """A decoder over a GPT's parameter arrays (shared, not copied, where the model
+        keeps a projection in one matrix)."""
         return cls(model.config, load_weights(model.state_dict()))
 
     def new_cache(self, batch: int) -> KVCache:
         c = self.config
-        shape = (batch, self.n_head, c.block_size, self.hs)
+        shape = (batch, self.n_kv_head, c.block_size, self.hs)
         return KVCache(
             [np.zeros(shape, np.float32) for _ in range(c.n_layer)],
             [np.zeros(shape, np.float32) for _ in range(c.n_layer)],
@@ -242,64 +179,50 @@ class Decoder:
             )
         if T == 1 and cache is not None and last_only and kernels.backend() != "numpy":
             return self._step(idx, cache)
-        if isinstance(self.wte, Int8Weight):
-            x = self.wte.rows(idx)  # (B, T, C)
-        else:
-            x = self.wte[idx]  # (B, T, C)
-        x = (x + self.wpe[start : start + T]).reshape(B * T, -1)  # (B*T, C)
-        for i, p in enumerate(self.layers):
-            h = self._layernorm(x, p["ln_1.weight"], p["ln_1.bias"])
-            x += self._attention(h, p, B, T, i, start, cache)
-            h = self._layernorm(x, p["ln_2.weight"], p["ln_2.bias"])
-            h = self._activation(_linear(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"]))
-            x += _linear(h, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
+        x = self._embed(idx, start).reshape(B * T, -1)  # (B*T, C)
+        for i, w in enumerate(self.weights.blocks):
+            x += self._attention(self._norm(x, w.norm_1_w, w.norm_1_b), w, B, T, i, start, cache)
+            h = _linear(self._norm(x, w.norm_2_w, w.norm_2_b), w.up_w, w.up_s, w.up_b)
+            x += _linear(_ACTIVATIONS[self.activation](h), w.down_w, w.down_s, w.down_b)
         if cache is not None:
             cache.length = start + T
         C = x.shape[-1]
         if last_only:
             x = x.reshape(B, T, C)[:, -1]  # (B, C): the only logits sampling needs
-        x = self._layernorm(x, *self.ln_f)
-        logits = _linear(x, self.wte, None)  # (B*T, V) or (B, V)
-        return logits if last_only else logits.reshape(B, T, -1)
+        head = self.weights.head
+        logits = _linear(self._norm(x, head.norm_w, head.norm_b), head.w, head.s, head.b)
+        return logits if last_only else logits.reshape(B, T, -1)  # (B, V) or (B, T, V)
 
     __call__ = forward
 
-    # This NumPy forward (prompts, recomputation, the fused step's reference) takes the
-    # kernels' NumPy references for LayerNorm and the activations, so BLAS is the only
-    # thread pool it wakes: two pools alternating fight (PERF_NOTES). Exact GELU needs
-    # erf, which NumPy lacks: the active kernel (the NumPy one under kernels.use("numpy")).
-    def _layernorm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-        return _LAYERNORM(x, w, b, 1e-5)[0]
-
-    def _activation(self, h: np.ndarray) -> np.ndarray:
-        if self.activation == "relu":
-            return _RELU(h)
-        if self.activation == "gelu":
-            return _GELU(h, "tanh")
-        return kernels.gelu_forward(h, "none")
+    def _norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _LAYERNORM(x, w, b, self.spec.eps)[0]
 
     def _attention(
-        self, h: np.ndarray, p: dict, B: int, T: int, layer: int, start: int, cache: KVCache | None
+        self,
+        h: np.ndarray,
+        w: arch.BlockWeights,
+        B: int,
+        T: int,
+        layer: int,
+        start: int,
+        cache: KVCache | None,
     ) -> np.ndarray:
-        nh, hs = self.n_head, self.hs
-        C = nh * hs
-        qkv = _linear(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"])  # (B*T, 3C)
-        qkv = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, T, hs) each
+        nh, nkv, hs = self.spec.n_head, self.n_kv_head, self.hs
+        qkv = _linear(h, w.qkv_w, w.qkv_s, w.qkv_b).reshape(B, T, nh + 2 * nkv, hs)
+        qkv = qkv.transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, T, hs): q heads, k heads, v heads
+        q, k, v = qkv[:, :nh], qkv[:, nh : nh + nkv], qkv[:, nh + nkv :]
         S = start + T
         if cache is not None:
             cache.k[layer][:, :, start:S] = k
             cache.v[layer][:, :, start:S] = v
-            k, v = cache.k[layer][:, :, :S], cache.v[layer][:, :, :S]  # (B, nh, S, hs)
-        att = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / math.sqrt(hs))  # (B, nh, T, S)
-        if T > 1:
-            # query t sits at position start + t and sees keys up to it
-            mask = np.arange(S)[None, :] > (start + np.arange(T))[:, None]  # (T, S)
-            att[..., mask] = -np.inf
-        att = np.exp(att - att.max(axis=-1, keepdims=True))
-        att /= att.sum(axis=-1, keepdims=True)
-        y = (att @ v).transpose(0, 2, 1, 3).reshape(B * T, C)  # (B*T, C), heads side by side
-        return _linear(y, p["attn.c_proj.weight"], p["attn.c_proj.bias"])
+            k, v = cache.k[layer][:, :, :S], cache.v[layer][:, :, :S]  # (B, nkv, S, hs)
+        if nkv != nh:  # grouped-query: each k/v head serves nh / nkv query heads
+            k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
+        # causal, aligned to the end: query t (position start + t) sees keys up to it
+        y = _ATTENTION(q, k, np.ascontiguousarray(v), True)[0]  # (B, nh, T, hs)
+        y = y.transpose(0, 2, 1, 3).reshape(B * T, nh * hs)  # heads side by side
+        return _linear(y, w.out_w, w.out_s, w.out_b)
 
 
 def as_decoder(model: Any) -> Decoder:

@@ -2,7 +2,8 @@
 
 token + position embeddings -> n_layer pre-LayerNorm blocks -> ln_f -> lm_head, whose
 weight *is* the token embedding's (tied: one array, its gradient the sum of both uses).
-State-dict keys match nanoGPT's, so weights move to and from PyTorch by name.
+State-dict keys match nanoGPT's, so weights move to and from PyTorch by name; the model
+description (`npllm.arch`) names every part, and the decoder and quantizer read it too.
 See DESIGN.md, "Layers and the model".
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 import npllm.functional as F
+from npllm import arch
 from npllm.autograd.engine import Tensor
 from npllm.errors import ConfigError, DataError, ShapeError
 from npllm.layers import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict
@@ -78,40 +80,49 @@ class GPT(Module):
         # GPT-2's scaled init: each block adds two projections to the residual stream
         proj_std = 0.02 / math.sqrt(2 * c.n_layer)
         common = dict(rng=rng, dtype=dtype)
-        self.transformer = ModuleDict(
-            wte=Embedding(c.vocab_size, c.n_embd, **common),
-            wpe=Embedding(c.block_size, c.n_embd, **common),
-            drop=Dropout(c.dropout, self.rng),
-            h=ModuleList(
-                Block(
-                    c.n_embd,
-                    c.n_head,
-                    c.hidden,
-                    c.activation,
-                    c.bias,
-                    c.dropout,
-                    proj_std=proj_std,
-                    dropout_rng=self.rng,
-                    **common,
-                )
-                for _ in range(c.n_layer)
-            ),
-            ln_f=LayerNorm(c.n_embd, c.bias, dtype=dtype),
+        names = arch.naming(c)
+        wte = Embedding(c.vocab_size, c.n_embd, **common)
+        parts: dict[str, Module] = {names.embed: wte}
+        if names.pos:
+            parts[names.pos] = Embedding(c.block_size, c.n_embd, **common)
+        blocks = ModuleList(
+            Block(
+                c.n_embd,
+                c.n_head,
+                c.hidden,
+                c.activation,
+                c.bias,
+                c.dropout,
+                proj_std=proj_std,
+                dropout_rng=self.rng,
+                names=names,
+                **common,
+            )
+            for _ in range(c.n_layer)
         )
+        parts.update(
+            drop=Dropout(c.dropout, self.rng),
+            **{names.layers: blocks, names.norm_f: LayerNorm(c.n_embd, c.bias, dtype=dtype)},
+        )
+        setattr(self, names.root, ModuleDict(**parts))
         self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False, **common)
-        self.lm_head.weight = self.transformer.wte.weight  # tied: the same Tensor
+        self.lm_head.weight = wte.weight  # tied: the same Tensor
+        # the parts by role, for forward (a tuple is not a child: no second name)
+        self._parts = (wte, parts.get(names.pos), parts["drop"], blocks, parts[names.norm_f])
 
     def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
         """idx: int (B, T) token ids -> logits (B, T, V), and the mean cross-entropy
         against `targets` (B, T) when given (-1 marks positions to ignore), else None."""
         idx = self._check_idx(idx)
         B, T = idx.shape
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
-        pos_emb = self.transformer.wpe(np.arange(T))  # (T, C)
-        x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
-        for block in self.transformer.h:
+        wte, wpe, drop, blocks, norm_f = self._parts
+        x = wte(idx)  # (B, T, C)
+        if wpe is not None:
+            x = x + wpe(np.arange(T))  # (T, C) positions
+        x = drop(x)  # (B, T, C)
+        for block in blocks:
             x = block(x)  # (B, T, C)
-        x = self.transformer.ln_f(x)  # (B, T, C)
+        x = norm_f(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:
             return logits, None
@@ -150,8 +161,9 @@ class GPT(Module):
         """Parameter count, the tied weight once. As nanoGPT, `non_embedding` leaves out
         the position embeddings; the token embeddings stay, being lm_head's weight too."""
         n = self.num_parameters()
-        if non_embedding:
-            n -= self.transformer.wpe.weight.size
+        wpe = self._parts[1]
+        if non_embedding and wpe is not None:
+            n -= wpe.weight.size
         return n
 
     def configure_optimizers(

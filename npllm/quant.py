@@ -6,34 +6,31 @@ exact and zero is exactly 0). Rounding to nearest puts every weight within s[m] 
 its dequantized value s[m] * Wq[m]. Activations stay float32; the matmul dequantizes on
 the fly (`npllm.kernels.int8`), so a quantized model reads a quarter of the weight bytes.
 
-What is quantized: every Linear weight of the blocks (attn.c_attn, attn.c_proj, mlp.c_fc,
-mlp.c_proj) and, when `embedding=True`, the token embedding `transformer.wte.weight`.
-Its rows are both the embedding vectors and the output channels of the tied `lm_head`,
-so the same per-row scales serve the lookup and the int8 lm_head matmul. Biases,
-LayerNorms and the position embedding stay float32: they are a few percent of the bytes.
+What is quantized: every Linear weight of the blocks (the names come from the model
+description, `npllm.arch`: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj for the GPT-2
+family, q/k/v/o_proj and gate/up/down_proj for the Llama one) and, when `embedding=True`,
+the token embedding and an untied `lm_head`. A tied embedding's rows are both the
+embedding vectors and the output channels of the `lm_head`, so the same per-row scales
+serve the lookup and the int8 lm_head matmul. Biases, norms and the position embedding
+stay float32: they are a few percent of the bytes.
 
-A quantized state dict keeps every name of the float one but the tied `lm_head.weight`;
-a quantized weight `X.weight` is stored as int8 under its own name, its scales under
-`X.weight_scale`.
+A quantized state dict keeps every name of the float one but a tied `lm_head.weight`
+(one equal to the embedding); a quantized weight `X.weight` is stored as int8 under its
+own name, its scales under `X.weight_scale`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from npllm import arch
 from npllm.errors import CheckpointError, ShapeError
 
 SCALE_SUFFIX = "_scale"
 QMAX = 127
-
-# The names whose weights `quantize_state_dict` converts (the nanoGPT state-dict names).
-_LINEAR = re.compile(
-    r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight"
-)
-_EMBEDDING = "transformer.wte.weight"
+_HEAD = "lm_head.weight"
 
 
 def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,16 +78,16 @@ class Int8Weight:
 
 def is_quantized_name(name: str, embedding: bool = True) -> bool:
     """Whether `quantize_state_dict` converts the parameter called `name`."""
-    return bool(_LINEAR.fullmatch(name)) or (embedding and name == _EMBEDDING)
+    return arch.is_block_linear(name) or (embedding and (arch.is_embedding(name) or name == _HEAD))
 
 
 def quantize_state_dict(sd: dict[str, np.ndarray], embedding: bool = True) -> dict[str, np.ndarray]:
     """A float state dict -> the int8 one: each quantized `X.weight` becomes int8 beside
-    a float32 `X.weight_scale`; everything else is kept as float32. The tied `lm_head.weight`
-    is dropped, since it is `transformer.wte.weight` (loaders re-tie it)."""
+    a float32 `X.weight_scale`; everything else is kept as float32. A tied `lm_head.weight`
+    (equal to the token embedding) is dropped; loaders re-tie it."""
     out: dict[str, np.ndarray] = {}
     for name, w in sd.items():
-        if name == "lm_head.weight":
+        if name == _HEAD and _tied(sd):
             continue
         if is_quantized_name(name, embedding):
             out[name], out[name + SCALE_SUFFIX] = quantize(w)
@@ -125,5 +122,16 @@ def weight_bytes(weights: dict[str, np.ndarray | Int8Weight], linear_only: bool 
     return sum(
         w.nbytes
         for name, w in weights.items()
-        if name != "lm_head.weight" and (not linear_only or is_quantized_name(name))
+        if not (name == _HEAD and _tied(weights)) and (not linear_only or is_quantized_name(name))
     )
+
+
+def _tied(weights: dict) -> bool:
+    """Whether the weights' lm_head is their token embedding (the same array, or equal)."""
+    embed = next((w for name, w in weights.items() if arch.is_embedding(name)), None)
+    head = weights.get(_HEAD)
+    if embed is None or head is None or head is embed:
+        return head is embed
+    if isinstance(head, Int8Weight) or isinstance(embed, Int8Weight):
+        return False
+    return bool(np.array_equal(head, embed))

@@ -26,7 +26,7 @@ from npllm.kernels._jit import FASTMATH, jit
 # `int8_linear_numba` runs in parallel from this many weights x input rows (N * M * K): below
 # it a prange launch and the wake-up of the second thread cost more than the work
 # (PERF_NOTES, "Dispatch cost"). It serves prompts (prefill) of int8 models; decode steps
-# choose serial or parallel for themselves (npllm/decode.py).
+# choose serial or parallel for themselves (npllm/kernels/decode.py).
 _PAR_MIN = 1 << 16
 
 
@@ -96,8 +96,8 @@ def _tail(x, wq, scale, b, out, j0):
 
 
 # out = scale * (x @ wq.T) + b into a preallocated out (N, M), callable from other Numba
-# code. Both also take float32 weights (with scales of one): npllm/decode.py runs every
-# matrix-vector product of a decode step through them. Two kernels rather than one with a
+# code. Both also take float32 weights (with scales of one): npllm/kernels/decode.py runs
+# every matrix-vector product of a decode step through them. Two kernels rather than one with a
 # flag: a prange loop always launches the thread pool.
 @jit
 def scaled_matmul(x, wq, scale, b, out):

@@ -1,5 +1,7 @@
 """`CausalSelfAttention`, written out as nanoGPT's: one fused `c_attn` projection to
 q, k, v; heads split, attended under a causal mask, merged; the `c_proj` projection.
+Under the Llama names (`npllm.arch`) q, k and v are three projections, `q_proj`,
+`k_proj`, `v_proj`, and the output one is `o_proj`.
 
 The attention itself is `F.scaled_dot_product_attention` (one fused op with a hand-written
 backward). Only when training with attention dropout does it run as explicit ops
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 import npllm.functional as F
+from npllm.arch import GPT2_NAMES, Naming
 from npllm.autograd.engine import Tensor
 from npllm.autograd.ops import split
 from npllm.errors import ConfigError, ShapeError
@@ -35,6 +38,7 @@ class CausalSelfAttention(Module):
         rng: np.random.Generator | None = None,
         dropout_rng: np.random.Generator | None = None,
         dtype: Any = np.float32,
+        names: Naming = GPT2_NAMES,
     ) -> None:
         super().__init__()
         if n_head <= 0 or n_embd % n_head:
@@ -43,9 +47,15 @@ class CausalSelfAttention(Module):
                 "change one of them"
             )
         self.n_embd, self.n_head = n_embd, n_head
-        # q, k and v for all heads in one matmul
-        self.c_attn = Linear(n_embd, 3 * n_embd, bias, std=std, rng=rng, dtype=dtype)
-        self.c_proj = Linear(n_embd, n_embd, bias, std=proj_std, rng=rng, dtype=dtype)
+        linear = dict(rng=rng, dtype=dtype)
+        # q, k and v for all heads in one matmul, or one each (its name's family decides)
+        widths = [n_embd] * 3 if len(names.qkv) == 3 else [3 * n_embd]
+        qkv = [Linear(n_embd, w, bias, std=std, **linear) for w in widths]
+        out = Linear(n_embd, n_embd, bias, std=proj_std, **linear)
+        for name, lin in zip((*names.qkv, names.attn_out), (*qkv, out)):
+            setattr(self, name, lin)
+        # the same modules by role, for forward (a tuple is not a child: no second name)
+        self._qkv, self._out = tuple(qkv), (out,)
         self.attn_dropout = Dropout(dropout, dropout_rng)
         self.resid_dropout = Dropout(dropout, dropout_rng)
 
@@ -56,7 +66,10 @@ class CausalSelfAttention(Module):
             )
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        q, k, v = split(self.c_attn(x), 3, axis=2)  # 3 x (B, T, C)
+        if len(self._qkv) == 1:
+            q, k, v = split(self._qkv[0](x), 3, axis=2)  # 3 x (B, T, C)
+        else:
+            q, k, v = (lin(x) for lin in self._qkv)  # 3 x (B, T, C)
         q = q.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         k = k.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         v = v.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
@@ -65,7 +78,7 @@ class CausalSelfAttention(Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y))  # (B, T, C)
+        return self.resid_dropout(self._out[0](y))  # (B, T, C)
 
     def _attend_with_dropout(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         T, hs = q.shape[-2], q.shape[-1]

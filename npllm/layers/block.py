@@ -1,5 +1,7 @@
 """The transformer's feed-forward `MLP` and the pre-LayerNorm `Block`, as nanoGPT:
-x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+x + attn(ln_1(x)), then x + mlp(ln_2(x)). Children are named by the model description's
+`Naming` (`npllm.arch`): nanoGPT's names by default, transformers' Llama names for that
+family (`input_layernorm`, `self_attn`, `post_attention_layernorm`, `mlp.up_proj`, ...)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 import numpy as np
 
 import npllm.functional as F
+from npllm.arch import GPT2_NAMES, Naming
 from npllm.autograd.engine import Tensor
 from npllm.errors import ConfigError
 from npllm.layers.attention import CausalSelfAttention
@@ -37,6 +40,7 @@ class MLP(Module):
         rng: np.random.Generator | None = None,
         dropout_rng: np.random.Generator | None = None,
         dtype: Any = np.float32,
+        names: Naming = GPT2_NAMES,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -44,13 +48,17 @@ class MLP(Module):
                 f"unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)}"
             )
         self.activation = activation
-        self.c_fc = Linear(n_embd, hidden, bias, std=std, rng=rng, dtype=dtype)
-        self.c_proj = Linear(hidden, n_embd, bias, std=proj_std, rng=rng, dtype=dtype)
+        up = Linear(n_embd, hidden, bias, std=std, rng=rng, dtype=dtype)
+        down = Linear(hidden, n_embd, bias, std=proj_std, rng=rng, dtype=dtype)
+        setattr(self, names.up, up)
+        setattr(self, names.down, down)
+        self._parts = (up, down)  # by role, for forward (a tuple is not a child)
         self.dropout = Dropout(dropout, dropout_rng)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = ACTIVATIONS[self.activation](self.c_fc(x))  # (B, T, hidden)
-        return self.dropout(self.c_proj(h))  # (B, T, C)
+        up, down = self._parts
+        h = ACTIVATIONS[self.activation](up(x))  # (B, T, hidden)
+        return self.dropout(down(h))  # (B, T, C)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
@@ -73,14 +81,23 @@ class Block(Module):
         rng: np.random.Generator | None = None,
         dropout_rng: np.random.Generator | None = None,
         dtype: Any = np.float32,
+        names: Naming = GPT2_NAMES,
     ) -> None:
         super().__init__()
-        shared = dict(std=std, proj_std=proj_std, rng=rng, dropout_rng=dropout_rng, dtype=dtype)
-        self.ln_1 = LayerNorm(n_embd, bias, dtype=dtype)
-        self.attn = CausalSelfAttention(n_embd, n_head, bias, dropout, **shared)
-        self.ln_2 = LayerNorm(n_embd, bias, dtype=dtype)
-        self.mlp = MLP(n_embd, hidden, activation, bias, dropout, **shared)
+        shared = dict(
+            std=std, proj_std=proj_std, rng=rng, dropout_rng=dropout_rng, dtype=dtype, names=names
+        )
+        # children in nanoGPT's order (state-dict order), kept by role for forward
+        self._parts = (
+            LayerNorm(n_embd, bias, dtype=dtype),
+            CausalSelfAttention(n_embd, n_head, bias, dropout, **shared),
+            LayerNorm(n_embd, bias, dtype=dtype),
+            MLP(n_embd, hidden, activation, bias, dropout, **shared),
+        )
+        for name, part in zip((names.norm_1, names.attn, names.norm_2, names.mlp), self._parts):
+            setattr(self, name, part)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+        norm_1, attn, norm_2, mlp = self._parts
+        x = x + attn(norm_1(x))  # (B, T, C)
+        return x + mlp(norm_2(x))  # (B, T, C)

@@ -10,10 +10,10 @@ import pytest
 
 from npllm import kernels
 from npllm.autograd import no_grad
-from npllm.decode import PARALLEL, SERIAL
 from npllm.errors import ConfigError, DataError, NpllmError
 from npllm.generate import _TRIALS, Decoder, generate, stream
 from npllm.gpt import GPT, GPTConfig
+from npllm.kernels.decode import PARALLEL, SERIAL
 from npllm.quant import load_weights, quantize_state_dict
 
 CONFIGS = {
@@ -33,7 +33,7 @@ CONFIGS = {
     ),
 }
 # wide enough that the decode step's products can take their parallel path
-# (npllm.decode.PARALLEL)
+# (npllm.kernels.decode.PARALLEL)
 WIDE = GPTConfig(vocab_size=50, block_size=6, n_layer=1, n_head=4, n_embd=256)
 
 

@@ -1,0 +1,146 @@
+"""The fused decode step: one transformer block for one new token per row, as one Numba
+call, and the final norm + lm_head as another. The hot loop of `npllm.generate`.
+
+Why fused: at batch 1 a decode step is ~30 small array operations per block, each paying
+~1-3 us of dispatch in NumPy or PyTorch eager (PERF_NOTES: ~0.7 ms a token for 4 layers in
+torch eager), while the arithmetic of a cpu-small block is ~0.4 MFLOP. One compiled call per
+block removes that overhead; what remains is reading the weights once per token.
+
+    decode_block(x, pos, w, k_cache, v_cache, spec, par_min)   x (B, C) updated in place
+        h = norm_1(x); q, k, v = split(h @ W_qkv.T + b); cache[:, :, pos] = k, v
+        per head: a = softmax(q . K[:pos+1] / sqrt(hs)); y = a @ V[:pos+1]
+        x += y @ W_out.T + b; x += act(norm_2(x) @ W_up.T + b) @ W_down.T + b
+    decode_head(x, w, spec, par_min) -> logits (B, V)
+
+`w` holds the fields of an `npllm.arch.BlockWeights` (`HeadWeights` for the head) and
+`spec` those of an `npllm.arch.Spec`: the model description, so this file knows no
+parameter names. Callers pass them as plain tuples, which the kernels turn back into the
+NamedTuples: Numba types a plain tuple of arrays in its C fast path (1.6 us a call) but a
+NamedTuple in Python (3.3 us), and at batch 1 that is 10% of a cpu-small token. Each
+piece is the serial kernel its family's training op runs (`kernels.layernorm._ln_fwd`,
+`kernels.softmax._softmax_rows`, the activations' loops), not a copy of it.
+
+Every matrix-vector product goes through `npllm.kernels.int8`'s scaled matmul,
+y = scale * (x . w_row) + b, which takes int8 weights with their per-row scales or float32
+weights with scales of one: the same code serves both models. Products over at least
+`par_min` weights x rows run in parallel over output rows; each output is summed by one
+thread in the same order either way, so the choice never changes a bit of the result
+(`npllm.generate.Decoder` picks it by timing both). The NumPy reference is
+`npllm.generate.Decoder.forward` under `kernels.use("numpy")` (tests/generate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npllm.arch import BlockWeights, HeadWeights, Spec
+from npllm.kernels._jit import jit
+from npllm.kernels.activations import _gelu_erf_fwd, _gelu_tanh_fwd, _relu_fwd
+from npllm.kernels.int8 import scaled_matmul, scaled_matmul_parallel
+from npllm.kernels.layernorm import _ln_fwd
+from npllm.kernels.softmax import _softmax_rows
+
+# The two settings of `par_min`. PARALLEL: products from 128K weights x rows (guppy's, not
+# cpu-small's) use both cores. Whether that pays depends on the machine's mood: with
+# OMP_WAIT_POLICY=passive (npllm's import sets it, PERF_NOTES) every prange launch wakes a
+# sleeping thread, and with the other core busy a guppy c_attn product took 52 us in
+# parallel against 37 us serial (with active waiting: 2.8 ms); on an idle machine two cores
+# stream the weights from memory faster than one.
+SERIAL = 1 << 62
+PARALLEL = 1 << 17
+
+
+@jit
+def _matvec(x, w, s, b, out, par_min):
+    if w.size * x.shape[0] >= par_min:
+        scaled_matmul_parallel(x, w, s, b, out)
+    else:
+        scaled_matmul(x, w, s, b, out)
+
+
+@jit
+def _norm(x, w, b, spec, out, stats):
+    """out = norm(x) over rows; stats (2, B) scratch for the per-row statistics."""
+    t = x.dtype.type
+    _ln_fwd(x, w, b, t(spec.eps), out, stats[0], stats[1], 0, x.shape[0])
+
+
+@jit
+def _activate(f, spec, out):
+    """out (B, hidden) = the MLP's activation of f (B, hidden). Out of place: with the
+    input and output one array the loops stayed scalar (5x slower)."""
+    a, o = f.reshape(-1), out.reshape(-1)
+    if spec.act == 0:
+        _gelu_tanh_fwd(a, a, o)
+    elif spec.act == 1:
+        _gelu_erf_fwd(a, a, o)
+    else:
+        _relu_fwd(a, a, o)
+
+
+@jit
+def _attend(qkv, pos, k_cache, v_cache, y, spec):
+    """Write this token's k, v into the caches at `pos`; y = attention of q over [0, pos].
+    Query head h reads key/value head h // (n_head / n_kv_head)."""
+    B, n_kv, _, hs = k_cache.shape
+    nh = spec.n_head
+    rep = nh // n_kv
+    t = qkv.dtype.type
+    scale = t(1) / np.sqrt(t(hs))
+    S = pos + 1
+    k0, v0 = nh * hs, (nh + n_kv) * hs
+    scores = np.empty((2, S), qkv.dtype)
+    att, p = scores[:1], scores[1:]  # softmax out of place: in place stays scalar
+    for b in range(B):
+        for g in range(n_kv):
+            for d in range(hs):
+                k_cache[b, g, pos, d] = qkv[b, k0 + g * hs + d]
+                v_cache[b, g, pos, d] = qkv[b, v0 + g * hs + d]
+        for h in range(nh):
+            q0 = h * hs
+            kc, vc = k_cache[b, h // rep], v_cache[b, h // rep]  # (block_size, hs)
+            for s in range(S):
+                a = t(0)
+                for d in range(hs):
+                    a += qkv[b, q0 + d] * kc[s, d]
+                att[0, s] = a * scale
+            _softmax_rows(att, p, False, 0, 1)
+            for d in range(hs):
+                y[b, q0 + d] = t(0)
+            for s in range(S):
+                ps = p[0, s]
+                for d in range(hs):
+                    y[b, q0 + d] += ps * vc[s, d]
+
+
+@jit
+def decode_block(x, pos, w, k_cache, v_cache, spec, par_min):
+    w, spec = BlockWeights(*w), Spec(*spec)
+    B, C = x.shape
+    dt = x.dtype
+    h = np.empty((B, C), dt)
+    stats = np.empty((2, B), dt)
+    _norm(x, w.norm_1_w, w.norm_1_b, spec, h, stats)
+    qkv = np.empty((B, w.qkv_w.shape[0]), dt)
+    _matvec(h, w.qkv_w, w.qkv_s, w.qkv_b, qkv, par_min)
+    y = np.empty((B, spec.n_head * k_cache.shape[3]), dt)
+    _attend(qkv, pos, k_cache, v_cache, y, spec)
+    _matvec(y, w.out_w, w.out_s, w.out_b, h, par_min)
+    x += h
+    _norm(x, w.norm_2_w, w.norm_2_b, spec, h, stats)
+    f = np.empty((B, w.up_w.shape[0]), dt)
+    _matvec(h, w.up_w, w.up_s, w.up_b, f, par_min)
+    g = np.empty((B, w.down_w.shape[1]), dt)
+    _activate(f, spec, g)
+    _matvec(g, w.down_w, w.down_s, w.down_b, h, par_min)
+    x += h
+
+
+@jit
+def decode_head(x, w, spec, par_min):
+    w, spec = HeadWeights(*w), Spec(*spec)
+    h = np.empty_like(x)
+    _norm(x, w.norm_w, w.norm_b, spec, h, np.empty((2, x.shape[0]), x.dtype))
+    logits = np.empty((x.shape[0], w.w.shape[0]), x.dtype)
+    _matvec(h, w.w, w.s, w.b, logits, par_min)
+    return logits
