@@ -149,13 +149,16 @@ def is_embedding(name: str) -> bool:
 
 
 class Spec(NamedTuple):
-    """What a decode step branches on: NORMS / ACTIVATIONS kinds, head counts, norm eps."""
+    """What a decode step branches on: NORMS / ACTIVATIONS kinds, head counts, norm eps,
+    whether q and k are rotated (RoPE), the attention window (0: none)."""
 
     norm: int
     act: int
     n_head: int
     n_kv_head: int
     eps: float
+    rope: int
+    window: int
 
 
 def spec(config: Any) -> Spec:
@@ -165,6 +168,8 @@ def spec(config: Any) -> Spec:
         config.n_head,
         _get(config, "n_kv_head", config.n_head),
         float(_get(config, "norm_eps", 1e-5)),
+        int(_get(config, "pos_embedding", "learned") == "rope"),
+        int(_get(config, "sliding_window", 0)),
     )
 
 

@@ -28,8 +28,12 @@ __all__ = [
     "linear",
     "log_softmax",
     "relu",
+    "repeat_kv",
+    "rms_norm",
+    "rope",
     "scaled_dot_product_attention",
     "softmax",
+    "swiglu",
 ]
 
 
@@ -316,24 +320,33 @@ def dropout(x: Tensor, p: float, training: bool, rng: np.random.Generator | None
 class SDPA(Function):
     @staticmethod
     def forward(
-        ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool
+        ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, window: int = 0
     ) -> np.ndarray:
-        out, att = K.attention_forward(q, k, v, causal)
+        out, att = K.attention_forward(q, k, v, causal, window)
         ctx.save_for_backward(q, k, v, att)
         ctx.causal = causal
         return out
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = softmax(q @ k^T / sqrt(hs) + mask) @ v
+        # out = softmax(q @ k^T / sqrt(hs) + mask) @ v; the window's hidden att entries are 0
         q, k, v, att = ctx.saved
         return K.attention_backward(g, q, k, v, att, ctx.causal)
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, window: int | None = None
+) -> Tensor:
     """softmax(q @ k^T / sqrt(hs) + mask) @ v for q (B, nh, Tq, hs), k, v (B, nh, Tk, hs).
     With `causal`, query i sees keys j <= i + Tk - Tq (the mask is aligned to the end, so
-    Tq = 1 over a KV cache sees every cached key)."""
+    Tq = 1 over a KV cache sees every cached key); a `window` W also hides keys more than
+    W - 1 positions before the query (sliding-window attention)."""
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 1
+    ):
+        raise ConfigError(
+            f"scaled_dot_product_attention: window must be None or >= 1, got {window!r}"
+        )
     if (
         q.ndim != 4
         or k.shape != v.shape
@@ -352,4 +365,100 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
         )
     if k.shape[2] == 0 or q.shape[3] == 0 or math.prod(q.shape) == 0:
         raise ShapeError(f"scaled_dot_product_attention: empty input, q {q.shape}, k {k.shape}")
-    return SDPA.apply(q, k, v, causal=bool(causal))
+    return SDPA.apply(q, k, v, causal=bool(causal), window=int(window or 0))
+
+
+# ---- the Llama family's ops ------------------------------------------------------------
+class RMSNorm(Function):
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, *w: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+        c = x.shape[-1]
+        weight = w[0] if w else None
+        if weight is not None and weight.shape != (c,):
+            raise ShapeError(
+                f"rms_norm: weight of shape {weight.shape} does not fit an input whose last "
+                f"dimension is {c}; it must be ({c},)"
+            )
+        x2 = x.reshape(-1, c)
+        out, rstd = K.rmsnorm_forward(x2, weight, eps)
+        ctx.save_for_backward(x2, rstd, weight)
+        ctx.shape = x.shape
+        return out.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # out = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps)
+        x2, rstd, w = ctx.saved
+        dx, dw = K.rmsnorm_backward(g.reshape(x2.shape), x2, rstd, w)
+        return (dx.reshape(ctx.shape),) + ((dw,) if w is not None else ())
+
+
+def rms_norm(x: Tensor, w: Tensor | None, eps: float = 1e-6) -> Tensor:
+    """x / sqrt(mean(x^2) + eps) * w over the last dimension; w (C,) may be None."""
+    return RMSNorm.apply(x, eps=eps) if w is None else RMSNorm.apply(x, w, eps=eps)
+
+
+class SwiGLU(Function):
+    @staticmethod
+    def forward(ctx: Context, g: np.ndarray, u: np.ndarray) -> np.ndarray:
+        if g.shape != u.shape:
+            raise ShapeError(f"swiglu: gate {g.shape} and up {u.shape} must have one shape")
+        ctx.save_for_backward(g, u)
+        return K.swiglu_forward(g, u)
+
+    @staticmethod
+    def backward(ctx: Context, dy: np.ndarray) -> tuple:
+        # y = silu(g) * u
+        g, u = ctx.saved
+        return K.swiglu_backward(dy, g, u)
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """silu(gate) * up, Llama's MLP gating (silu(g) = g * sigmoid(g))."""
+    return SwiGLU.apply(gate, up)
+
+
+class RoPE(Function):
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        ctx.cos, ctx.sin = cos, sin
+        return K.rope_forward(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # y = [x1 cos - x2 sin, x2 cos + x1 sin]: a rotation, so dx turns g back
+        return K.rope_backward(g, ctx.cos, ctx.sin)
+
+
+def rope(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
+    """Rotary embedding of x (..., T, hs) by the angle tables cos, sin (T, hs/2)
+    (`npllm.layers.rope`), transformers' rotate-half layout; the tables get no gradient."""
+    T, hs = x.shape[-2], x.shape[-1]
+    if hs % 2 or np.shape(cos) != (T, hs // 2) or np.shape(sin) != (T, hs // 2):
+        raise ShapeError(
+            f"rope: input (..., {T}, {hs}) needs an even head size and cos/sin tables of "
+            f"shape ({T}, {hs // 2}), got {np.shape(cos)} and {np.shape(sin)}"
+        )
+    dt = x.dtype
+    return RoPE.apply(x, cos=np.asarray(cos, dt), sin=np.asarray(sin, dt))
+
+
+class RepeatKV(Function):
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, n_rep: int) -> np.ndarray:
+        ctx.n_rep = n_rep
+        return np.repeat(x, n_rep, axis=1)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # y[:, h] = x[:, h // n_rep]: each head's gradient is the sum over its copies
+        B, nh, T, hs = g.shape
+        return g.reshape(B, nh // ctx.n_rep, ctx.n_rep, T, hs).sum(axis=2)
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """(B, n_kv, T, hs) -> (B, n_kv * n_rep, T, hs), each head n_rep times in a row: the
+    keys and values of grouped-query attention, one copy per query head of the group."""
+    if x.ndim != 4:
+        raise ShapeError(f"repeat_kv: expected (B, n_kv, T, hs), got {x.shape}")
+    return x if n_rep == 1 else RepeatKV.apply(x, n_rep=int(n_rep))

@@ -42,6 +42,7 @@ from npllm.constrain import Grammar, Guide, compile_grammar
 from npllm.errors import ConfigError, DataError, ShapeError
 from npllm.kernels.decode import PARALLEL, SERIAL, decode_block, decode_head
 from npllm.kernels.int8 import int8_linear
+from npllm.layers.rope import config_rope, rope_tables
 from npllm.quant import Int8Weight, load_weights
 from npllm.sampling import check_sampling_args, process_logits, sample
 
@@ -49,16 +50,24 @@ from npllm.sampling import check_sampling_args, process_logits, sample
 # kernels' NumPy references, so BLAS is the only thread pool it wakes: two pools
 # alternating fight (PERF_NOTES). Exact GELU needs erf, which NumPy lacks: it takes the
 # active kernel (the NumPy one under kernels.use("numpy")).
-_LAYERNORM = kernels.get("layernorm_forward", "numpy")
+_NORMS = {
+    "layernorm": lambda x, w, b, eps: kernels.get("layernorm_forward", "numpy")(x, w, b, eps)[0],
+    "rmsnorm": lambda x, w, b, eps: kernels.get("rmsnorm_forward", "numpy")(x, w, eps)[0],
+}
 _ATTENTION = kernels.get("attention_forward", "numpy")
+_ROPE = kernels.get("rope_forward", "numpy")
+_SWIGLU = kernels.get("swiglu_forward", "numpy")
 _ACTIVATIONS = {
     "gelu": lambda h: kernels.get("gelu_forward", "numpy")(h, "tanh"),
     "gelu_exact": lambda h: kernels.gelu_forward(h, "none"),
     "relu": kernels.get("relu_forward", "numpy"),
+    # the up projection's rows are the gate's, then up's (npllm.arch.BlockWeights)
+    "swiglu": lambda f: _SWIGLU(*np.split(f, 2, axis=-1)),
 }
 
 
 _TRIALS = 8  # decode steps timed per setting before the decoder settles on one
+_NO_ROPE = np.zeros((1, 0), np.float32)
 
 
 @dataclass
@@ -91,6 +100,10 @@ class Decoder:
         self.spec = arch.spec(config)
         self.n_kv_head, self.hs = self.spec.n_kv_head, config.n_embd // config.n_head
         self.activation = arch.activation(config)
+        self._norm_kind = getattr(config, "norm", None) or "layernorm"
+        self._window = self.spec.window or None
+        # RoPE: inverse frequencies; a position's angles are made when it is first seen
+        self._freqs = config_rope(config) if self.spec.rope else None
         self.weights = arch.inference_weights(config, weights)
         w = self.weights
         self._records = [tuple(r) for r in w.blocks]
@@ -123,8 +136,9 @@ class Decoder:
             par_min = SERIAL if len(timings[SERIAL]) <= len(timings[PARALLEL]) else PARALLEL
             t0 = time.perf_counter()
         spec = tuple(self.spec)  # plain tuples: Numba types them fast (kernels/decode.py)
+        cos, sin = self._rope_tables(pos, 1)
         for i, w in enumerate(self._records):
-            decode_block(x, pos, w, cache.k[i], cache.v[i], spec, par_min)
+            decode_block(x, pos, w, cache.k[i], cache.v[i], cos, sin, spec, par_min)
         cache.length = pos + 1
         logits = decode_head(x, tuple(self.weights.head), spec, par_min)
         if timed:
@@ -196,7 +210,14 @@ class Decoder:
     __call__ = forward
 
     def _norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return _LAYERNORM(x, w, b, self.spec.eps)[0]
+        return _NORMS[self._norm_kind](x, w, b, self.spec.eps)
+
+    def _rope_tables(self, start: int, T: int) -> tuple[np.ndarray, np.ndarray]:
+        """RoPE's cos and sin (T, hs/2) float32 for positions start.. (empty without RoPE)."""
+        if self._freqs is None:
+            return _NO_ROPE, _NO_ROPE
+        cos, sin = rope_tables(np.arange(start, start + T), *self._freqs)
+        return cos.astype(np.float32), sin.astype(np.float32)
 
     def _attention(
         self,
@@ -212,6 +233,9 @@ class Decoder:
         qkv = _linear(h, w.qkv_w, w.qkv_s, w.qkv_b).reshape(B, T, nh + 2 * nkv, hs)
         qkv = qkv.transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, T, hs): q heads, k heads, v heads
         q, k, v = qkv[:, :nh], qkv[:, nh : nh + nkv], qkv[:, nh + nkv :]
+        if self._freqs is not None:
+            cos, sin = self._rope_tables(start, T)
+            q, k = _ROPE(q, cos, sin), _ROPE(k, cos, sin)
         S = start + T
         if cache is not None:
             cache.k[layer][:, :, start:S] = k
@@ -220,7 +244,7 @@ class Decoder:
         if nkv != nh:  # grouped-query: each k/v head serves nh / nkv query heads
             k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
         # causal, aligned to the end: query t (position start + t) sees keys up to it
-        y = _ATTENTION(q, k, np.ascontiguousarray(v), True)[0]  # (B, nh, T, hs)
+        y = _ATTENTION(q, k, np.ascontiguousarray(v), True, self._window or 0)[0]
         y = y.transpose(0, 2, 1, 3).reshape(B * T, nh * hs)  # heads side by side
         return _linear(y, w.out_w, w.out_s, w.out_b)
 

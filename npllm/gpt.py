@@ -19,9 +19,11 @@ import npllm.functional as F
 from npllm import arch
 from npllm.autograd.engine import Tensor
 from npllm.errors import ConfigError, DataError, ShapeError
-from npllm.layers import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict
+from npllm.layers import Block, Dropout, Embedding, Linear, Module, ModuleDict
+from npllm.layers.basic import make_norm
 from npllm.layers.block import ACTIVATIONS
 from npllm.layers.module import ModuleList
+from npllm.layers.rope import check_rope_scaling, config_rope, rope_tables
 from npllm.optim import AdamW
 
 
@@ -36,6 +38,16 @@ class GPTConfig:
     bias: bool = True
     mlp_hidden: int | None = None  # None: 4 * n_embd
     activation: str = "gelu"  # "gelu" (tanh approximation), "gelu_exact" (erf), "relu"
+    # The Llama family's options (DESIGN.md, "Next wave"); the defaults are GPT-2's.
+    pos_embedding: str = "learned"  # "learned" (wpe) or "rope" (transformers' Llama names)
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # transformers' dict: {"rope_type": "linear", "factor": 2}
+    norm: str = "layernorm"  # or "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str | None = None  # None: c_fc, activation, c_proj; "swiglu": gate/up/down
+    n_kv_head: int | None = None  # None: n_head; fewer: grouped-query (1: multi-query)
+    sliding_window: int | None = None  # attend to the last W positions only
+    tie_embeddings: bool = True  # lm_head shares the token embedding
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -59,6 +71,48 @@ class GPTConfig:
             raise ConfigError(
                 f"GPTConfig.activation {self.activation!r} is unknown; "
                 f"use one of {', '.join(ACTIVATIONS)}"
+            )
+        self._check_llama_options()
+
+    def _check_llama_options(self) -> None:
+        if self.mlp in ACTIVATIONS:  # mlp="relu" is a plain MLP with that activation
+            self.activation, self.mlp = self.mlp, None
+        choices = {
+            "pos_embedding": ("learned", "rope"),
+            "norm": tuple(arch.NORMS),
+            "mlp": (None, "swiglu"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                shown = ", ".join(str(a) for a in allowed if a) + (
+                    " or none" if None in allowed else ""
+                )
+                raise ConfigError(
+                    f"GPTConfig.{name} {getattr(self, name)!r} is unknown; use {shown}"
+                )
+        hs = self.n_embd // self.n_head
+        if self.pos_embedding == "rope" and hs % 2:
+            raise ConfigError(
+                f"RoPE turns channel pairs, so the head size n_embd / n_head must be even, "
+                f"got {hs}; change n_embd or n_head"
+            )
+        check_rope_scaling(self.rope_scaling)
+        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 1):
+            raise ConfigError(f"GPTConfig.rope_theta must be a number > 1, got {self.rope_theta!r}")
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise ConfigError(f"GPTConfig.norm_eps must be > 0, got {self.norm_eps!r}")
+        for name in ("n_kv_head", "sliding_window"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0
+            ):
+                raise ConfigError(
+                    f"GPTConfig.{name} must be a positive integer or None, got {value!r}"
+                )
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ConfigError(
+                f"GPTConfig.n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}); "
+                "each key/value head serves n_head / n_kv_head query heads"
             )
 
     @property
@@ -85,28 +139,40 @@ class GPT(Module):
         parts: dict[str, Module] = {names.embed: wte}
         if names.pos:
             parts[names.pos] = Embedding(c.block_size, c.n_embd, **common)
+        # RoPE's angle tables for positions [0, block_size), shared by every block
+        rope = (
+            rope_tables(np.arange(c.block_size), *config_rope(c))
+            if names is arch.LLAMA_NAMES
+            else None
+        )
         blocks = ModuleList(
             Block(
                 c.n_embd,
                 c.n_head,
                 c.hidden,
-                c.activation,
+                arch.activation(c),
                 c.bias,
                 c.dropout,
                 proj_std=proj_std,
                 dropout_rng=self.rng,
                 names=names,
+                norm=c.norm,
+                eps=c.norm_eps,
+                n_kv_head=c.n_kv_head,
+                rope=rope,
+                window=c.sliding_window,
                 **common,
             )
             for _ in range(c.n_layer)
         )
+        norm_f = make_norm(c.norm, c.n_embd, c.bias, c.norm_eps, dtype)
         parts.update(
-            drop=Dropout(c.dropout, self.rng),
-            **{names.layers: blocks, names.norm_f: LayerNorm(c.n_embd, c.bias, dtype=dtype)},
+            drop=Dropout(c.dropout, self.rng), **{names.layers: blocks, names.norm_f: norm_f}
         )
         setattr(self, names.root, ModuleDict(**parts))
         self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False, **common)
-        self.lm_head.weight = wte.weight  # tied: the same Tensor
+        if c.tie_embeddings:
+            self.lm_head.weight = wte.weight  # tied: the same Tensor
         # the parts by role, for forward (a tuple is not a child: no second name)
         self._parts = (wte, parts.get(names.pos), parts["drop"], blocks, parts[names.norm_f])
 

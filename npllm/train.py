@@ -193,6 +193,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_interval=250,
         eval_iters=50,
     ),
+    # cpu-small's size and schedule in today's architecture (the Llama family: RoPE,
+    # RMSNorm, SwiGLU, grouped-query attention with 2 key/value heads, no biases)
+    "llama-small": dict(
+        n_layer=4,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=128,
+        mlp_hidden=352,
+        block_size=64,
+        bias=False,
+        pos_embedding="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        dropout=0.0,
+        batch_size=12,
+        max_iters=2000,
+        lr_decay_iters=None,
+        learning_rate=1e-3,
+        min_lr=1e-4,
+        warmup_iters=100,
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        eval_interval=250,
+        eval_iters=200,
+    ),
 }
 DEFAULT_PRESET = "cpu-small"
 

@@ -17,11 +17,31 @@ import argparse
 from npllm.commands.prepare import add_corpus_arguments
 
 # npllm.train.PRESETS, listed here to keep --help light
-PRESET_NAMES = ("cpu-small", "guppy", "chat")
+PRESET_NAMES = ("cpu-small", "guppy", "chat", "llama-small")
 
 
 def _int_or_none(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
+
+
+def _str_or_none(text: str) -> str | None:
+    return None if text.lower() == "none" else text
+
+
+def _json_or_none(text: str):
+    import json
+
+    from npllm.errors import ConfigError
+
+    if text.lower() == "none":
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(
+            f'--rope-scaling takes JSON such as \'{{"rope_type": "linear", "factor": 2}}\' '
+            f"or none, got {text!r}"
+        ) from None
 
 
 # (field, type, help) for every field of GPTConfig, then of TrainConfig; a test checks
@@ -41,6 +61,15 @@ MODEL_FLAGS: list[tuple[str, object, str]] = [
     ("bias", bool, "biases in Linear and LayerNorm layers"),
     ("mlp_hidden", _int_or_none, "MLP hidden width (none: 4 * n_embd)"),
     ("activation", str, "MLP activation: gelu (tanh approximation), gelu_exact or relu"),
+    ("pos_embedding", str, "positions: learned (GPT-2) or rope (Llama; transformers' names)"),
+    ("rope_theta", float, "RoPE base"),
+    ("rope_scaling", _json_or_none, "RoPE scaling, transformers' JSON dict (linear/dynamic/yarn)"),
+    ("norm", str, "layernorm or rmsnorm"),
+    ("norm_eps", float, "the norms' epsilon"),
+    ("mlp", _str_or_none, "MLP kind: none (c_fc, activation, c_proj) or swiglu"),
+    ("n_kv_head", _int_or_none, "key/value heads, grouped-query attention (none: n_head)"),
+    ("sliding_window", _int_or_none, "attend to the last W positions only (none: all)"),
+    ("tie_embeddings", bool, "lm_head shares the token embedding"),
 ]
 TRAIN_FLAGS: list[tuple[str, object, str]] = [
     ("batch_size", int, "sequences per micro-batch"),

@@ -4,7 +4,9 @@ with the same signature, and the backend switch that picks between them.
 Families: `matmul` (linear layer forward/backward; BLAS reference, tiled Numba kernel),
 `softmax` (softmax, log-softmax), `layernorm`, `activations` (ReLU, GELU tanh/erf),
 `crossentropy` (fused softmax + cross-entropy), `attention` (causal SDPA), `embedding`,
-`dropout` and `adamw` (the fused optimizer update). `functional.py` calls every kernel
+`dropout` and `adamw` (the fused optimizer update); for the Llama family `rmsnorm`,
+`swiglu` and `rope`. `decode` (the fused KV-cache decode step) and `int8` sit beside them
+outside the switch, built from these families' serial loops. `functional.py` calls every kernel
 through the names exported here, e.g. `kernels.softmax_forward(x)`.
 
 Backend switch:
@@ -95,7 +97,10 @@ from npllm.kernels import (  # noqa: E402
     embedding,
     layernorm,
     matmul,
+    rmsnorm,
+    rope,
     softmax,
+    swiglu,
 )
 
 BACKENDS = ("numba", "numpy")
@@ -111,6 +116,9 @@ _FAMILIES = (
     embedding,
     dropout,
     adamw,
+    rmsnorm,
+    swiglu,
+    rope,
 )
 
 # Kernel name -> {"numpy": fn, "numba": fn}, collected from each family's `KERNELS` tuple:
@@ -212,6 +220,12 @@ embedding_backward = _dispatcher("embedding_backward")
 dropout_forward = _dispatcher("dropout_forward")
 dropout_backward = _dispatcher("dropout_backward")
 adamw_update = _dispatcher("adamw_update")
+rmsnorm_forward = _dispatcher("rmsnorm_forward")
+rmsnorm_backward = _dispatcher("rmsnorm_backward")
+swiglu_forward = _dispatcher("swiglu_forward")
+swiglu_backward = _dispatcher("swiglu_backward")
+rope_forward = _dispatcher("rope_forward")
+rope_backward = _dispatcher("rope_backward")
 
 __all__ = [
     "BACKENDS",

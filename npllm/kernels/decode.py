@@ -6,8 +6,10 @@ Why fused: at batch 1 a decode step is ~30 small array operations per block, eac
 torch eager), while the arithmetic of a cpu-small block is ~0.4 MFLOP. One compiled call per
 block removes that overhead; what remains is reading the weights once per token.
 
-    decode_block(x, pos, w, k_cache, v_cache, spec, par_min)   x (B, C) updated in place
-        h = norm_1(x); q, k, v = split(h @ W_qkv.T + b); cache[:, :, pos] = k, v
+    decode_block(x, pos, w, k_cache, v_cache, cos, sin, spec, par_min)
+        x (B, C) updated in place; cos, sin (1, hs/2) RoPE's tables at pos (if spec.rope)
+        h = norm_1(x); q, k, v = split(h @ W_qkv.T + b); q, k = rope(q, k)
+        cache[:, :, pos] = k, v
         per head: a = softmax(q . K[:pos+1] / sqrt(hs)); y = a @ V[:pos+1]
         x += y @ W_out.T + b; x += act(norm_2(x) @ W_up.T + b) @ W_down.T + b
     decode_head(x, w, spec, par_min) -> logits (B, V)
@@ -38,7 +40,10 @@ from npllm.kernels._jit import jit
 from npllm.kernels.activations import _gelu_erf_fwd, _gelu_tanh_fwd, _relu_fwd
 from npllm.kernels.int8 import scaled_matmul, scaled_matmul_parallel
 from npllm.kernels.layernorm import _ln_fwd
+from npllm.kernels.rmsnorm import _rms_fwd
+from npllm.kernels.rope import rope_rows
 from npllm.kernels.softmax import _softmax_rows
+from npllm.kernels.swiglu import _swiglu_fwd
 
 # The two settings of `par_min`. PARALLEL: products from 128K weights x rows (guppy's, not
 # cpu-small's) use both cores. Whether that pays depends on the machine's mood: with
@@ -62,15 +67,23 @@ def _matvec(x, w, s, b, out, par_min):
 def _norm(x, w, b, spec, out, stats):
     """out = norm(x) over rows; stats (2, B) scratch for the per-row statistics."""
     t = x.dtype.type
-    _ln_fwd(x, w, b, t(spec.eps), out, stats[0], stats[1], 0, x.shape[0])
+    if spec.norm == 0:
+        _ln_fwd(x, w, b, t(spec.eps), out, stats[0], stats[1], 0, x.shape[0])
+    else:
+        _rms_fwd(x, w, t(spec.eps), out, stats[0], 0, x.shape[0])
 
 
 @jit
 def _activate(f, spec, out):
-    """out (B, hidden) = the MLP's activation of f (B, hidden). Out of place: with the
-    input and output one array the loops stayed scalar (5x slower)."""
+    """out (B, hidden) = the MLP's activation of f (B, hidden), or for SwiGLU of f
+    (B, 2 hidden) = [gate, up]. Out of place: with the input and output one array the
+    loops stayed scalar (5x slower)."""
     a, o = f.reshape(-1), out.reshape(-1)
-    if spec.act == 0:
+    if spec.act == 3:
+        H = out.shape[1]
+        for b in range(f.shape[0]):
+            _swiglu_fwd(f[b, :H], f[b, H:], out[b])
+    elif spec.act == 0:
         _gelu_tanh_fwd(a, a, o)
     elif spec.act == 1:
         _gelu_erf_fwd(a, a, o)
@@ -79,16 +92,23 @@ def _activate(f, spec, out):
 
 
 @jit
-def _attend(qkv, pos, k_cache, v_cache, y, spec):
-    """Write this token's k, v into the caches at `pos`; y = attention of q over [0, pos].
+def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec):
+    """Rotate this token's q and k (RoPE, by the (1, hs/2) tables cos, sin), write its k, v
+    into the caches at `pos`; y = attention of q over [0, pos] (the last `window` of it).
     Query head h reads key/value head h // (n_head / n_kv_head)."""
     B, n_kv, _, hs = k_cache.shape
     nh = spec.n_head
     rep = nh // n_kv
     t = qkv.dtype.type
     scale = t(1) / np.sqrt(t(hs))
-    S = pos + 1
+    lo = max(0, pos + 1 - spec.window) if spec.window else 0
+    S = pos + 1 - lo
     k0, v0 = nh * hs, (nh + n_kv) * hs
+    if spec.rope:
+        for b in range(B):
+            for h in range(nh + n_kv):  # q heads, then k heads: contiguous in qkv
+                head = qkv[b : b + 1, h * hs : (h + 1) * hs]
+                rope_rows(head, cos, sin, t(1), head)
     scores = np.empty((2, S), qkv.dtype)
     att, p = scores[:1], scores[1:]  # softmax out of place: in place stays scalar
     for b in range(B):
@@ -98,7 +118,7 @@ def _attend(qkv, pos, k_cache, v_cache, y, spec):
                 v_cache[b, g, pos, d] = qkv[b, v0 + g * hs + d]
         for h in range(nh):
             q0 = h * hs
-            kc, vc = k_cache[b, h // rep], v_cache[b, h // rep]  # (block_size, hs)
+            kc, vc = k_cache[b, h // rep, lo:], v_cache[b, h // rep, lo:]  # (>= S, hs)
             for s in range(S):
                 a = t(0)
                 for d in range(hs):
@@ -114,7 +134,7 @@ def _attend(qkv, pos, k_cache, v_cache, y, spec):
 
 
 @jit
-def decode_block(x, pos, w, k_cache, v_cache, spec, par_min):
+def decode_block(x, pos, w, k_cache, v_cache, cos, sin, spec, par_min):
     w, spec = BlockWeights(*w), Spec(*spec)
     B, C = x.shape
     dt = x.dtype
@@ -124,13 +144,13 @@ def decode_block(x, pos, w, k_cache, v_cache, spec, par_min):
     qkv = np.empty((B, w.qkv_w.shape[0]), dt)
     _matvec(h, w.qkv_w, w.qkv_s, w.qkv_b, qkv, par_min)
     y = np.empty((B, spec.n_head * k_cache.shape[3]), dt)
-    _attend(qkv, pos, k_cache, v_cache, y, spec)
+    _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec)
     _matvec(y, w.out_w, w.out_s, w.out_b, h, par_min)
     x += h
     _norm(x, w.norm_2_w, w.norm_2_b, spec, h, stats)
     f = np.empty((B, w.up_w.shape[0]), dt)
     _matvec(h, w.up_w, w.up_s, w.up_b, f, par_min)
-    g = np.empty((B, w.down_w.shape[1]), dt)
+    g = np.empty((B, w.down_w.shape[1]), dt)  # (B, hidden)
     _activate(f, spec, g)
     _matvec(g, w.down_w, w.down_s, w.down_b, h, par_min)
     x += h

@@ -3,6 +3,11 @@ q, k, v; heads split, attended under a causal mask, merged; the `c_proj` project
 Under the Llama names (`npllm.arch`) q, k and v are three projections, `q_proj`,
 `k_proj`, `v_proj`, and the output one is `o_proj`.
 
+Options of the Llama family: `n_kv_head` < n_head key/value heads (grouped-query; 1 is
+multi-query), each serving n_head / n_kv_head query heads (`F.repeat_kv`); `rope`, the
+(cos, sin) tables of rotary position embedding applied to q and k (`F.rope`); `window`,
+sliding-window attention over the last `window` positions.
+
 The attention itself is `F.scaled_dot_product_attention` (one fused op with a hand-written
 backward). Only when training with attention dropout does it run as explicit ops
 (scores, mask, softmax, dropout, weighted sum), because dropout on the attention
@@ -39,6 +44,9 @@ class CausalSelfAttention(Module):
         dropout_rng: np.random.Generator | None = None,
         dtype: Any = np.float32,
         names: Naming = GPT2_NAMES,
+        n_kv_head: int | None = None,
+        rope: tuple[np.ndarray, np.ndarray] | None = None,
+        window: int | None = None,
     ) -> None:
         super().__init__()
         if n_head <= 0 or n_embd % n_head:
@@ -46,10 +54,18 @@ class CausalSelfAttention(Module):
                 f"n_embd ({n_embd}) must be a positive multiple of n_head ({n_head}); "
                 "change one of them"
             )
-        self.n_embd, self.n_head = n_embd, n_head
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if n_kv_head <= 0 or n_head % n_kv_head:
+            raise ConfigError(
+                f"n_kv_head ({n_kv_head}) must divide n_head ({n_head}); each key/value "
+                "head serves n_head / n_kv_head query heads"
+            )
+        self.n_embd, self.n_head, self.n_kv_head = n_embd, n_head, n_kv_head
+        self._rope, self.window = rope, window
         linear = dict(rng=rng, dtype=dtype)
+        kv = n_kv_head * (n_embd // n_head)
         # q, k and v for all heads in one matmul, or one each (its name's family decides)
-        widths = [n_embd] * 3 if len(names.qkv) == 3 else [3 * n_embd]
+        widths = [n_embd, kv, kv] if len(names.qkv) == 3 else [n_embd + 2 * kv]
         qkv = [Linear(n_embd, w, bias, std=std, **linear) for w in widths]
         out = Linear(n_embd, n_embd, bias, std=proj_std, **linear)
         for name, lin in zip((*names.qkv, names.attn_out), (*qkv, out)):
@@ -65,29 +81,37 @@ class CausalSelfAttention(Module):
                 f"CausalSelfAttention expects input (B, T, {self.n_embd}), got {x.shape}"
             )
         B, T, C = x.shape
-        nh, hs = self.n_head, C // self.n_head
+        nh, nkv, hs = self.n_head, self.n_kv_head, C // self.n_head
         if len(self._qkv) == 1:
-            q, k, v = split(self._qkv[0](x), 3, axis=2)  # 3 x (B, T, C)
+            qkv = self._qkv[0](x)  # (B, T, C + 2 nkv hs)
+            q, k, v = split(qkv, [C, C + nkv * hs], axis=2)
         else:
-            q, k, v = (lin(x) for lin in self._qkv)  # 3 x (B, T, C)
+            q, k, v = (lin(x) for lin in self._qkv)  # (B, T, C), 2 x (B, T, nkv hs)
         q = q.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-        k = k.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-        v = v.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        k = k.reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)  # (B, nkv, T, hs)
+        v = v.reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)  # (B, nkv, T, hs)
+        if self._rope is not None:
+            cos, sin = self._rope[0][:T], self._rope[1][:T]  # (T, hs/2)
+            q, k = F.rope(q, cos, sin), F.rope(k, cos, sin)
+        if nkv != nh:
+            k, v = F.repeat_kv(k, nh // nkv), F.repeat_kv(v, nh // nkv)  # (B, nh, T, hs)
         if self.training and self.attn_dropout.p > 0.0:
             y = self._attend_with_dropout(q, k, v)  # (B, nh, T, hs)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, causal=True, window=self.window)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self._out[0](y))  # (B, T, C)
 
     def _attend_with_dropout(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         T, hs = q.shape[-2], q.shape[-1]
         att = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
-        # -inf above the diagonal: position t sees only positions <= t
+        # -inf above the diagonal: position t sees only positions <= t (and > t - window)
         mask = np.triu(np.full((T, T), -np.inf, dtype=q.dtype), k=1)
+        if self.window:
+            mask += np.tril(np.full((T, T), -np.inf, dtype=q.dtype), k=-self.window)
         att = F.softmax(att + mask, axis=-1)  # (B, nh, T, T)
         att = self.attn_dropout(att)
         return att @ v  # (B, nh, T, hs)
 
     def extra_repr(self) -> str:
-        return f"n_embd={self.n_embd}, n_head={self.n_head}"
+        return f"n_embd={self.n_embd}, n_head={self.n_head}, n_kv_head={self.n_kv_head}"

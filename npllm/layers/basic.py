@@ -96,6 +96,29 @@ class LayerNorm(Module):
         return f"{self.ndim}, bias={self.bias is not None}"
 
 
+class RMSNorm(Module):
+    """RMSNorm over the last dimension (Llama's): x / sqrt(mean(x^2) + eps) * weight,
+    weight one, no bias."""
+
+    def __init__(self, ndim: int, eps: float = 1e-6, *, dtype: Any = np.float32) -> None:
+        super().__init__()
+        self.ndim, self.eps = ndim, eps
+        self.weight = constant_param((ndim,), 1.0, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.weight, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.ndim}, eps={self.eps}"
+
+
+def make_norm(kind: str, ndim: int, bias: bool, eps: float, dtype: Any) -> Module:
+    """The norm a config asks for: "layernorm" (with bias if `bias`) or "rmsnorm"."""
+    if kind == "rmsnorm":
+        return RMSNorm(ndim, eps, dtype=dtype)
+    return LayerNorm(ndim, bias, eps, dtype=dtype)
+
+
 class Dropout(Module):
     """Zeroes entries with probability `p` in training (scaling the rest by 1/(1-p));
     the identity in eval mode. Masks come from `rng`, a generator the model owns."""
