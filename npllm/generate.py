@@ -11,14 +11,17 @@ run through the int8 kernel. Under `npllm.kernels.use("numpy")` decode steps tak
 NumPy path too, which is the reference the fused step is tested against.
 
 The KV cache (`KVCache`): per layer, keys and values preallocated as
-(B, n_kv_head, block_size, hs).
-`Decoder.forward(idx, cache)` appends the keys and values of `idx`'s positions to the cache
-and attends each new query over everything cached so far, so the same call is the prefill
-(the whole prompt in one pass) and a decode step (one token). When the context passes
-`block_size`, the window is cropped to the last `block_size` tokens and the cache is rebuilt
-from them by a new prefill: positions are learned absolute embeddings, so cached keys cannot
-be shifted to new positions. Every token past the window therefore costs a prefill of
-`block_size` tokens, exactly what nanoGPT's recomputation does for every token.
+(B, n_kv_head, slots, hs). `Decoder.forward(idx, cache)` appends the keys and values of
+`idx`'s positions to the cache and attends each new query over what it can see, so the
+same call is the prefill (the whole prompt in one pass) and a decode step (one token).
+- Learned positions (GPT-2): slots = block_size. When the context passes block_size, the
+  window is cropped to its last block_size tokens and the cache rebuilt from them by a new
+  prefill: cached keys cannot be moved to new positions, so every token past the window
+  costs a prefill of block_size tokens, as nanoGPT's recomputation does.
+- RoPE: the cache rolls. The model attends to its last `window` positions (sliding_window,
+  else block_size), slots = window and position p lives in slot p % window; a key keeps
+  the rotation of its own position, so a token past the window costs one decode step.
+  This equals recomputing the whole context with that window (tests/model/test_llama.py).
 
 `generate`/`stream` sample with the rules of `npllm.sampling`. Stop sequences are checked
 on the generated ids only and are included in the output; in a batch, a row that has
@@ -101,7 +104,11 @@ class Decoder:
         self.n_kv_head, self.hs = self.spec.n_kv_head, config.n_embd // config.n_head
         self.activation = arch.activation(config)
         self._norm_kind = getattr(config, "norm", None) or "layernorm"
-        self._window = self.spec.window or None
+        # RoPE models roll their cache past the window: a key keeps its rotation, and the
+        # model attends to the last `window` positions (sliding_window, else block_size).
+        self.rolling = bool(self.spec.rope)
+        window = self.spec.window or (config.block_size if self.rolling else 0)
+        self._window = min(window, config.block_size) if window else 0
         # RoPE: inverse frequencies; a position's angles are made when it is first seen
         self._freqs = config_rope(config) if self.spec.rope else None
         self.weights = arch.inference_weights(config, weights)
@@ -155,8 +162,11 @@ class Decoder:
         return cls(model.config, load_weights(model.state_dict()))
 
     def new_cache(self, batch: int) -> KVCache:
+        """Room for block_size positions; a rolling cache holds its window's positions,
+        position p in slot p % window."""
         c = self.config
-        shape = (batch, self.n_kv_head, c.block_size, self.hs)
+        slots = self._window if self.rolling else c.block_size
+        shape = (batch, self.n_kv_head, slots, self.hs)
         return KVCache(
             [np.zeros(shape, np.float32) for _ in range(c.n_layer)],
             [np.zeros(shape, np.float32) for _ in range(c.n_layer)],
@@ -186,7 +196,7 @@ class Decoder:
         context. One new token per row with a cache takes the fused decode step."""
         B, T = idx.shape
         start = 0 if cache is None else cache.length
-        if start + T > self.config.block_size:
+        if start + T > self.config.block_size and not self.rolling:
             raise ShapeError(
                 f"{start + T} positions do not fit block_size {self.config.block_size}; "
                 "crop the context to its last block_size tokens"
@@ -236,17 +246,31 @@ class Decoder:
         if self._freqs is not None:
             cos, sin = self._rope_tables(start, T)
             q, k = _ROPE(q, cos, sin), _ROPE(k, cos, sin)
-        S = start + T
         if cache is not None:
-            cache.k[layer][:, :, start:S] = k
-            cache.v[layer][:, :, start:S] = v
-            k, v = cache.k[layer][:, :, :S], cache.v[layer][:, :, :S]  # (B, nkv, S, hs)
+            k, v = self._cached(cache, layer, start, k, v)  # (B, nkv, P + T, hs)
         if nkv != nh:  # grouped-query: each k/v head serves nh / nkv query heads
             k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
         # causal, aligned to the end: query t (position start + t) sees keys up to it
         y = _ATTENTION(q, k, np.ascontiguousarray(v), True, self._window or 0)[0]
         y = y.transpose(0, 2, 1, 3).reshape(B * T, nh * hs)  # heads side by side
         return _linear(y, w.out_w, w.out_s, w.out_b)
+
+    def _cached(
+        self, cache: KVCache, layer: int, start: int, k: np.ndarray, v: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The keys and values the new positions [start, start + T) attend to: the cached
+        earlier ones they can see, in position order, then their own; the new ones are
+        stored (position p in slot p % slots; the last `slots` of them)."""
+        kc, vc = cache.k[layer], cache.v[layer]
+        slots, T = kc.shape[2], k.shape[2]
+        seen = min(start, self._window - 1) if self._window else start  # earlier positions
+        old = np.arange(start - seen, start) % slots
+        keys = np.concatenate([kc[:, :, old], k], axis=2)
+        values = np.concatenate([vc[:, :, old], v], axis=2)
+        new = np.arange(max(start, start + T - slots), start + T)
+        kc[:, :, new % slots] = k[:, :, new - start]
+        vc[:, :, new % slots] = v[:, :, new - start]
+        return keys, values
 
 
 def as_decoder(model: Any) -> Decoder:
@@ -406,8 +430,10 @@ def _stream(
         if step == max_new_tokens - 1:
             break
         if cache is None:
-            logits = dec.forward(ctx[:, max(0, n + 1 - bs) : n + 1], None, last_only=True)
-        elif cache.length == bs:
+            # recomputation: the whole context when the model rolls past its window
+            first = 0 if dec.rolling else max(0, n + 1 - bs)
+            logits = dec.forward(ctx[:, first : n + 1], None, last_only=True)
+        elif cache.length == bs and not dec.rolling:
             # the window is full: crop it and rebuild the cache from the cropped context
             cache.length = 0
             logits = dec.forward(ctx[:, n + 1 - bs : n + 1], cache, last_only=True)

@@ -96,13 +96,17 @@ def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec):
     """Rotate this token's q and k (RoPE, by the (1, hs/2) tables cos, sin), write its k, v
     into the caches at `pos`; y = attention of q over [0, pos] (the last `window` of it).
     Query head h reads key/value head h // (n_head / n_kv_head)."""
-    B, n_kv, _, hs = k_cache.shape
+    B, n_kv, slots, hs = k_cache.shape
     nh = spec.n_head
     rep = nh // n_kv
     t = qkv.dtype.type
     scale = t(1) / np.sqrt(t(hs))
-    lo = max(0, pos + 1 - spec.window) if spec.window else 0
-    S = pos + 1 - lo
+    slot = pos % slots  # a rolling cache (npllm.generate) keeps position p in slot p % slots
+    if pos < slots:
+        lo = max(0, pos + 1 - spec.window) if spec.window else 0
+        S = pos + 1 - lo
+    else:  # the cache holds exactly the window, in ring order: attend to all of it
+        lo, S = 0, slots
     k0, v0 = nh * hs, (nh + n_kv) * hs
     if spec.rope:
         for b in range(B):
@@ -114,8 +118,8 @@ def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec):
     for b in range(B):
         for g in range(n_kv):
             for d in range(hs):
-                k_cache[b, g, pos, d] = qkv[b, k0 + g * hs + d]
-                v_cache[b, g, pos, d] = qkv[b, v0 + g * hs + d]
+                k_cache[b, g, slot, d] = qkv[b, k0 + g * hs + d]
+                v_cache[b, g, slot, d] = qkv[b, v0 + g * hs + d]
         for h in range(nh):
             q0 = h * hs
             kc, vc = k_cache[b, h // rep, lo:], v_cache[b, h // rep, lo:]  # (>= S, hs)

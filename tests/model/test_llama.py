@@ -178,3 +178,37 @@ def test_llama_names_quantize_and_bad_options_are_one_line_errors():
     ]:
         with pytest.raises(ConfigError, match=word):
             llama_config(**bad)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(sliding_window=5, n_kv_head=2), dict(block_size=8), dict(block_size=8, sliding_window=6)],
+    ids=["window-5", "rope-block-8", "window-6-block-8"],
+)
+def test_rolling_cache_equals_recomputation_over_three_windows(overrides):
+    c = llama_config(**overrides)
+    window = min(c.sliding_window or c.block_size, c.block_size)
+    model = perturbed(GPT(c, seed=7), scale=0.3).eval()
+    dec = Decoder.from_model(model)
+    assert dec.new_cache(1).k[0].shape[2] == window  # the cache holds one window
+    rng = np.random.default_rng(8)
+    context = rng.integers(0, c.vocab_size, (2, 3))
+    cache = dec.new_cache(2)
+    logits = dec.forward(context, cache, last_only=True)
+    for _ in range(3 * window):
+        with kernels.use("numpy"):  # recomputation over the whole context, windowed
+            full = dec.forward(context)[:, -1]
+        np.testing.assert_allclose(logits, full, rtol=1e-4, atol=1e-4)
+        nxt = rng.integers(0, c.vocab_size, (2, 1))
+        context = np.concatenate([context, nxt], axis=1)
+        logits = dec.forward(nxt, cache, last_only=True)  # fused step, rolling
+    assert cache.length == context.shape[1] - 1 + 1
+    # within the training window, the decoder's recomputation is the model's forward
+    with no_grad():
+        ref = model(context[:, : c.block_size])[0].data
+    np.testing.assert_allclose(dec.forward(context[:, : c.block_size]), ref, atol=1e-4)
+    # greedy generation: the rolling cache and recomputation give the same ids
+    prompt = context[0, :4]
+    cached, _ = generate(dec, prompt, 3 * window, greedy=True)
+    recomputed, _ = generate(dec, prompt, 3 * window, greedy=True, use_cache=False)
+    assert cached.tolist() == recomputed.tolist()
