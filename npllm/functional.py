@@ -18,6 +18,7 @@ import numpy as np
 from npllm import kernels as K
 from npllm.autograd.engine import Context, Function, Tensor
 from npllm.errors import ConfigError, ShapeError
+from npllm.kernels.window import window_attention_forward
 
 __all__ = [
     "cross_entropy",
@@ -322,8 +323,8 @@ class SDPA(Function):
     def forward(
         ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, window: int = 0
     ) -> np.ndarray:
-        if window:  # the NumPy reference has the window; the Numba kernel is being rewritten
-            out, att = K.get("attention_forward", "numpy")(q, k, v, causal, window)
+        if window and causal:  # kernels/window.py, on the softmax kernel
+            out, att = window_attention_forward(q, k, v, window, K.softmax_forward)
         else:
             out, att = K.attention_forward(q, k, v, causal)
         ctx.save_for_backward(q, k, v, att)

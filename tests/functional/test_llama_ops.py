@@ -83,13 +83,17 @@ def test_rope_kernel_matches_its_reference_and_its_backward_is_the_inverse(n, T,
 def test_windowed_attention_reference_hides_exactly_the_keys_outside_the_window(
     nh, T, extra, window, seed
 ):
-    # the window runs on the NumPy reference (the Numba kernel is being rewritten); a window
-    # covering every key is plain causal attention, which the Numba kernel computes too
+    # a window covering every key is plain causal attention; both softmax kernels agree
+    from npllm.kernels.window import window_attention_forward
+
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((1, nh, T, 4)).astype(np.float32)
     k, v = rng.standard_normal((2, 1, nh, T + extra, 4)).astype(np.float32)
-    ref = K.get("attention_forward", "numpy")(q, k, v, True, window)
-    wide = K.get("attention_forward", "numpy")(q, k, v, True, T + extra)
+    ref = window_attention_forward(q, k, v, window, K.get("softmax_forward", "numpy"))
+    got = window_attention_forward(q, k, v, window, K.get("softmax_forward", "numba"))
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    wide = window_attention_forward(q, k, v, T + extra, K.get("softmax_forward", "numpy"))
     for a, b in zip(wide, K.get("attention_forward", "numba")(q, k, v, True)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     att = ref[1]
