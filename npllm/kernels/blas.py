@@ -127,9 +127,10 @@ def _gemm_block_impl(ta, tb, m, n, k, alpha, a, a_off, lda, b, b_off, ldb, beta,
 
 
 @jit(parallel=True)
-def _gemm_rows(trans_a, trans_b, a, b, c, beta, chunks):
-    """c = op(a) @ op(b) + beta * c with the rows of c split into `chunks` prange tasks,
-    each one single-threaded BLAS call on its own block of rows."""
+def _gemm_rows(trans_a, trans_b, a, b, c, beta, bias, chunks):
+    """c = op(a) @ op(b) + beta * c (+ bias on every row, unless bias is empty) with the rows
+    of c split into `chunks` prange tasks, each one single-threaded BLAS call on its own
+    block of rows, then the bias added to that block while it is still in cache."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     lda, ldb = a.shape[1], b.shape[1]
@@ -143,6 +144,10 @@ def _gemm_rows(trans_a, trans_b, a, b, c, beta, chunks):
             # rows lo.. of op(a): rows of a, or columns of a when it is transposed
             a_off = lo if trans_a else lo * lda
             gemm_block(ta, tb, rows, n, k, 1.0, a, a_off, lda, b, 0, ldb, beta, c, lo * n, n)
+            if bias.size:
+                for i in range(lo, lo + rows):
+                    for j in range(n):
+                        c[i, j] += bias[j]
 
 
 # Below this many multiply-adds one call does the whole product: splitting it would cost
@@ -157,9 +162,10 @@ def gemm(
     trans_b: bool = False,
     out: np.ndarray | None = None,
     beta: float = 0.0,
+    bias: np.ndarray | None = None,
 ) -> np.ndarray:
-    """op(a) @ op(b) (+ beta * out), 2-D float32/float64, on Numba's pool (see module doc).
-    Other dtypes go to NumPy."""
+    """op(a) @ op(b) (+ beta * out) (+ bias, broadcast over rows), 2-D float32/float64, on
+    Numba's pool (see module doc). Other dtypes go to NumPy."""
     m = a.shape[1] if trans_a else a.shape[0]
     k = a.shape[0] if trans_a else a.shape[1]
     n = b.shape[0] if trans_b else b.shape[1]
@@ -170,16 +176,21 @@ def gemm(
     if dt not in (np.float32, np.float64) or out.dtype != dt or not out.flags.c_contiguous:
         res = (a.T if trans_a else a) @ (b.T if trans_b else b)
         out[...] = res + beta * out if beta else res
+        if bias is not None:
+            out += bias
         return out
     if m == 0 or n == 0:
         return out
     if k == 0:
         out *= beta
+        if bias is not None:
+            out += bias
         return out
     a = np.ascontiguousarray(a, dtype=dt)
     b = np.ascontiguousarray(b, dtype=dt)
+    bias = np.ascontiguousarray(bias, dtype=dt) if bias is not None else np.empty(0, dt)
     chunks = 1 if m * n * k < _SPLIT_MIN or m < 2 else _num_threads()  # 2x as many: slower
-    _gemm_rows(trans_a, trans_b, a, b, out, beta, min(chunks, m))
+    _gemm_rows(trans_a, trans_b, a, b, out, beta, bias, min(chunks, m))
     return out
 
 

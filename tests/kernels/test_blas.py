@@ -43,6 +43,10 @@ def test_gemm_matches_numpy(m, k, n, trans_a, trans_b, dtype, beta, seed):
     fresh = blas.gemm(stored_a, stored_b, trans_a, trans_b)
     np.testing.assert_allclose(fresh, a.astype(np.float64) @ b, rtol=TOL[dtype]["rtol"],
                                atol=TOL[dtype]["atol"] * scale)  # fmt: skip
+    bias = rng.standard_normal(n).astype(dtype)
+    biased = blas.gemm(stored_a, stored_b, trans_a, trans_b, bias=bias)
+    np.testing.assert_allclose(biased, a.astype(np.float64) @ b + bias, rtol=TOL[dtype]["rtol"],
+                               atol=TOL[dtype]["atol"] * scale)  # fmt: skip
 
 
 def test_large_product_is_split_across_threads_and_still_exact():
