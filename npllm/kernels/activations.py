@@ -71,8 +71,8 @@ def gelu_backward_numpy(dy, x, approximate="tanh"):
 # ---- Numba -----------------------------------------------------------------------------
 # Each kernel is a serial loop over a contiguous 1-D slice, starting at index 0 (a loop
 # over range(lo, hi) stayed scalar and ran 6-10x slower, PERF_NOTES). Large arrays are
-# cut into chunks run by `_parallel`; small ones run serially, since a prange launch costs
-# more than the work below ~64k elements. Constants are made in the input's dtype: a
+# cut into chunks run by the `_PARALLEL` drivers; small ones run serially, since a prange
+# launch costs more than the work below ~64k elements. Constants are made in the input's dtype: a
 # Python literal would promote float32 math to float64 in Numba (and send fexp/ferf to
 # their scalar float64 branch).
 @jit
@@ -145,26 +145,65 @@ def _gelu_erf_bwd(dy, x, dx):
 _SERIAL = (_relu_fwd, _relu_bwd, _gelu_tanh_fwd, _gelu_tanh_bwd, _gelu_erf_fwd, _gelu_erf_bwd)
 
 
-@jit(parallel=True)
-def _parallel(kind, a, b, out, nchunks):
-    n = out.size
+# One parallel driver per kernel, each cutting its arrays into `nchunks` slices. (A single
+# driver that took the kernel as an integer code compiled all six bodies on first use:
+# 2.9 s of a 10 s cold start, for one or two kernels used.)
+@jit(inline=True)
+def _span(n, nchunks, c):
     per = (n + nchunks - 1) // nchunks
+    return c * per, min(n, (c + 1) * per)
+
+
+@jit(parallel=True)
+def _relu_fwd_par(a, b, out, nchunks):
     for c in prange(nchunks):
-        lo = c * per
-        hi = min(n, lo + per)
-        sa, sb, so = a[lo:hi], b[lo:hi], out[lo:hi]
-        if kind == 0:
-            _relu_fwd(sa, sb, so)
-        elif kind == 1:
-            _relu_bwd(sa, sb, so)
-        elif kind == 2:
-            _gelu_tanh_fwd(sa, sb, so)
-        elif kind == 3:
-            _gelu_tanh_bwd(sa, sb, so)
-        elif kind == 4:
-            _gelu_erf_fwd(sa, sb, so)
-        else:
-            _gelu_erf_bwd(sa, sb, so)
+        lo, hi = _span(out.size, nchunks, c)
+        _relu_fwd(a[lo:hi], b[lo:hi], out[lo:hi])
+
+
+@jit(parallel=True)
+def _relu_bwd_par(a, b, out, nchunks):
+    for c in prange(nchunks):
+        lo, hi = _span(out.size, nchunks, c)
+        _relu_bwd(a[lo:hi], b[lo:hi], out[lo:hi])
+
+
+@jit(parallel=True)
+def _gelu_tanh_fwd_par(a, b, out, nchunks):
+    for c in prange(nchunks):
+        lo, hi = _span(out.size, nchunks, c)
+        _gelu_tanh_fwd(a[lo:hi], b[lo:hi], out[lo:hi])
+
+
+@jit(parallel=True)
+def _gelu_tanh_bwd_par(a, b, out, nchunks):
+    for c in prange(nchunks):
+        lo, hi = _span(out.size, nchunks, c)
+        _gelu_tanh_bwd(a[lo:hi], b[lo:hi], out[lo:hi])
+
+
+@jit(parallel=True)
+def _gelu_erf_fwd_par(a, b, out, nchunks):
+    for c in prange(nchunks):
+        lo, hi = _span(out.size, nchunks, c)
+        _gelu_erf_fwd(a[lo:hi], b[lo:hi], out[lo:hi])
+
+
+@jit(parallel=True)
+def _gelu_erf_bwd_par(a, b, out, nchunks):
+    for c in prange(nchunks):
+        lo, hi = _span(out.size, nchunks, c)
+        _gelu_erf_bwd(a[lo:hi], b[lo:hi], out[lo:hi])
+
+
+_PARALLEL = (
+    _relu_fwd_par,
+    _relu_bwd_par,
+    _gelu_tanh_fwd_par,
+    _gelu_tanh_bwd_par,
+    _gelu_erf_fwd_par,
+    _gelu_erf_bwd_par,
+)
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -176,7 +215,7 @@ def _run(kind: int, a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> np.
     if a.size < _PAR_MIN:
         _SERIAL[kind](a, b, out)
     else:
-        _parallel(kind, a, b, out, 2 * min(8, a.size // _PAR_MIN))
+        _PARALLEL[kind](a, b, out, 2 * min(8, a.size // _PAR_MIN))
     return out.reshape(shape)
 
 
