@@ -44,9 +44,9 @@ def jit(fn=None, *, parallel: bool = False, fastmath: bool = True, inline: bool 
     return njit(**opts)(fn)
 
 
-# Below this many elements of work a kernel runs serially: a prange launch wakes the
-# second thread (passive OpenMP waiting, see npllm/__init__.py), which costs more than the
-# work; KV-cache decoding (T = 1) calls the row kernels at a few hundred elements.
+# Below this many elements of work a kernel runs serially: a prange launch (a few
+# microseconds, more when the second thread has gone to sleep) costs more than the work;
+# KV-cache decoding (T = 1) calls the row kernels at a few hundred elements.
 PAR_MIN = 1 << 15
 
 
