@@ -103,6 +103,29 @@ def torch_kv_model(c, sd: dict):
     return KVModel()
 
 
+def torch_llama_kv_model(config: dict, weights: dict):
+    """transformers' LlamaForCausalLM with its own KV cache (DynamicCache), eager, inference
+    only, behind the same `step(idx, start)` as torch_kv_model."""
+    import torch
+
+    from benchmarks.train_step import torch_llama
+
+    model = torch_llama(model_config(config), weights).eval()
+
+    class HFKV:
+        cache = None
+
+        @torch.inference_mode()
+        def step(self, idx, start):
+            if start == 0:
+                self.cache = None  # a new sequence (or, without the cache, the whole one)
+            out = model(input_ids=idx, past_key_values=self.cache, use_cache=True)
+            self.cache = out.past_key_values
+            return out.logits[:, -1]
+
+    return HFKV()
+
+
 def torch_generate(model, n: int, use_cache: bool = True) -> list[int]:
     """Greedy decoding after the prompt [0], batch 1: with the cache one position per
     step, else the whole context every step."""
@@ -186,7 +209,10 @@ def decode_worker(spec: dict) -> dict:
     config = meta["config"]
     n = config["block_size"] - 1
     if fw == "torch":
-        tmodel = torch_kv_model(SimpleNamespace(**config), weights)
+        if config.get("pos_embedding") == "rope":
+            tmodel = torch_llama_kv_model(config, weights)
+        else:
+            tmodel = torch_kv_model(SimpleNamespace(**config), weights)
         runs = {TORCH_KV: lambda: torch_generate(tmodel, n)}
         if spec["recompute"]:
             runs["PyTorch eager, recompute"] = lambda: torch_generate(tmodel, n, use_cache=False)
@@ -368,8 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(head)
     if args.write or args.results:
+        family = " (Llama family: llama-small)" if shapes == ["llama-small"] else ""
         write_section(
-            "Generation", head + "\n" + "\n".join(parts), *([args.results] if args.results else [])
+            "Generation" + family,
+            head + "\n" + "\n".join(parts),
+            *([args.results] if args.results else []),
         )
     if not ok:
         print(

@@ -47,8 +47,15 @@ from benchmarks.common import (  # noqa: E402
 SHAPES: dict[str, tuple[str | None, dict]] = {
     "cpu-small": ("cpu-small", dict(vocab_size=65, batch_size=12)),  # nanoGPT's CPU run
     "guppy": ("guppy", dict(vocab_size=4096, batch_size=8)),  # GuppyLM's shape
+    # the Llama family (RoPE, RMSNorm, SwiGLU, grouped-query attention); PyTorch's side is
+    # transformers' LlamaForCausalLM at its defaults
+    "llama-small": ("llama-small", dict(vocab_size=65, batch_size=12)),
     # for the harness's tests only
     "tiny": (None, dict(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, batch_size=2)),
+    "tiny-llama": (
+        "llama-small",
+        dict(vocab_size=11, block_size=8, n_layer=1, n_embd=16, mlp_hidden=24, batch_size=2),
+    ),  # fmt: skip
 }
 LR, WD, BETAS, CLIP = 1e-3, 0.1, (0.9, 0.99), 1.0
 LOSS_TOLERANCE = 1e-3  # relative; float32 losses of the two frameworks agree to ~1e-5
@@ -166,15 +173,66 @@ def torch_model_and_adamw(model_cfg: dict, weights: dict, lr: float, wd: float, 
     return model, opt
 
 
+def torch_llama(c: dict, weights: dict):
+    """transformers' LlamaForCausalLM (its default attention) holding npllm's weights, whose
+    names are transformers' own for this family."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=c["vocab_size"],
+        hidden_size=c["n_embd"],
+        intermediate_size=c["mlp_hidden"],
+        num_hidden_layers=c["n_layer"],
+        num_attention_heads=c["n_head"],
+        num_key_value_heads=c["n_kv_head"] or c["n_head"],
+        max_position_embeddings=c["block_size"],
+        rms_norm_eps=c["norm_eps"],
+        rope_parameters={"rope_type": "default", "rope_theta": c["rope_theta"]},
+        tie_word_embeddings=c["tie_embeddings"],
+        attention_bias=c["bias"],
+        mlp_bias=c["bias"],
+    )
+    model = LlamaForCausalLM(cfg)
+    model.load_state_dict({k: torch.tensor(v) for k, v in weights.items()}, strict=True)
+    return model
+
+
+def torch_llama_and_adamw(c: dict, weights: dict, lr: float, wd: float, betas):
+    """torch_llama in training mode, and torch's AdamW as above."""
+    import torch
+
+    model = torch_llama(c, weights).train()
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=tuple(betas),
+    )
+    return model, opt
+
+
 def torch_trainer(config: dict, weights: dict):
     """The same step in PyTorch eager, torch's AdamW."""
     import torch
 
-    model, opt = torch_model_and_adamw(model_config(config), weights, LR, WD, BETAS)
+    if config.get("pos_embedding") == "rope":
+        model, opt = torch_llama_and_adamw(model_config(config), weights, LR, WD, BETAS)
+        V = config["vocab_size"]
+
+        def forward(x, y):
+            logits = model(input_ids=x).logits
+            return None, torch.nn.functional.cross_entropy(logits.view(-1, V), y.view(-1))
+    else:
+        model, opt = torch_model_and_adamw(model_config(config), weights, LR, WD, BETAS)
+        forward = model
     params = list(model.parameters())
 
     def step(x, y) -> float:
-        _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
+        _, loss = forward(torch.from_numpy(x), torch.from_numpy(y))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP)
@@ -296,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "--shape",
         choices=[*SHAPES, "all"],
         default="all",
-        help="model shape (all: cpu-small and guppy)",
+        help="model shape (all: cpu-small and guppy; llama-small is written to its own section)",
     )
     ap.add_argument("--rounds", type=int, default=4, help="processes per framework")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per process")
@@ -331,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(head)
     if args.write or args.results:
+        family = " (Llama family: llama-small)" if shapes == ["llama-small"] else ""
         write_section(
-            "Training step",
+            "Training step" + family,
             head + "\n" + "\n".join(parts),
             *([args.results] if args.results else []),
         )

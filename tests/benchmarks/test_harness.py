@@ -71,6 +71,21 @@ def test_train_step_compares_losses_across_processes(tmp_path, record):
     assert re.search(r"Machine: .*, \d+ cores, ", text) and "Load average" in text
 
 
+def test_llama_family_trains_beside_transformers_with_the_same_losses(tmp_path, record):
+    from benchmarks import train_step
+
+    seen = record(train_step)
+    out = tmp_path / "RESULTS.md"
+    argv = ["--shape", "tiny-llama", "--rounds", "1", "--steps", "2", "--warmup", "1"]
+    assert train_step.main([*argv, "--results", str(out)]) == 0
+    results = seen[-1]
+    assert_own_processes(results)
+    npl, tch = results["npllm"][0], results["torch"][0]
+    assert npl["losses"][0] > 1.0  # a real loss, ~ln(11) at init
+    assert train_step.loss_gap(tch["losses"], npl["losses"]) < 1e-5
+    assert "## Training step" in out.read_text()
+
+
 def test_a_loss_mismatch_is_reported_loudly():
     from benchmarks import train_step
 
