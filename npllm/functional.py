@@ -18,7 +18,6 @@ import numpy as np
 from npllm import kernels as K
 from npllm.autograd.engine import Context, Function, Tensor
 from npllm.errors import ConfigError, ShapeError
-from npllm.kernels.window import window_attention_forward
 
 __all__ = [
     "cross_entropy",
@@ -323,10 +322,7 @@ class SDPA(Function):
     def forward(
         ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, window: int = 0
     ) -> np.ndarray:
-        if window and causal:  # kernels/window.py, on the softmax kernel
-            out, att = window_attention_forward(q, k, v, window, K.softmax_forward)
-        else:
-            out, att = K.attention_forward(q, k, v, causal)
+        out, att = K.attention_forward(q, k, v, causal, window)
         ctx.save_for_backward(q, k, v, att)
         ctx.causal = causal
         return out

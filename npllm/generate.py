@@ -45,7 +45,6 @@ from npllm.constrain import Grammar, Guide, compile_grammar
 from npllm.errors import ConfigError, DataError, ShapeError
 from npllm.kernels.decode import PARALLEL, SERIAL, decode_block, decode_head
 from npllm.kernels.int8 import int8_linear
-from npllm.kernels.window import window_attention_forward
 from npllm.layers.rope import config_rope, rope_tables
 from npllm.quant import Int8Weight, load_weights
 from npllm.sampling import check_sampling_args, process_logits, sample
@@ -60,7 +59,6 @@ _NORMS = {
 }
 _ATTENTION = kernels.get("attention_forward", "numpy")
 _ROPE = kernels.get("rope_forward", "numpy")
-_SOFTMAX = kernels.get("softmax_forward", "numpy")
 _SWIGLU = kernels.get("swiglu_forward", "numpy")
 _ACTIVATIONS = {
     "gelu": lambda h: kernels.get("gelu_forward", "numpy")(h, "tanh"),
@@ -254,10 +252,7 @@ class Decoder:
             k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
         # causal, aligned to the end: query t (position start + t) sees keys up to it
         v = np.ascontiguousarray(v)
-        if self._window:
-            y = window_attention_forward(q, k, v, self._window, _SOFTMAX)[0]
-        else:
-            y = _ATTENTION(q, k, v, True)[0]  # (B, nh, T, hs)
+        y = _ATTENTION(q, k, v, True, self._window or 0)[0]  # (B, nh, T, hs)
         y = y.transpose(0, 2, 1, 3).reshape(B * T, nh * hs)  # heads side by side
         return _linear(y, w.out_w, w.out_s, w.out_b)
 

@@ -2,15 +2,17 @@
 optional causal mask aligned to the end of the keys: query i of Tq sees keys
 j <= i + Tk - Tq, so a KV-cache decoder can call it with Tq = 1 over Tk cached keys.
 
-    attention_forward(q, k, v, causal) -> (out, att)
+    attention_forward(q, k, v, causal, window=0) -> (out, att)
         q (B, nh, Tq, hs), k and v (B, nh, Tk, hs); att = softmax(q @ k^T / sqrt(hs) + mask)
-        (B, nh, Tq, Tk), out = att @ v (B, nh, Tq, hs)
+        (B, nh, Tq, Tk), out = att @ v (B, nh, Tq, hs); a `window` W > 0 (Mistral's sliding
+        window, with causal) also hides keys j <= i + Tk - Tq - W
     attention_backward(dout, q, k, v, att, causal) -> (dq, dk, dv)
         dv = att^T @ dout, datt = dout @ v^T, ds = att * (datt - rowsum(datt * att)),
         dq = ds @ k / sqrt(hs), dk = ds^T @ q / sqrt(hs)
 
 The probabilities `att` are all the backward needs besides the inputs (masked entries are
-exactly 0; `causal` only lets the backward skip them). The NumPy reference does the
+exactly 0, whether hidden by the causal mask or the window; `causal` only lets the backward
+skip them). The NumPy reference does the
 products as batched matmuls, with transposed operands made contiguous first (NumPy's
 stacked matmul falls off BLAS onto a loop 10-40x slower when the second operand is a
 transposed view). The Numba kernel is a fused per-head kernel, described below.
@@ -35,11 +37,13 @@ def _t(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.swapaxes(a, -1, -2))
 
 
-def attention_forward_numpy(q, k, v, causal=True):
+def attention_forward_numpy(q, k, v, causal=True, window=0):
     tq, tk, hs = q.shape[-2], k.shape[-2], q.shape[-1]
     s = (q @ _t(k)) * q.dtype.type(1.0 / math.sqrt(hs))  # (B, nh, Tq, Tk)
     if causal:
         mask = np.triu(np.ones((tq, tk), dtype=bool), k=tk - tq + 1)
+        if window:
+            mask |= np.tril(np.ones((tq, tk), dtype=bool), k=tk - tq - window)
         s[..., mask] = -np.inf
     s -= s.max(axis=-1, keepdims=True)
     att = np.exp(s, out=s)
@@ -66,26 +70,30 @@ def attention_backward_numpy(dout, q, k, v, att, causal=True):
 
 
 @jit
-def _softmax_causal_rows(s, base, tq, tk, offset):
-    """In place on the (tq, tk) block of the flat array s at `base`: row i becomes
-    softmax(s[i, :lim]) followed by zeros, lim = min(tk, i + offset + 1)."""
+def _softmax_causal_rows(s, base, tq, tk, offset, window):
+    """In place on the (tq, tk) block of the flat array s at `base`: row i becomes zeros,
+    softmax(s[i, lo:lim]), zeros, with lim = min(tk, i + offset + 1) and lo = lim - window
+    (0 without a window)."""
     t = s.dtype.type
     for i in range(tq):
-        row = s[base + i * tk : base + (i + 1) * tk]
         lim = min(tk, i + offset + 1)
+        lo = max(0, lim - window) if window > 0 else 0
+        row = s[base + i * tk + lo : base + i * tk + lim]  # a slice from 0: it vectorises
         mx = row[0]
-        for j in range(lim):
+        for j in range(lim - lo):
             mx = fmax(mx, row[j])
         tot = t(0)
-        for j in range(lim):
+        for j in range(lim - lo):
             e = fexp(row[j] - mx)
             row[j] = e
             tot += e
         inv = t(1) / tot
-        for j in range(lim):
+        for j in range(lim - lo):
             row[j] *= inv
+        for j in range(lo):
+            s[base + i * tk + j] = t(0)
         for j in range(lim, tk):
-            row[j] = t(0)
+            s[base + i * tk + j] = t(0)
 
 
 # Forward rows go in blocks of _ROWS: a block's rows see keys up to its last row's limit
@@ -94,7 +102,7 @@ _ROWS = 32
 
 
 @jit(parallel=True)
-def _attn_fwd(q, k, v, scale, offset, out, att, heads, tq, tk, hs):
+def _attn_fwd(q, k, v, scale, offset, window, out, att, heads, tq, tk, hs):
     """q, out (heads*tq*hs,), k, v (heads*tk*hs,), att (heads*tq*tk,), all flat."""
     for h in prange(heads):
         qo, ko, ao = h * tq * hs, h * tk * hs, h * tq * tk
@@ -102,7 +110,7 @@ def _attn_fwd(q, k, v, scale, offset, out, att, heads, tq, tk, hs):
             n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
             a, c = qo + r0 * hs, ao + r0 * tk
             gemm_block(NO_TRANS, TRANS, n, kend, hs, scale, q, a, hs, k, ko, hs, 0.0, att, c, tk)
-        _softmax_causal_rows(att, ao, tq, tk, offset)
+        _softmax_causal_rows(att, ao, tq, tk, offset, window)
         for r0 in range(0, tq, _ROWS):  # out = P @ v over the same keys
             n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
             a, c = ao + r0 * tk, qo + r0 * hs
@@ -138,7 +146,7 @@ def _flat(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(-1)
 
 
-def attention_forward_numba(q, k, v, causal=True):
+def attention_forward_numba(q, k, v, causal=True, window=0):
     b, nh, tq, hs = q.shape
     tk = k.shape[-2]
     out = np.empty((b, nh, tq, hs), dtype=q.dtype)
@@ -146,7 +154,8 @@ def attention_forward_numba(q, k, v, causal=True):
     offset = tk - tq if causal else tk
     if out.size and att.size:
         scale = 1.0 / math.sqrt(hs)
-        args = (_flat(q), _flat(k), _flat(v), scale, offset, out.reshape(-1), att.reshape(-1))
+        win = window if causal else 0
+        args = (_flat(q), _flat(k), _flat(v), scale, offset, win, out.reshape(-1), att.reshape(-1))
         _attn_fwd(*args, b * nh, tq, tk, hs)
     elif out.size:
         out[...] = 0

@@ -181,8 +181,11 @@ def gemm(
         return out
     if m == 0 or n == 0:
         return out
-    if k == 0:
-        out *= beta
+    if k == 0:  # an empty sum: op(a) @ op(b) is 0 (never 0 * out: out may hold NaN garbage)
+        if beta:
+            out *= beta
+        else:
+            out[...] = 0
         if bias is not None:
             out += bias
         return out

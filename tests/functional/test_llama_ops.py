@@ -83,17 +83,15 @@ def test_rope_kernel_matches_its_reference_and_its_backward_is_the_inverse(n, T,
 def test_windowed_attention_reference_hides_exactly_the_keys_outside_the_window(
     nh, T, extra, window, seed
 ):
-    # a window covering every key is plain causal attention; both softmax kernels agree
-    from npllm.kernels.window import window_attention_forward
-
+    # a window covering every key is plain causal attention; both backends agree
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((1, nh, T, 4)).astype(np.float32)
     k, v = rng.standard_normal((2, 1, nh, T + extra, 4)).astype(np.float32)
-    ref = window_attention_forward(q, k, v, window, K.get("softmax_forward", "numpy"))
-    got = window_attention_forward(q, k, v, window, K.get("softmax_forward", "numba"))
+    ref = K.get("attention_forward", "numpy")(q, k, v, True, window)
+    got = K.get("attention_forward", "numba")(q, k, v, True, window)
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    wide = window_attention_forward(q, k, v, T + extra, K.get("softmax_forward", "numpy"))
+    wide = K.get("attention_forward", "numpy")(q, k, v, True, T + extra)
     for a, b in zip(wide, K.get("attention_forward", "numba")(q, k, v, True)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     att = ref[1]

@@ -86,3 +86,11 @@ def test_private_blas_is_single_threaded_and_npllm_changes_nothing_process_wide(
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[0] == "ok" and int(run.stdout.split()[1]) >= 1
+
+
+def test_an_empty_inner_dimension_gives_zeros_whatever_out_held():
+    a, b = np.ones((3, 0), np.float32), np.ones((0, 4), np.float32)
+    out = np.full((3, 4), np.nan, np.float32)  # what np.empty may hand back
+    np.testing.assert_array_equal(blas.gemm(a, b, out=out, beta=0.0), np.zeros((3, 4)))
+    out = np.full((3, 4), 2.0, np.float32)
+    np.testing.assert_array_equal(blas.gemm(a, b, out=out, beta=0.5), np.ones((3, 4)))
