@@ -25,8 +25,9 @@ import math
 import numpy as np
 from numba import prange
 
-from npllm.kernels._jit import fexp, fmax, jit
+from npllm.kernels._jit import jit
 from npllm.kernels.blas import NO_TRANS, TRANS, gemm_block
+from npllm.kernels.softmax import softmax_row
 
 KERNELS = ("attention_forward", "attention_backward")
 
@@ -78,22 +79,13 @@ def _softmax_causal_rows(s, base, tq, tk, offset, window):
     for i in range(tq):
         lim = min(tk, i + offset + 1)
         lo = max(0, lim - window) if window > 0 else 0
-        row = s[base + i * tk + lo : base + i * tk + lim]  # a slice from 0: it vectorises
-        mx = row[0]
-        for j in range(lim - lo):
-            mx = fmax(mx, row[j])
-        tot = t(0)
-        for j in range(lim - lo):
-            e = fexp(row[j] - mx)
-            row[j] = e
-            tot += e
-        inv = t(1) / tot
-        for j in range(lim - lo):
-            row[j] *= inv
+        r = base + i * tk
+        row = s[r + lo : r + lim]  # one array for in and out: LLVM then sees no aliasing
+        softmax_row(row, row, False)
         for j in range(lo):
-            s[base + i * tk + j] = t(0)
+            s[r + j] = t(0)
         for j in range(lim, tk):
-            s[base + i * tk + j] = t(0)
+            s[r + j] = t(0)
 
 
 # Forward rows go in blocks of _ROWS: a block's rows see keys up to its last row's limit

@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 from llvmlite import binding as llvm
-from numba import prange, types
+from numba import get_num_threads, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -66,12 +66,6 @@ _LIB.scipy_openblas_get_config.restype = ctypes.c_char_p
 def config() -> str:
     """The private OpenBLAS's build string, e.g. 'OpenBLAS 0.3.34 DYNAMIC_ARCH ... SkylakeX'."""
     return _LIB.scipy_openblas_get_config().decode()
-
-
-def corename() -> str:
-    """The kernel family OpenBLAS picked for this CPU (Haswell, SkylakeX, Zen, ...)."""
-    _LIB.scipy_openblas_get_corename.restype = ctypes.c_char_p
-    return _LIB.scipy_openblas_get_corename().decode()
 
 
 for _c in "sd":
@@ -173,31 +167,19 @@ def gemm(
     if out is None:
         out = np.empty((m, n), dtype=dt)
         beta = 0.0
-    if dt not in (np.float32, np.float64) or out.dtype != dt or not out.flags.c_contiguous:
-        res = (a.T if trans_a else a) @ (b.T if trans_b else b)
-        out[...] = res + beta * out if beta else res
-        if bias is not None:
-            out += bias
-        return out
     if m == 0 or n == 0:
         return out
-    if k == 0:  # an empty sum: op(a) @ op(b) is 0 (never 0 * out: out may hold NaN garbage)
-        if beta:
-            out *= beta
-        else:
-            out[...] = 0
+    blas_ok = dt in (np.float32, np.float64) and out.dtype == dt and out.flags.c_contiguous
+    if k == 0 or not blas_ok:
+        # NumPy's matmul (an empty sum, k = 0, is zeros: never 0 * out, which may hold NaN)
+        res = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        out[...] = res + beta * out if beta else res
         if bias is not None:
             out += bias
         return out
     a = np.ascontiguousarray(a, dtype=dt)
     b = np.ascontiguousarray(b, dtype=dt)
     bias = np.ascontiguousarray(bias, dtype=dt) if bias is not None else np.empty(0, dt)
-    chunks = 1 if m * n * k < _SPLIT_MIN or m < 2 else _num_threads()  # 2x as many: slower
+    chunks = 1 if m * n * k < _SPLIT_MIN or m < 2 else get_num_threads()  # 2x as many: slower
     _gemm_rows(trans_a, trans_b, a, b, out, beta, bias, min(chunks, m))
     return out
-
-
-def _num_threads() -> int:
-    from numba import get_num_threads
-
-    return get_num_threads()

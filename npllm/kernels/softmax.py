@@ -47,27 +47,33 @@ def log_softmax_backward_numpy(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
 # Every constant is made in the input's dtype (`t(0)`): in Numba a Python literal promotes
 # float32 math to float64, which halves the vector width and sends fexp to its float64
 # branch. The running max starts at x[i, 0], never a float64 -inf literal (PERF_NOTES).
+@jit(inline=True)
+def softmax_row(x, out, log):
+    """One 1-D row: out = softmax(x) (or log_softmax); out may be x itself. Also the
+    attention kernel's softmax, on each row's visible keys."""
+    t = x.dtype.type
+    mx = x[0]
+    for j in range(x.size):
+        mx = fmax(mx, x[j])
+    s = t(0)
+    for j in range(x.size):
+        e = fexp(x[j] - mx)
+        out[j] = e
+        s += e
+    if log:
+        lse = mx + np.log(s)
+        for j in range(x.size):
+            out[j] = x[j] - lse
+    else:
+        r = t(1) / s
+        for j in range(x.size):
+            out[j] *= r
+
+
 @jit
 def _softmax_rows(x, out, log, lo, hi):
-    m = x.shape[1]
-    t = x.dtype.type
     for i in range(lo, hi):
-        mx = x[i, 0]
-        for j in range(m):
-            mx = fmax(mx, x[i, j])
-        s = t(0)
-        for j in range(m):
-            e = fexp(x[i, j] - mx)
-            out[i, j] = e
-            s += e
-        if log:
-            lse = mx + np.log(s)
-            for j in range(m):
-                out[i, j] = x[i, j] - lse
-        else:
-            r = t(1) / s
-            for j in range(m):
-                out[i, j] *= r
+        softmax_row(x[i], out[i], log)
 
 
 @jit
