@@ -359,6 +359,12 @@ def command_line(script: str, argv: Sequence[str] | None) -> str:
     return " ".join(["python", f"benchmarks/{script}", *args])
 
 
+def section_heading(base: str, shapes: Sequence[str]) -> str:
+    """The RESULTS.md heading of a run: a llama-small-only run keeps its own section beside
+    the GPT-2 shapes' one instead of replacing it."""
+    return f"{base} (Llama family: llama-small)" if list(shapes) == ["llama-small"] else base
+
+
 def write_section(heading: str, body: str, path: Path = RESULTS) -> None:
     """Replace the `## heading` section of RESULTS.md with `body` (or append it), leaving
     every other section as it was."""

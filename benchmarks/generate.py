@@ -40,6 +40,7 @@ from benchmarks.common import (  # noqa: E402
     log,
     ratio,
     run_worker,
+    section_heading,
     stats,
     write_section,
 )
@@ -399,9 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(head)
     if args.write or args.results:
-        family = " (Llama family: llama-small)" if shapes == ["llama-small"] else ""
         write_section(
-            "Generation" + family,
+            section_heading("Generation", shapes),
             head + "\n" + "\n".join(parts),
             *([args.results] if args.results else []),
         )

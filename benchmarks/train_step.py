@@ -39,6 +39,7 @@ from benchmarks.common import (  # noqa: E402
     log,
     ratio,
     run_worker,
+    section_heading,
     stats,
     write_section,
 )
@@ -153,16 +154,21 @@ def torch_model_and_adamw(model_cfg: dict, weights: dict, lr: float, wd: float, 
     torch's AdamW with decay on 2-D weights only, as npllm's configure_optimizers."""
     import inspect
 
-    import torch
-
     from tests.model.torch_gpt import TorchConfig, torch_gpt_from
 
     accepted = inspect.signature(TorchConfig).parameters
     model = torch_gpt_from(
         weights, TorchConfig(**{k: v for k, v in model_cfg.items() if k in accepted})
     )
+    return model, torch_adamw(model, lr, wd, betas)
+
+
+def torch_adamw(model, lr: float, wd: float, betas):
+    """torch's AdamW with decay on 2-D weights only, as npllm's configure_optimizers."""
+    import torch
+
     params = list(model.parameters())
-    opt = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -170,7 +176,6 @@ def torch_model_and_adamw(model_cfg: dict, weights: dict, lr: float, wd: float, 
         lr=lr,
         betas=tuple(betas),
     )
-    return model, opt
 
 
 def torch_llama(c: dict, weights: dict):
@@ -198,29 +203,13 @@ def torch_llama(c: dict, weights: dict):
     return model
 
 
-def torch_llama_and_adamw(c: dict, weights: dict, lr: float, wd: float, betas):
-    """torch_llama in training mode, and torch's AdamW as above."""
-    import torch
-
-    model = torch_llama(c, weights).train()
-    params = list(model.parameters())
-    opt = torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ],
-        lr=lr,
-        betas=tuple(betas),
-    )
-    return model, opt
-
-
 def torch_trainer(config: dict, weights: dict):
     """The same step in PyTorch eager, torch's AdamW."""
     import torch
 
     if config.get("pos_embedding") == "rope":
-        model, opt = torch_llama_and_adamw(model_config(config), weights, LR, WD, BETAS)
+        model = torch_llama(model_config(config), weights).train()
+        opt = torch_adamw(model, LR, WD, BETAS)
         V = config["vocab_size"]
 
         def forward(x, y):
@@ -389,9 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(head)
     if args.write or args.results:
-        family = " (Llama family: llama-small)" if shapes == ["llama-small"] else ""
         write_section(
-            "Training step" + family,
+            section_heading("Training step", shapes),
             head + "\n" + "\n".join(parts),
             *([args.results] if args.results else []),
         )
