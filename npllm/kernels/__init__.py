@@ -22,7 +22,8 @@ Numba kernels compile lazily, on first call, and are cached on disk (`cache=True
 Numba invalidates a cached function only when its own file changes, not when a helper it
 inlines from `_jit.py` does; `_drop_stale_cache` below therefore clears the cache of this
 folder whenever any kernel source changes. This mode and `DEFAULTS` are the only global
-mutable state in npllm.
+mutable state in npllm; the one process-wide setting it makes is glibc's malloc thresholds
+(`_keep_freed_memory`, once, at import).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def _drop_stale_cache() -> None:
 
 _drop_stale_cache()
 
+_MMAP = 32 << 20  # glibc's largest allowed mmap threshold on 64-bit
+_TRIM = 512 << 20
+
 
 def _keep_freed_memory() -> None:
     """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
@@ -83,8 +87,6 @@ def _keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, _TRIM)
 
 
-_MMAP = 32 << 20  # glibc's largest allowed mmap threshold on 64-bit
-_TRIM = 512 << 20
 _keep_freed_memory()
 
 from npllm.errors import ConfigError  # noqa: E402

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +95,31 @@ def test_an_empty_inner_dimension_gives_zeros_whatever_out_held():
     np.testing.assert_array_equal(blas.gemm(a, b, out=out, beta=0.0), np.zeros((3, 4)))
     out = np.full((3, 4), 2.0, np.float32)
     np.testing.assert_array_equal(blas.gemm(a, b, out=out, beta=0.5), np.ones((3, 4)))
+
+
+class _FakeLibc:
+    def __init__(self):
+        self.calls = []
+        self.gnu_get_libc_version = lambda: b"2.36"
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+
+
+@pytest.mark.parametrize(
+    "env, applied",
+    [({}, True), ({"NPLLM_MALLOC": "default"}, False), ({"MALLOC_ARENA_MAX": "2"}, False)],
+)
+def test_malloc_thresholds_are_raised_unless_the_user_chose(monkeypatch, env, applied):
+    import ctypes
+
+    import npllm.kernels as K
+
+    for k in [k for k in os.environ if k.startswith("MALLOC_") or k == "NPLLM_MALLOC"]:
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    libc = _FakeLibc()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    K._keep_freed_memory()
+    assert libc.calls == ([(-3, K._MMAP), (-1, K._TRIM)] if applied else [])
