@@ -50,8 +50,8 @@ DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def configs(vocab_size: int, spec: dict):
+    from npllm.config import TrainConfig, preset_values, split_overrides
     from npllm.gpt import GPTConfig
-    from npllm.train import TrainConfig, preset_values, split_overrides
 
     model, train = split_overrides(preset_values("cpu-small"))
     train.update(

@@ -44,7 +44,7 @@ from benchmarks.common import (  # noqa: E402
     write_section,
 )
 
-# name -> (npllm.train preset, overrides): the vocabulary and batch of the benchmark
+# name -> (npllm.config preset, overrides): the vocabulary and batch of the benchmark
 SHAPES: dict[str, tuple[str | None, dict]] = {
     "cpu-small": ("cpu-small", dict(vocab_size=65, batch_size=12)),  # nanoGPT's CPU run
     "guppy": ("guppy", dict(vocab_size=4096, batch_size=8)),  # GuppyLM's shape
@@ -64,13 +64,13 @@ LOSS_TOLERANCE = 1e-3  # relative; float32 losses of the two frameworks agree to
 
 # ---- the npllm side ----------------------------------------------------------------------
 def shape_config(shape: str) -> dict:
-    """Every GPTConfig field of a shape (the npllm.train preset over GPTConfig's defaults,
+    """Every GPTConfig field of a shape (the npllm.config preset over GPTConfig's defaults,
     then the overrides), dropout 0 (the torch reference has none), plus batch_size.
     Runs in an npllm process."""
     import dataclasses
 
+    from npllm.config import PRESETS
     from npllm.gpt import GPTConfig
-    from npllm.train import PRESETS
 
     preset, overrides = SHAPES[shape]
     fields = dataclasses.fields(GPTConfig)

@@ -24,7 +24,7 @@ _LAZY = {
     "cosine_lr": "npllm.optim",
     "BPETokenizer": "npllm.tokenizers",
     "CharTokenizer": "npllm.tokenizers",
-    "TrainConfig": "npllm.train",
+    "TrainConfig": "npllm.config",
 }
 
 

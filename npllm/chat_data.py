@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from npllm.chat import CHAT_SPECIALS, check_messages, encode_chat
-from npllm.checkpoint import ensure_writable_dir, write_bytes_atomic, write_json_atomic
 from npllm.errors import ConfigError, DataError
+from npllm.io import ensure_writable_dir, write_bytes_atomic, write_json_atomic
 from npllm.tokenizers import Tokenizer, load_tokenizer
 
 CHAT_DEMO = "chat-demo"

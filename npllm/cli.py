@@ -11,14 +11,14 @@ import sys
 
 # name -> (module, one-line help). Add a command by adding a line here.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("npllm.demo", "fit a two-layer MLP on XOR with the autograd engine"),
+    "demo": ("npllm.commands.demo", "fit a two-layer MLP on XOR with the autograd engine"),
     "prepare": ("npllm.commands.prepare", "tokenize a corpus into train/val token files"),
     "train": ("npllm.commands.train", "train a GPT on prepared data or a corpus"),
     "sample": ("npllm.commands.sample", "print text sampled from a trained run"),
     "chat": ("npllm.commands.chat", "talk to a chat model of a run in the terminal"),
     "quantize": ("npllm.commands.quantize", "write an int8 weight-only copy of a run's checkpoint"),
     "plot": ("npllm.commands.plot", "draw a run's loss curves to a PNG"),
-    "bench": ("npllm.bench", "run a benchmark from benchmarks/ (kernels, train, ...)"),
+    "bench": ("npllm.commands.bench", "run a benchmark from benchmarks/ (kernels, train, ...)"),
 }
 
 

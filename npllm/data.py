@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from npllm.checkpoint import ensure_writable_dir, write_bytes_atomic, write_json_atomic
 from npllm.errors import ConfigError, DataError
+from npllm.io import ensure_writable_dir, write_bytes_atomic, write_json_atomic
 from npllm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
 DEFAULT_CORPUS = "shakespeare"
@@ -365,3 +365,24 @@ def get_batch(
     ix = rng.integers(0, len(data) - block_size, size=batch_size)  # (B,)
     chunk = data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64)  # (B, T+1)
     return chunk[:, :-1], chunk[:, 1:]
+
+
+def batch_sampler(
+    data_dir: str | os.PathLike, meta: dict[str, Any], batch_size: int, block_size: int
+) -> Callable[[str, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
+    """`batch(split, rng) -> (x, y)` over a prepared folder's train and val splits: random
+    windows of the token stream, or, for chat data, windows of packed conversations whose
+    targets outside the assistant turns are the ignore index."""
+    B, T = batch_size, block_size
+    if meta.get("chat"):
+        from npllm.chat_data import get_chat_batch, load_chat_split, window_starts
+
+        chats = {}
+        for split in ("train", "val"):
+            tokens, mask, starts = load_chat_split(data_dir, split)
+            chats[split] = (tokens, mask, window_starts(tokens, starts, T, split))
+        return lambda split, rng: get_chat_batch(*chats[split], B, T, rng)
+    splits = {split: load_split(data_dir, split) for split in ("train", "val")}
+    for split, data in splits.items():
+        check_length(data, T, split)
+    return lambda split, rng: get_batch(splits[split], B, T, rng)

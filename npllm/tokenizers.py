@@ -22,8 +22,8 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Literal
 
-from npllm.checkpoint import write_json_atomic
 from npllm.errors import DataError
+from npllm.io import write_json_atomic
 
 # GPT-2's pre-split pattern, written for the standard `re` module: `[^\W\d_]` stands for
 # \p{L} and `\d` for \p{N}; underscore, which `\w` counts, goes with the punctuation so

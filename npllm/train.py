@@ -1,4 +1,5 @@
-"""The training loop: `TrainConfig`, the presets, and `train()`.
+"""The training loop, `train()` (its configs and presets are in `npllm.config`, the run
+folder's handling in `npllm.runs`).
 
 One step (nanoGPT's train.py, without the distributed parts): random windows from the
 memmapped train tokens -> `GPT` forward/backward, `gradient_accumulation_steps` times ->
@@ -40,14 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from npllm.checkpoint import (
-    ensure_writable_dir,
-    load_checkpoint,
-    read_record,
-    save_checkpoint,
-    write_bytes_atomic,
-)
-from npllm.errors import CheckpointError, ConfigError, DataError, NpllmError
+from npllm.checkpoint import load_checkpoint, save_checkpoint
+from npllm.config import TrainConfig
+from npllm.errors import CheckpointError, ConfigError, NpllmError
+from npllm.io import ensure_writable_dir
+from npllm.runs import check_run_dir, clear_run, init_weights, rewrite_metrics_until
 
 
 class TrainingDiverged(NpllmError, RuntimeError):
@@ -56,203 +54,6 @@ class TrainingDiverged(NpllmError, RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the run after writing its `last` checkpoint (the message says so)."""
-
-
-RUN_FILES = ("last.json", "best.json", "metrics.jsonl")
-
-
-@dataclass
-class TrainConfig:
-    """Training hyperparameters (the model's are in `GPTConfig`). Defaults are cpu-small."""
-
-    batch_size: int = 12
-    max_iters: int = 2000
-    lr_decay_iters: int | None = None  # None: max_iters
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    decay_lr: bool = True  # False: constant learning_rate
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0: no clipping
-    gradient_accumulation_steps: int = 1
-    eval_interval: int = 250
-    eval_iters: int = 200
-    log_interval: int = 10
-    seed: int = 1337
-
-    def validate(self) -> None:
-        positive = (
-            "batch_size",
-            "gradient_accumulation_steps",
-            "eval_interval",
-            "eval_iters",
-            "log_interval",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
-        for name in ("max_iters", "warmup_iters", "seed"):
-            if getattr(self, name) < 0:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
-                )
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0, got {value}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.decay_lr and self.decay_iters < self.warmup_iters:
-            raise ConfigError(
-                f"the learning rate would finish decaying at step {self.decay_iters} "
-                "(--lr-decay-iters, default --max-iters) before its warmup ends "
-                f"(--warmup-iters {self.warmup_iters}); lower --warmup-iters or "
-                "raise --lr-decay-iters"
-            )
-
-    @property
-    def decay_iters(self) -> int:
-        return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
-
-    def lr_at(self, it: int) -> float:
-        from npllm.optim import cosine_lr
-
-        if not self.decay_lr:
-            return self.learning_rate
-        return cosine_lr(it, self.learning_rate, self.warmup_iters, self.decay_iters, self.min_lr)
-
-
-# Model fields (GPTConfig) and training fields (TrainConfig) together; the data fixes
-# vocab_size unless a preset or flag asks for a larger one.
-PRESETS: dict[str, dict[str, Any]] = {
-    # nanoGPT's CPU run of train_shakespeare_char (its README): ~0.8M parameters
-    "cpu-small": dict(
-        n_layer=4,
-        n_head=4,
-        n_embd=128,
-        block_size=64,
-        dropout=0.0,
-        batch_size=12,
-        max_iters=2000,
-        lr_decay_iters=None,
-        learning_rate=1e-3,
-        min_lr=1e-4,
-        warmup_iters=100,
-        beta1=0.9,
-        beta2=0.99,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        eval_interval=250,
-        eval_iters=200,
-    ),
-    # GuppyLM's shape, meant for a BPE vocabulary (`npllm prepare --tokenizer bpe`)
-    "guppy": dict(
-        n_layer=6,
-        n_head=6,
-        n_embd=384,
-        mlp_hidden=768,
-        activation="relu",
-        block_size=128,
-        dropout=0.1,
-        batch_size=32,
-        max_iters=5000,
-        lr_decay_iters=None,
-        learning_rate=3e-4,
-        min_lr=3e-5,
-        warmup_iters=200,
-        beta1=0.9,
-        beta2=0.95,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        eval_interval=250,
-        eval_iters=100,
-    ),
-    # A chat model that a 2-core CPU trains in about 15 minutes on `chat-demo` with a
-    # BPE vocabulary of 1024 (README, "Chat"); the loss counts assistant tokens only.
-    "chat": dict(
-        n_layer=4,
-        n_head=4,
-        n_embd=128,
-        block_size=128,
-        dropout=0.0,
-        batch_size=16,
-        max_iters=3000,
-        lr_decay_iters=None,
-        learning_rate=2e-3,
-        min_lr=2e-4,
-        warmup_iters=100,
-        beta1=0.9,
-        beta2=0.99,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        eval_interval=250,
-        eval_iters=50,
-    ),
-    # cpu-small's size and schedule in today's architecture (the Llama family: RoPE,
-    # RMSNorm, SwiGLU, grouped-query attention with 2 key/value heads, no biases)
-    "llama-small": dict(
-        n_layer=4,
-        n_head=4,
-        n_kv_head=2,
-        n_embd=128,
-        mlp_hidden=352,
-        block_size=64,
-        bias=False,
-        pos_embedding="rope",
-        norm="rmsnorm",
-        mlp="swiglu",
-        dropout=0.0,
-        batch_size=12,
-        max_iters=2000,
-        lr_decay_iters=None,
-        learning_rate=1e-3,
-        min_lr=1e-4,
-        warmup_iters=100,
-        beta1=0.9,
-        beta2=0.99,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        eval_interval=250,
-        eval_iters=200,
-    ),
-}
-DEFAULT_PRESET = "cpu-small"
-
-
-def scaled_warmup(values: dict[str, Any]) -> int | None:
-    """A preset's warmup shortened to a tenth of the decay steps when it is longer
-    (so `--max-iters 20` trains), or None when it fits as it is."""
-    if values.get("decay_lr") is False:
-        return None  # a constant learning rate has no warmup
-    decay = values.get("lr_decay_iters") or values.get("max_iters", 0)
-    warmup = values.get("warmup_iters", 0)
-    return decay // 10 if warmup > decay // 10 else None
-
-
-def model_fields() -> list[dataclasses.Field]:
-    from npllm.gpt import GPTConfig
-
-    return list(dataclasses.fields(GPTConfig))
-
-
-def split_overrides(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a flat {field: value} into (model fields, training fields)."""
-    names = {f.name for f in model_fields()}
-    return (
-        {k: v for k, v in values.items() if k in names},
-        {k: v for k, v in values.items() if k not in names},
-    )
-
-
-def preset_values(name: str) -> dict[str, Any]:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return dict(PRESETS[name])
 
 
 @dataclass
@@ -264,101 +65,29 @@ class TrainResult:
     seconds: float  # wall time of the training, summed over resumes
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a new run over an existing one unless told to overwrite it."""
-    if resume and overwrite:
-        raise ConfigError("pass either --resume or --overwrite, not both")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file; pass a folder for the run")
-    held = [n for n in RUN_FILES if (run_dir / n).exists()]
-    if held and not resume and not overwrite:
-        raise CheckpointError(
-            f"{run_dir} already holds a run ({', '.join(held)}); pass --resume "
-            "to continue it, --overwrite to start again, or another --out"
-        )
+def evaluate(
+    model: Any, batch: Any, iters: int, seed: int, stop: Any = None
+) -> dict[str, float] | None:
+    """Mean loss over `iters` batches of each split, drawn from a generator seeded afresh
+    (the same batches at every evaluation, and the training streams never move); None
+    when `stop()` turns true on the way (Ctrl-C)."""
+    from npllm.autograd import no_grad
 
-
-def clear_run(run_dir: Path) -> None:
-    """Remove what a run writes, and nothing else the folder may hold."""
-    for pattern in (
-        "last.json",
-        "best.json",
-        "last-*.safetensors",
-        "best-*.safetensors",
-        "metrics.jsonl",
-        "loss.png",
-    ):
-        for p in run_dir.glob(pattern):
-            p.unlink()
-
-
-def _rewrite_metrics_until(path: Path, last_iter: int) -> None:
-    """On resume, drop what a killed run logged after its last checkpoint."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["iter"] <= last_iter:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    write_bytes_atomic(path, "".join(kept).encode("utf-8"))
-
-
-def resume_configs(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(model config, train config, data folder) recorded in a run's `last` checkpoint."""
-    info = read_record(run_dir, "last")
+    model.eval()
+    rng = np.random.default_rng([2, seed])
+    out = {}
     try:
-        return dict(info["model_config"]), dict(info["train_config"]), str(info["data"]["dir"])
-    except (KeyError, TypeError):
-        raise CheckpointError(
-            f"the checkpoint in {run_dir} lacks its configs; it is corrupt. "
-            "Start again with --overwrite"
-        ) from None
-
-
-def compatible_tokenizers(base: Any, data: Any) -> bool:
-    """True when `data` is `base` with zero or more special tokens appended."""
-    a, b = base.to_dict(), data.to_dict()
-    a_specials, b_specials = a.pop("specials", []), b.pop("specials", [])
-    return a == b and b_specials[: len(a_specials)] == a_specials
-
-
-def init_weights(run_dir: str | os.PathLike, model: Any, data_tokenizer: Any) -> str:
-    """Load the weights of a run's best (else last) checkpoint into `model`, whose
-    vocabulary may be larger (new rows keep their fresh init); returns which one."""
-    from npllm.tokenizers import tokenizer_from_dict
-
-    name = "best" if (Path(run_dir) / "best.json").is_file() else "last"
-    ck = load_checkpoint(run_dir, name)
-    try:
-        base = tokenizer_from_dict(ck.info["tokenizer"])
-    except KeyError:
-        raise CheckpointError(f"the checkpoint in {run_dir} lacks its tokenizer") from None
-    if not compatible_tokenizers(base, data_tokenizer):
-        raise DataError(
-            f"the data was not tokenized with the tokenizer of {run_dir}; prepare it with "
-            f"`npllm prepare --tokenizer-from {run_dir}`"
-        )
-    state = dict(ck.model_state)
-    own = model.state_dict()
-    key = "transformer.wte.weight"
-    old, new = state[key], own[key]
-    if old.shape[0] < new.shape[0] and old.shape[1:] == new.shape[1:]:
-        grown = new.copy()
-        grown[: old.shape[0]] = old
-        state[key] = grown
-        if "lm_head.weight" in state:
-            state["lm_head.weight"] = grown
-    try:
-        model.load_state_dict(state)
-    except CheckpointError as e:
-        raise CheckpointError(
-            f"the checkpoint in {run_dir} does not fit this model ({e}); drop the model flags "
-            "with --init-from: the model keeps that run's shape"
-        ) from None
-    return name
+        with no_grad():
+            for split in ("train", "val"):
+                losses = []
+                for _ in range(iters):
+                    if stop is not None and stop():
+                        return None
+                    losses.append(model(*batch(split, rng))[1].item())
+                out[split] = float(np.mean(losses))
+    finally:
+        model.train()
+    return out
 
 
 class _SigintFlag:
@@ -403,8 +132,7 @@ def train(
     (None: only when stderr is a terminal); `echo`: print the evaluations to stdout."""
     from tqdm import tqdm
 
-    from npllm.autograd import no_grad
-    from npllm.data import check_length, get_batch, load_data_tokenizer, load_meta, load_split
+    from npllm.data import batch_sampler, load_data_tokenizer, load_meta
     from npllm.gpt import GPT
     from npllm.optim import clip_grad_norm
 
@@ -415,24 +143,7 @@ def train(
         raise ConfigError("--resume continues the run's own weights; drop --init-from")
     meta = load_meta(data_dir)
     T, B, accum = model_config.block_size, config.batch_size, config.gradient_accumulation_steps
-    if meta.get("chat"):
-        from npllm.chat_data import get_chat_batch, load_chat_split, window_starts
-
-        splits = {}
-        for split in ("train", "val"):
-            tokens, mask, starts = load_chat_split(data_dir, split)
-            splits[split] = (tokens, mask, window_starts(tokens, starts, T, split))
-
-        def batch(split: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-            return get_chat_batch(*splits[split], B, T, rng)
-    else:
-        splits = {split: load_split(data_dir, split) for split in ("train", "val")}
-        for split, data in splits.items():
-            check_length(data, T, split)
-
-        def batch(split: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-            return get_batch(splits[split], B, T, rng)
-
+    batch = batch_sampler(data_dir, meta, B, T)
     if model_config.vocab_size < meta["vocab_size"]:
         raise ConfigError(
             f"--vocab-size {model_config.vocab_size} is smaller than the data's "
@@ -470,7 +181,7 @@ def train(
         best_val = float(ck.info["best_val_loss"])
         init_note = ck.info.get("init_from")
         saved_at = start
-        _rewrite_metrics_until(metrics_path, start)
+        rewrite_metrics_until(metrics_path, start)
         if start >= config.max_iters:
             raise ConfigError(
                 f"the run in {run_dir} is already at iteration {start}; pass a "
@@ -485,21 +196,7 @@ def train(
         metrics.flush()
 
     def estimate_loss() -> dict[str, float] | None:
-        """Mean losses over `eval_iters` batches per split; None if Ctrl-C came."""
-        model.eval()
-        eval_rng = np.random.default_rng([2, config.seed])  # same batches at every evaluation
-        out = {}
-        with no_grad():
-            for split in ("train", "val"):
-                losses = []
-                for _ in range(config.eval_iters):
-                    if sigint.set:
-                        model.train()
-                        return None
-                    losses.append(model(*batch(split, eval_rng))[1].item())
-                out[split] = float(np.mean(losses))
-        model.train()
-        return out
+        return evaluate(model, batch, config.eval_iters, config.seed, stop=lambda: sigint.set)
 
     def save(name: str, it: int, losses: dict[str, float], elapsed: float) -> None:
         nonlocal saved_at

@@ -6,7 +6,7 @@ import numpy as np
 
 from npllm import cli
 from npllm.autograd import gradcheck
-from npllm.demo import mse, xor_mlp
+from npllm.commands.demo import mse, xor_mlp
 
 
 def test_demo_learns_xor_and_its_gradients_pass_gradcheck(capsys):

@@ -112,9 +112,10 @@ def _sampling(args: argparse.Namespace) -> dict:
 
 def _load(args: argparse.Namespace):
     """(model or int8 `Decoder`, tokenizer) of the run, as `npllm sample` loads them."""
-    from npllm.commands.sample import load_model, load_quantized
+    from npllm.runs import load_run
 
-    return load_quantized(args.run) if args.quantized else load_model(args.run, args.checkpoint)
+    loaded = load_run(args.run, args.checkpoint, quantized=args.quantized)
+    return loaded.model, loaded.tokenizer
 
 
 def _say(session, text: str, out, err) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-QUANT_NAME = "int8"  # the checkpoint's name in the run folder
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="a run folder of `npllm train`")
@@ -74,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from npllm.generate import Decoder
     from npllm.gpt import GPTConfig
     from npllm.quant import load_weights, quantize_state_dict, weight_bytes
+    from npllm.runs import QUANTIZED_NAME
 
     if args.eval_iters < 0 or args.batch_size < 1:
         raise ConfigError("--eval-iters must be >= 0 and --batch-size >= 1")
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         "embedding": args.embedding,
         "source": args.checkpoint,
     }
-    path = save_checkpoint(args.run, QUANT_NAME, qsd, None, info)
+    path = save_checkpoint(args.run, QUANTIZED_NAME, qsd, None, info)
 
     wf, wq = load_weights(ck.model_state), load_weights(qsd)
     lin_f, lin_q = weight_bytes(wf, linear_only=True), weight_bytes(wq, linear_only=True)

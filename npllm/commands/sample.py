@@ -105,64 +105,18 @@ def read_json_schema(path: str | None):
         raise ConfigError(f"--json-schema {path} is not valid JSON: {e}") from None
 
 
-def load_model(run_dir: str, name: str = "best"):
-    """(GPT in eval mode, tokenizer) from a run folder's checkpoint `name`."""
-    from npllm.checkpoint import load_checkpoint
-    from npllm.errors import CheckpointError
-    from npllm.gpt import GPT, GPTConfig
-    from npllm.tokenizers import tokenizer_from_dict
-
-    ck = load_checkpoint(run_dir, name)
-    try:
-        model = GPT(GPTConfig(**ck.info["model_config"]))
-        tokenizer = tokenizer_from_dict(ck.info["tokenizer"])
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"the checkpoint in {run_dir} lacks {e}; it is corrupt") from None
-    model.load_state_dict(ck.model_state)
-    model.eval()
-    return model, tokenizer
-
-
-def load_quantized(run_dir: str):
-    """(`Decoder` over the int8 weights, tokenizer) from the run's `int8` checkpoint."""
-    from npllm.checkpoint import load_checkpoint
-    from npllm.commands.quantize import QUANT_NAME
-    from npllm.errors import CheckpointError
-    from npllm.generate import Decoder
-    from npllm.gpt import GPTConfig
-    from npllm.quant import load_weights
-    from npllm.tokenizers import tokenizer_from_dict
-
-    try:
-        ck = load_checkpoint(run_dir, QUANT_NAME)
-    except CheckpointError as e:
-        raise CheckpointError(
-            f"{e} (for --quantized, run `npllm quantize {run_dir}` first)"
-        ) from None
-    try:
-        config = GPTConfig(**ck.info["model_config"])
-        tokenizer = tokenizer_from_dict(ck.info["tokenizer"])
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"the int8 checkpoint in {run_dir} lacks {e}; it is corrupt; "
-            f"run `npllm quantize {run_dir}` again"
-        ) from None
-    return Decoder(config, load_weights(ck.model_state)), tokenizer
-
-
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from npllm.constrain.index import end_ids
     from npllm.errors import ConfigError, DataError
     from npllm.generate import stream
+    from npllm.runs import load_run
 
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0, got {args.top_k}")
-    if args.quantized:
-        model, tokenizer = load_quantized(args.run)
-    else:
-        model, tokenizer = load_model(args.run, args.checkpoint)
+    loaded = load_run(args.run, args.checkpoint, quantized=args.quantized)
+    model, tokenizer = loaded.model, loaded.tokenizer
     prompt = tokenizer.encode(args.prompt)
     if not prompt:
         raise DataError("the prompt is empty; pass some text with --prompt")

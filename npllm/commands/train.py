@@ -16,7 +16,7 @@ import argparse
 
 from npllm.commands.prepare import add_corpus_arguments
 
-# npllm.train.PRESETS, listed here to keep --help light
+# npllm.config.PRESETS, listed here to keep --help light
 PRESET_NAMES = ("cpu-small", "guppy", "chat", "llama-small")
 
 
@@ -154,18 +154,13 @@ def resolve(args: argparse.Namespace):
     from pathlib import Path
 
     from npllm.chat_data import CHAT_DEMO, prepare_chat
-    from npllm.checkpoint import ensure_writable_dir, read_record
+    from npllm.checkpoint import read_record
+    from npllm.config import TrainConfig, preset_values, scaled_warmup, split_overrides
     from npllm.data import load_meta, prepare
     from npllm.errors import CheckpointError, ConfigError
     from npllm.gpt import GPTConfig
-    from npllm.train import (
-        TrainConfig,
-        check_run_dir,
-        preset_values,
-        resume_configs,
-        scaled_warmup,
-        split_overrides,
-    )
+    from npllm.io import ensure_writable_dir
+    from npllm.runs import check_run_dir, resume_configs
 
     preset = preset_values(args.preset)
     flags = {

@@ -16,8 +16,8 @@ from npllm import cli
 from npllm.checkpoint import load_checkpoint
 from npllm.errors import DataError
 from npllm.gpt import GPT, GPTConfig
+from npllm.runs import init_weights
 from npllm.tokenizers import load_tokenizer
-from npllm.train import init_weights
 
 from .conftest import TINY
 

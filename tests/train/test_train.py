@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 
 from npllm.commands.train import MODEL_FLAGS, PRESET_NAMES, TRAIN_FLAGS
+from npllm.config import PRESETS, TrainConfig, preset_values, split_overrides
 from npllm.errors import ConfigError
 from npllm.gpt import GPTConfig
-from npllm.train import PRESETS, TrainConfig, preset_values, split_overrides
 
 
 def test_every_config_field_has_a_flag():
@@ -71,7 +71,7 @@ def test_unknown_preset():
 
 
 def test_scaled_warmup_shortens_only_a_warmup_longer_than_a_tenth_of_the_decay():
-    from npllm.train import scaled_warmup
+    from npllm.config import scaled_warmup
 
     assert scaled_warmup({"max_iters": 20, "warmup_iters": 100}) == 2
     assert scaled_warmup({"max_iters": 2000, "warmup_iters": 100}) is None

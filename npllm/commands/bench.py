@@ -24,7 +24,7 @@ ALIASES = {
 
 
 def _folder() -> Path:
-    return Path(__file__).resolve().parents[1] / "benchmarks"
+    return Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
