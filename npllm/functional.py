@@ -86,7 +86,8 @@ class Linear(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = x @ w.T + b
+        # out = x @ w.T + b  =>  dx = g @ w, dw = g^T @ x, db = g summed over rows
+        # (docs/backprop.md "Matmul" and "Linear")
         x2, w = ctx.saved
         need = ctx.needs_input_grad
         g2 = g.reshape(-1, w.shape[0])
@@ -110,7 +111,7 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # y = max(x, 0)
+        # y = max(x, 0)  =>  dx = dy * (y > 0)
         (y,) = ctx.saved
         return K.relu_backward(g, y)
 
@@ -128,7 +129,9 @@ class GELU(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # y = 0.5 x (1 + tanh(k (x + c x^3)))  or  y = x Phi(x)
+        # y = x Phi(x)  =>  dx = dy (Phi(x) + x phi(x)), phi = Phi' the normal density;
+        # y = 0.5 x (1 + t), t = tanh(k (x + c x^3))  =>
+        # dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2))  (docs/backprop.md "GELU")
         (x,) = ctx.saved
         return K.gelu_backward(g, x, ctx.approximate)
 
@@ -152,7 +155,8 @@ class Softmax(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # y = softmax(x)  or  y = log_softmax(x), along ctx.axis
+        # y = softmax(x)  =>  dx = y * (dy - sum(dy * y));  y = log_softmax(x)  =>
+        # dx = dy - exp(y) * sum(dy); sums along ctx.axis (docs/backprop.md "Softmax")
         (y2,) = ctx.saved
         g2, _ = _to_last(g, ctx.axis)
         dx2 = (K.log_softmax_backward if ctx.log else K.softmax_backward)(g2, y2)
@@ -195,7 +199,9 @@ class LayerNorm(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = (x - mean) * rstd * w + b
+        # out = xhat * w + b, xhat = (x - mean) * rstd  =>  dxhat = g * w,
+        # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
+        # dw = sum_rows(g * xhat), db = sum_rows(g)  (docs/backprop.md "Layer norm")
         x2, mean, rstd, w = ctx.saved
         dx, dw, db = K.layernorm_backward(g.reshape(x2.shape), x2, mean, rstd, w)
         grads = [dx.reshape(ctx.shape)]
@@ -223,7 +229,7 @@ class Embedding(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = w[idx]  =>  scatter-add g into dw
+        # out = w[idx]  =>  dw = zeros; dw[idx[n]] += g[n] for every n (repeats add up)
         (flat,) = ctx.saved
         return K.embedding_backward(g.reshape(flat.shape[0], -1), flat, ctx.num)
 
@@ -259,7 +265,8 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # loss = mean_kept(logsumexp(logits) - logits[target])
+        # loss = mean_kept(logsumexp(logits) - logits[target])  =>
+        # dlogits = g * (softmax(logits) - onehot(target)) / n_kept, 0 on ignored rows
         l2, t1, lse = ctx.saved
         return K.cross_entropy_backward(g, l2, t1, lse, ctx.ignore_index).reshape(ctx.shape)
 
@@ -295,7 +302,7 @@ class Dropout(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = x * keep / (1 - p)
+        # out = x * keep / (1 - p)  =>  dx = g * keep / (1 - p)
         (keep,) = ctx.saved
         return K.dropout_backward(g, keep, ctx.p)
 
@@ -329,7 +336,9 @@ class SDPA(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = softmax(q @ k^T / sqrt(hs) + mask) @ v; the window's hidden att entries are 0
+        # att = softmax(q @ k^T / sqrt(hs) + mask), out = att @ v  =>  dv = att^T @ g,
+        # datt = g @ v^T, ds = att * (datt - rowsum(datt * att)), dq = ds @ k / sqrt(hs),
+        # dk = ds^T @ q / sqrt(hs); masked att entries are 0, so they pass no gradient
         q, k, v, att = ctx.saved
         return K.attention_backward(g, q, k, v, att, ctx.causal)
 
@@ -387,7 +396,8 @@ class RMSNorm(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps)
+        # out = xhat * w, xhat = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps)  =>
+        # dxhat = g * w, dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), dw = sum_rows(g * xhat)
         x2, rstd, w = ctx.saved
         dx, dw = K.rmsnorm_backward(g.reshape(x2.shape), x2, rstd, w)
         return (dx.reshape(ctx.shape),) + ((dw,) if w is not None else ())
@@ -408,7 +418,8 @@ class SwiGLU(Function):
 
     @staticmethod
     def backward(ctx: Context, dy: np.ndarray) -> tuple:
-        # y = silu(g) * u
+        # y = silu(g) * u, silu(g) = g s, s = sigmoid(g)  =>  du = dy * silu(g),
+        # dg = dy * u * s * (1 + g * (1 - s))
         g, u = ctx.saved
         return K.swiglu_backward(dy, g, u)
 
@@ -426,7 +437,8 @@ class RoPE(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # y = [x1 cos - x2 sin, x2 cos + x1 sin]: a rotation, so dx turns g back
+        # y = [x1 cos - x2 sin, x2 cos + x1 sin]: a rotation, so dx = R^T g turns g back:
+        # dx = [g1 cos + g2 sin, g2 cos - g1 sin]
         return K.rope_backward(g, ctx.cos, ctx.sin)
 
 

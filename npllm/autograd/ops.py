@@ -34,7 +34,8 @@ class Add(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = a + b
+        # out = a + b  =>  da = g, db = g (each shaped like out; the engine sums the
+        # broadcast axes back to each input's shape, docs/backprop.md "Broadcasting")
         return g, g
 
 
@@ -45,7 +46,7 @@ class Sub(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = a - b
+        # out = a - b  =>  da = g, db = -g
         return g, (-g if ctx.needs_input_grad[1] else None)
 
 
@@ -57,7 +58,7 @@ class Mul(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = a * b
+        # out = a * b  =>  da = g * b, db = g * a
         a, b = ctx.saved
         ga = g * b if ctx.needs_input_grad[0] else None
         gb = g * a if ctx.needs_input_grad[1] else None
@@ -72,7 +73,7 @@ class Div(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = a / b
+        # out = a / b  =>  da = g / b, db = -g * a / b^2
         a, b = ctx.saved
         ga = g / b if ctx.needs_input_grad[0] else None
         gb = -g * a / (b * b) if ctx.needs_input_grad[1] else None
@@ -88,7 +89,7 @@ class Pow(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = a ** b
+        # out = a ** b  =>  da = g * b * a^(b - 1), db = g * out * ln(a)
         a, b, out = ctx.saved
         ga = g * b * a ** (b - 1) if ctx.needs_input_grad[0] else None
         gb = g * out * np.log(a) if ctx.needs_input_grad[1] else None
@@ -102,7 +103,7 @@ class Neg(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = -a
+        # out = -a  =>  da = -g
         return -g
 
 
@@ -128,7 +129,8 @@ class MatMul(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple:
-        # out = a @ b  =>  da = g @ b^T, db = a^T @ g
+        # out = a @ b  =>  da = g @ b^T, db = a^T @ g (out_ij = sum_k a_ik b_kj; docs/backprop.md
+        # "Matmul"); 1-D operands are promoted to matrices first, as the forward did
         a, b = ctx.saved
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
@@ -171,7 +173,7 @@ class Sum(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = a.sum(axes)  =>  every summed entry receives g
+        # out = a.sum(axes)  =>  da = g broadcast back over the summed axes (d out / d a_i = 1)
         return np.broadcast_to(_expand(g, ctx.axes, ctx.keepdims), ctx.shape)
 
 
@@ -183,7 +185,7 @@ class Mean(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = a.sum(axes) / n
+        # out = a.sum(axes) / n  =>  da = g / n broadcast back over the averaged axes
         n = int(np.prod([ctx.shape[i] for i in ctx.axes]))
         return np.broadcast_to(_expand(g, ctx.axes, ctx.keepdims) / max(n, 1), ctx.shape)
 
@@ -204,7 +206,8 @@ class Max(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = a.max(axes)  =>  g flows to the maxima, split among ties
+        # out = a.max(axes)  =>  da_i = g * [a_i == out] / (number of ties): g flows to the
+        # maxima, split among ties
         (mask,) = ctx.saved
         share = mask / mask.sum(axis=ctx.axes, keepdims=True)
         return _expand(g, ctx.axes, ctx.keepdims) * share.astype(g.dtype, copy=False)
@@ -224,7 +227,7 @@ class Reshape(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = a.reshape(shape)
+        # out = a.reshape(shape)  =>  da = g.reshape(a.shape): same entries, same order
         return g.reshape(ctx.shape)
 
 
@@ -242,7 +245,7 @@ class Transpose(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = a.transpose(axes)  =>  undo the permutation
+        # out = a.transpose(axes)  =>  da = g.transpose(inverse permutation of axes)
         return np.transpose(g, np.argsort([x % g.ndim for x in ctx.axes]))
 
 
@@ -266,7 +269,8 @@ class GetItem(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = a[key]  =>  scatter g back into zeros, adding where indices repeat
+        # out = a[key]  =>  da = zeros(a.shape); da[key] += g: a scatter-add, so an entry
+        # picked k times gets the sum of its k gradients (docs/backprop.md "Indexing")
         out = np.zeros(ctx.shape, dtype=g.dtype)
         if _is_basic(ctx.key):
             out[ctx.key] = g
@@ -304,7 +308,7 @@ class Exp(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = exp(a)
+        # out = exp(a)  =>  da = g * out
         (out,) = ctx.saved
         return g * out
 
@@ -317,7 +321,7 @@ class Log(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = log(a)
+        # out = log(a)  =>  da = g / a
         (a,) = ctx.saved
         return g / a
 
@@ -331,7 +335,7 @@ class Tanh(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = tanh(a)  =>  1 - out^2
+        # out = tanh(a)  =>  da = g * (1 - out^2)
         (out,) = ctx.saved
         return g * (1 - out * out)
 
@@ -344,7 +348,7 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = max(a, 0)
+        # out = max(a, 0)  =>  da = g * (a > 0) (0 at a = 0, as torch)
         (positive,) = ctx.saved
         return g * positive
 
