@@ -132,9 +132,30 @@ class Decoder:
         return x
 
     def _step(self, idx: np.ndarray, cache: KVCache) -> np.ndarray:
-        """One new token per row (B, 1) through the fused Numba kernels -> logits (B, V)."""
-        pos = cache.length
-        x = np.ascontiguousarray(self._embed(idx, pos)[:, 0], np.float32)  # (B, C)
+        """One new token per row (B, 1) at the cache's position -> logits (B, V)."""
+        positions = np.full(idx.shape[0], cache.length, np.int64)
+        logits = self.step_rows(idx[:, 0], positions, cache)
+        cache.length += 1
+        return logits
+
+    def step_rows(self, ids: np.ndarray, positions: np.ndarray, cache: KVCache) -> np.ndarray:
+        """One new token per row, row b at its own position `positions[b]` (B,) int64,
+        through the fused Numba kernels -> logits (B, V). Row b of the cache holds that
+        row's earlier positions; `cache.length` is neither read nor changed. The server's
+        continuous batching (`npllm.serve.engine`) steps rows of different requests, each
+        at its own length, together this way. Under `kernels.use("numpy")` each row takes
+        the NumPy forward on its own (the reference)."""
+        if kernels.backend() == "numpy":
+            rows = []
+            for b, p in enumerate(positions):
+                row = KVCache([k[b : b + 1] for k in cache.k], [v[b : b + 1] for v in cache.v], p)
+                rows.append(self.forward(ids[b : b + 1, None], row, last_only=True)[0])
+            return np.stack(rows)
+        emb = self.weights.embed
+        x = emb.rows(ids) if isinstance(emb, Int8Weight) else emb[ids]
+        if self.weights.pos is not None:
+            x = x + self.weights.pos[positions]
+        x = np.ascontiguousarray(x, np.float32)  # (B, C)
         par_min, timings = self.par_min, self._timings
         if par_min is None and self._biggest * x.shape[0] < PARALLEL:
             par_min = SERIAL  # no product is big enough for the choice to matter
@@ -143,10 +164,9 @@ class Decoder:
             par_min = SERIAL if len(timings[SERIAL]) <= len(timings[PARALLEL]) else PARALLEL
             t0 = time.perf_counter()
         spec = tuple(self.spec)  # plain tuples: Numba types them fast (kernels/decode.py)
-        cos, sin = self._rope_tables(pos, 1)
+        cos, sin = self._rope_tables(positions)
         for i, w in enumerate(self._records):
-            decode_block(x, pos, w, cache.k[i], cache.v[i], cos, sin, spec, par_min)
-        cache.length = pos + 1
+            decode_block(x, positions, w, cache.k[i], cache.v[i], cos, sin, spec, par_min)
         logits = decode_head(x, tuple(self.weights.head), spec, par_min)
         if timed:
             timings[par_min].append(time.perf_counter() - t0)
@@ -222,11 +242,11 @@ class Decoder:
     def _norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
         return _NORMS[self._norm_kind](x, w, b, self.spec.eps)
 
-    def _rope_tables(self, start: int, T: int) -> tuple[np.ndarray, np.ndarray]:
-        """RoPE's cos and sin (T, hs/2) float32 for positions start.. (empty without RoPE)."""
+    def _rope_tables(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """RoPE's cos and sin (T, hs/2) float32 for `positions` (T,) (empty without RoPE)."""
         if self._freqs is None:
             return _NO_ROPE, _NO_ROPE
-        cos, sin = rope_tables(np.arange(start, start + T), *self._freqs)
+        cos, sin = rope_tables(positions, *self._freqs)
         return cos.astype(np.float32), sin.astype(np.float32)
 
     def _attention(
@@ -244,7 +264,7 @@ class Decoder:
         qkv = qkv.transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, T, hs): q heads, k heads, v heads
         q, k, v = qkv[:, :nh], qkv[:, nh : nh + nkv], qkv[:, nh + nkv :]
         if self._freqs is not None:
-            cos, sin = self._rope_tables(start, T)
+            cos, sin = self._rope_tables(np.arange(start, start + T))
             q, k = _ROPE(q, cos, sin), _ROPE(k, cos, sin)
         if cache is not None:
             k, v = self._cached(cache, layer, start, k, v)  # (B, nkv, P + T, hs)

@@ -7,9 +7,11 @@ torch eager), while the arithmetic of a cpu-small block is ~0.4 MFLOP. One compi
 block removes that overhead; what remains is reading the weights once per token.
 
     decode_block(x, pos, w, k_cache, v_cache, cos, sin, spec, par_min)
-        x (B, C) updated in place; cos, sin (1, hs/2) RoPE's tables at pos (if spec.rope)
+        x (B, C) updated in place; pos (B,) int64, each row's position (rows may stand at
+        different positions: the server's continuous batching, npllm/serve/engine.py);
+        cos, sin (B, hs/2) RoPE's tables at each row's pos (if spec.rope)
         h = norm_1(x); q, k, v = split(h @ W_qkv.T + b); q, k = rope(q, k)
-        cache[:, :, pos] = k, v
+        cache[b, :, pos[b]] = k[b], v[b]
         per head: a = softmax(q . K[:pos+1] / sqrt(hs)); y = a @ V[:pos+1]
         x += y @ W_out.T + b; x += act(norm_2(x) @ W_up.T + b) @ W_down.T + b
     decode_head(x, w, spec, par_min) -> logits (B, V)
@@ -93,29 +95,29 @@ def _activate(f, spec, out):
 
 @jit
 def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec):
-    """Rotate this token's q and k (RoPE, by the (1, hs/2) tables cos, sin), write its k, v
-    into the caches at `pos`; y = attention of q over [0, pos] (the last `window` of it).
-    Query head h reads key/value head h // (n_head / n_kv_head)."""
+    """Rotate each row's q and k (RoPE, by row b of the (B, hs/2) tables cos, sin), write
+    its k, v into the caches at pos[b]; y = attention of q over [0, pos[b]] (the last
+    `window` of it). Query head h reads key/value head h // (n_head / n_kv_head)."""
     B, n_kv, slots, hs = k_cache.shape
     nh = spec.n_head
     rep = nh // n_kv
     t = qkv.dtype.type
     scale = t(1) / np.sqrt(t(hs))
-    slot = pos % slots  # a rolling cache (npllm.generate) keeps position p in slot p % slots
-    if pos < slots:
-        lo = max(0, pos + 1 - spec.window) if spec.window else 0
-        S = pos + 1 - lo
-    else:  # the cache holds exactly the window, in ring order: attend to all of it
-        lo, S = 0, slots
     k0, v0 = nh * hs, (nh + n_kv) * hs
-    if spec.rope:
-        for b in range(B):
+    for b in range(B):
+        p_b = pos[b]
+        slot = p_b % slots  # a rolling cache (npllm.generate) keeps position p in slot p % slots
+        if p_b < slots:
+            lo = max(0, p_b + 1 - spec.window) if spec.window else 0
+            S = p_b + 1 - lo
+        else:  # the cache holds exactly the window, in ring order: attend to all of it
+            lo, S = 0, slots
+        if spec.rope:
             for h in range(nh + n_kv):  # q heads, then k heads: contiguous in qkv
                 head = qkv[b : b + 1, h * hs : (h + 1) * hs]
-                rope_rows(head, cos, sin, t(1), head)
-    scores = np.empty((2, S), qkv.dtype)
-    att, p = scores[:1], scores[1:]  # softmax out of place: in place stays scalar
-    for b in range(B):
+                rope_rows(head, cos[b : b + 1], sin[b : b + 1], t(1), head)
+        scores = np.empty((2, S), qkv.dtype)
+        att, p = scores[:1], scores[1:]  # softmax out of place: in place stays scalar
         for g in range(n_kv):
             for d in range(hs):
                 k_cache[b, g, slot, d] = qkv[b, k0 + g * hs + d]
