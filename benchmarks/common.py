@@ -3,8 +3,8 @@ alternated A/B/A/B, medians with their spread, and the machine they ran on.
 
 Why processes: two libraries in one process share more than memory. An OpenMP wait
 policy, a BLAS thread count or a spinning pool set up by one slows the other, so a
-comparison made in one process measures the mixture (benchmarks/RESULTS.md and
-PERF_NOTES.md have the history). Here every framework runs in a process of its own with
+comparison made in one process measures the mixture (docs/performance.md, "Comparing
+fairly", has the history). Here every framework runs in a process of its own with
 its own defaults: the parent (this module's `alternate`) imports neither npllm nor torch,
 and no benchmark sets a thread variable.
 

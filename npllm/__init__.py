@@ -1,7 +1,8 @@
 """npllm: a tiny-LLM framework in NumPy and Numba with hand-written backprop, CPU only.
 
 Start with `npllm.autograd` (the engine), then `npllm.functional`, `npllm.layers` and
-`npllm.gpt`. The architecture is described in docs/DESIGN.md of the project.
+`npllm.gpt`. The architecture is described in the repository's docs/architecture.md, the
+gradients derived in docs/backprop.md.
 
 Threads: npllm runs all its parallel work, matmuls included, on Numba's one thread pool
 (npllm/kernels/blas.py says how), and changes no environment variable, so neither the

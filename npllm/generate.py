@@ -5,10 +5,10 @@ model description (`npllm.arch`) gathers from the model's parameter arrays, and 
 autograd graph. Prompts (prefill) and recomputation run as NumPy array code on the
 kernels' NumPy references, BLAS doing the matmuls; a decode step (one new token per row)
 runs as one fused Numba call per block (`npllm.kernels.decode`), because at batch 1
-the per-op overhead of a framework dominates (PERF_NOTES: ~0.7 ms a token for 4 layers in
-torch eager). Linear weights may be float32 arrays or `npllm.quant.Int8Weight`s, which
-run through the int8 kernel. Under `npllm.kernels.use("numpy")` decode steps take the
-NumPy path too, which is the reference the fused step is tested against.
+the per-op overhead of a framework dominates (docs/performance.md, "Dispatch cost").
+Linear weights may be float32 arrays or `npllm.quant.Int8Weight`s, which run through the
+int8 kernel. Under `npllm.kernels.use("numpy")` decode steps take the NumPy path too,
+which is the reference the fused step is tested against.
 
 The KV cache (`KVCache`): per layer, keys and values preallocated as
 (B, n_kv_head, slots, hs). `Decoder.forward(idx, cache)` appends the keys and values of
@@ -51,8 +51,8 @@ from npllm.sampling import check_sampling_args, process_logits, sample
 
 # The NumPy forward (prompts, recomputation, the fused step's reference) runs on the
 # kernels' NumPy references, so BLAS is the only thread pool it wakes: two pools
-# alternating fight (PERF_NOTES). Exact GELU needs erf, which NumPy lacks: it takes the
-# active kernel (the NumPy one under kernels.use("numpy")).
+# alternating fight (docs/performance.md, "Two thread pools"). Exact GELU needs erf, which
+# NumPy lacks: it takes the active kernel (the NumPy one under kernels.use("numpy")).
 _NORMS = {
     "layernorm": lambda x, w, b, eps: kernels.get("layernorm_forward", "numpy")(x, w, b, eps)[0],
     "rmsnorm": lambda x, w, b, eps: kernels.get("rmsnorm_forward", "numpy")(x, w, eps)[0],

@@ -4,7 +4,7 @@ token + position embeddings -> n_layer pre-LayerNorm blocks -> ln_f -> lm_head, 
 weight *is* the token embedding's (tied: one array, its gradient the sum of both uses).
 State-dict keys match nanoGPT's, so weights move to and from PyTorch by name; the model
 description (`npllm.arch`) names every part, and the decoder and quantizer read it too.
-See DESIGN.md, "Layers and the model".
+See docs/architecture.md, "Layers and the model".
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class GPTConfig:
     bias: bool = True
     mlp_hidden: int | None = None  # None: 4 * n_embd
     activation: str = "gelu"  # "gelu" (tanh approximation), "gelu_exact" (erf), "relu"
-    # The Llama family's options (DESIGN.md, "Next wave"); the defaults are GPT-2's.
+    # The Llama family's options (docs/architecture.md); the defaults are GPT-2's.
     pos_embedding: str = "learned"  # "learned" (wpe) or "rope" (transformers' Llama names)
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # transformers' dict: {"rope_type": "linear", "factor": 2}

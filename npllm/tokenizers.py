@@ -2,7 +2,7 @@
 byte-level `BPETokenizer` (GPT-2 style: pre-split text into words, start from the 256
 bytes, learn merges by pair count). Both `encode(str) -> list[int]`,
 `decode(list[int]) -> str`, `save(path)` and `load(path)` as JSON; `load_tokenizer(path)`
-reads either kind. See DESIGN.md, "Around the model".
+reads either kind. See docs/architecture.md, "Around the model".
 
 Special tokens (`<|im_start|>`, `<|im_end|>`, `<|endoftext|>`, or any string a user
 declares) take the ids after the ordinary vocabulary, in the order declared, and keep them

@@ -69,7 +69,7 @@ def _keep_freed_memory() -> None:
     A training step allocates and frees the same large arrays every time. By default glibc
     serves arrays past its mmap threshold with fresh mappings and trims the heap's free
     top back to the OS, so each step maps, page-faults and unmaps its activations again:
-    about a quarter of a cpu-small step on the Xeon (PERF_NOTES). With the thresholds
+    about a quarter of a cpu-small step (docs/performance.md, "Memory"). With the thresholds
     raised, the second step reuses the first step's memory. The price is that up to
     `_TRIM` bytes of freed memory stay in the process. Applied once, only under glibc,
     and never when the user set any MALLOC_* variable or NPLLM_MALLOC=default."""

@@ -3,7 +3,7 @@ without nnan/ninf) and vectorisable float32 versions of exp and erf.
 
 Why the approximations: this Numba build has no SVML (`numba.config.USING_SVML` is
 False), so `np.exp`/`np.tanh` inside a loop are scalar library calls that stop LLVM from
-vectorising the loop (PERF_NOTES: GELU 8.5x slower than torch with them). `fexp` and
+vectorising the loop (docs/performance.md, "Numba habits"). `fexp` and
 `ferf` are pure arithmetic on float32 (a polynomial after Cody-Waite range reduction;
 Abramowitz-Stegun 7.1.26) and vectorise; on float64 they are the exact library
 functions, so float64 gradchecks test the kernels' algebra, not an approximation. tanh is
@@ -21,7 +21,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 # fastmath without "nnan"/"ninf": causal masks use -inf and inputs may hold inf/nan,
-# which full fastmath would let LLVM assume away (PERF_NOTES, "Numba habits").
+# which full fastmath would let LLVM assume away (docs/performance.md, "Numba habits").
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
@@ -33,7 +33,7 @@ def jit(fn=None, *, parallel: bool = False, fastmath: bool = True, inline: bool 
         "parallel": parallel,
         "fastmath": FASTMATH if fastmath else False,
         # Python's error model checks every float division for zero to raise
-        # ZeroDivisionError; that branch kept GELU's and AdamW's loops scalar (2-6x slower).
+        # ZeroDivisionError; that branch kept GELU's and AdamW's loops scalar.
         # NumPy's model gives inf/nan like the NumPy references do.
         "error_model": "numpy",
     }
@@ -107,7 +107,7 @@ def fmax(typingctx, a, b):
     """max(a, b) as LLVM's `maxnum`, for running maxima: `max` lowers to a compare and a
     select that LLVM may not reorder without the no-NaN flag (which the causal masks'
     -inf rules out), so a loop `mx = max(mx, x[j])` stayed scalar, one dependent compare
-    per element; `maxnum` reductions vectorise (2x on softmax over 64-wide rows).
+    per element; `maxnum` reductions vectorise (docs/performance.md, "Numba habits").
     A NaN operand is ignored, as C's fmax does; -inf works as usual."""
     if not (isinstance(a, types.Float) and a == b):
         return None

@@ -28,7 +28,8 @@ _C = 0.044715
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
-# Below this many elements a prange launch costs more than it saves (PERF_NOTES).
+# Below this many elements a prange launch costs more than it saves (docs/performance.md,
+# "Dispatch cost").
 _PAR_MIN = 1 << 16
 
 
@@ -70,7 +71,7 @@ def gelu_backward_numpy(dy, x, approximate="tanh"):
 
 # ---- Numba -----------------------------------------------------------------------------
 # Each kernel is a serial loop over a contiguous 1-D slice, starting at index 0 (a loop
-# over range(lo, hi) stayed scalar and ran 6-10x slower, PERF_NOTES). Large arrays are
+# over range(lo, hi) stayed scalar: docs/performance.md, "Numba habits"). Large arrays are
 # cut into chunks run by the `_PARALLEL` drivers; small ones run serially, since a prange
 # launch costs more than the work below ~64k elements. Constants are made in the input's dtype: a
 # Python literal would promote float32 math to float64 in Numba (and send fexp/ferf to
@@ -146,8 +147,8 @@ _SERIAL = (_relu_fwd, _relu_bwd, _gelu_tanh_fwd, _gelu_tanh_bwd, _gelu_erf_fwd, 
 
 
 # One parallel driver per kernel, each cutting its arrays into `nchunks` slices. (A single
-# driver that took the kernel as an integer code compiled all six bodies on first use:
-# 2.9 s of a 10 s cold start, for one or two kernels used.)
+# driver that took the kernel as an integer code compiled all six bodies on first use,
+# for one or two kernels used: docs/performance.md, "Cold start".)
 @jit(inline=True)
 def _span(n, nchunks, c):
     per = (n + nchunks - 1) // nchunks

@@ -11,11 +11,11 @@ j <= i + Tk - Tq, so a KV-cache decoder can call it with Tq = 1 over Tk cached k
         dq = ds @ k / sqrt(hs), dk = ds^T @ q / sqrt(hs)
 
 The probabilities `att` are all the backward needs besides the inputs (masked entries are
-exactly 0, whether hidden by the causal mask or the window; `causal` only lets the backward
-skip them). The NumPy reference does the
-products as batched matmuls, with transposed operands made contiguous first (NumPy's
-stacked matmul falls off BLAS onto a loop 10-40x slower when the second operand is a
-transposed view). The Numba kernel is a fused per-head kernel, described below.
+exactly 0, whether hidden by the causal mask or the window; `causal` only lets the
+backward skip them). The NumPy reference does the products as batched matmuls, with
+transposed operands made contiguous first (NumPy's stacked matmul falls off BLAS onto a
+much slower loop when the second operand is a transposed view: docs/performance.md,
+"Matmul belongs in BLAS"). The Numba kernel is a fused per-head kernel, described below.
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ parallel loops.
         out = op(a) @ op(b) + beta * out, op(x) = x.T when trans_x; 2-D, float32 or float64
 
 Why not NumPy's `@`: NumPy's OpenBLAS runs its own pthread pool, and Numba runs an OpenMP
-pool. On a 2-core machine the idle workers of one pool spin while the other pool needs
-the cores, so every switch between a matmul and a fused kernel cost 1.6-3x
-(PERF_NOTES). The old cure, `OMP_WAIT_POLICY=passive` in the environment, only worked when
-npllm was imported before torch or numba, made every Numba launch wake a sleeping thread,
-and slowed PyTorch too when it shared the process.
+pool. On a 2-core machine the idle workers of one pool spin while the other pool needs the
+cores, so every switch between a matmul and a fused kernel was slowed severalfold
+(docs/performance.md, "Two thread pools"). The old cure, `OMP_WAIT_POLICY=passive` in the
+environment, only worked when npllm was imported before torch or numba, made every Numba
+launch wake a sleeping thread, and slowed PyTorch too when it shared the process.
 
 So npllm owns its BLAS: the `scipy-openblas32` wheel (the OpenBLAS build NumPy and SciPy
 are made with) is loaded here as a private copy, with its own thread count set to one,
@@ -180,6 +180,6 @@ def gemm(
     a = np.ascontiguousarray(a, dtype=dt)
     b = np.ascontiguousarray(b, dtype=dt)
     bias = np.ascontiguousarray(bias, dtype=dt) if bias is not None else np.empty(0, dt)
-    chunks = 1 if m * n * k < _SPLIT_MIN or m < 2 else get_num_threads()  # 2x as many: slower
+    chunks = 1 if m * n * k < _SPLIT_MIN or m < 2 else get_num_threads()  # 2x as many was slower
     _gemm_rows(trans_a, trans_b, a, b, out, beta, bias, min(chunks, m))
     return out

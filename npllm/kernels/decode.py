@@ -2,8 +2,8 @@
 call, and the final norm + lm_head as another. The hot loop of `npllm.generate`.
 
 Why fused: at batch 1 a decode step is ~30 small array operations per block, each paying
-~1-3 us of dispatch in NumPy or PyTorch eager (PERF_NOTES: ~0.7 ms a token for 4 layers in
-torch eager), while the arithmetic of a cpu-small block is ~0.4 MFLOP. One compiled call per
+microseconds of dispatch in NumPy or PyTorch eager, while the arithmetic of a cpu-small
+block is ~0.4 MFLOP (docs/performance.md, "Dispatch cost"). One compiled call per
 block removes that overhead; what remains is reading the weights once per token.
 
     decode_block(x, pos, w, k_cache, v_cache, cos, sin, spec, par_min)
@@ -19,8 +19,8 @@ block removes that overhead; what remains is reading the weights once per token.
 `w` holds the fields of an `npllm.arch.BlockWeights` (`HeadWeights` for the head) and
 `spec` those of an `npllm.arch.Spec`: the model description, so this file knows no
 parameter names. Callers pass them as plain tuples, which the kernels turn back into the
-NamedTuples: Numba types a plain tuple of arrays in its C fast path (1.6 us a call) but a
-NamedTuple in Python (3.3 us), and at batch 1 that is 10% of a cpu-small token. Each
+NamedTuples: Numba types a plain tuple of arrays in its C fast path but a NamedTuple in
+Python, twice as slow a call (docs/performance.md, "Dispatch cost"). Each
 piece is the serial kernel its family's training op runs (`kernels.layernorm._ln_fwd`,
 `kernels.softmax._softmax_rows`, the activations' loops), not a copy of it.
 
@@ -49,10 +49,9 @@ from npllm.kernels.swiglu import _swiglu_fwd
 
 # The two settings of `par_min`. PARALLEL: products from 128K weights x rows (guppy's, not
 # cpu-small's) use both cores. Whether that pays depends on the machine's mood: with the
-# other core busy a parallel product waits for a thread that is not running (a guppy
-# c_attn product once took 2.8 ms instead of 37 us serial); on an idle machine two cores
-# stream the weights from memory faster than one (guppy: 1,180 against 708 tok/s). The
-# decoder times both and keeps the faster.
+# other core busy a parallel product waits for a thread that is not running; on an idle
+# machine two cores stream the weights from memory faster than one (docs/performance.md,
+# "Dispatch cost"). The decoder times both and keeps the faster.
 SERIAL = 1 << 62
 PARALLEL = 1 << 17
 
@@ -79,7 +78,7 @@ def _norm(x, w, b, spec, out, stats):
 def _activate(f, spec, out):
     """out (B, hidden) = the MLP's activation of f (B, hidden), or for SwiGLU of f
     (B, 2 hidden) = [gate, up]. Out of place: with the input and output one array the
-    loops stayed scalar (5x slower)."""
+    loops stayed scalar."""
     a, o = f.reshape(-1), out.reshape(-1)
     if spec.act == 3:
         H = out.shape[1]

@@ -25,7 +25,7 @@ from npllm.kernels._jit import FASTMATH, jit
 
 # `int8_linear_numba` runs in parallel from this many weights x input rows (N * M * K): below
 # it a prange launch and the wake-up of the second thread cost more than the work
-# (PERF_NOTES, "Dispatch cost"). It serves prompts (prefill) of int8 models; decode steps
+# (docs/performance.md, "Dispatch cost"). It serves prompts (prefill) of int8 models; decode steps
 # choose serial or parallel for themselves (npllm/kernels/decode.py).
 _PAR_MIN = 1 << 16
 
@@ -58,8 +58,8 @@ def int8_linear_numpy(x, wq, scale, b=None):
 @njit(inline="always", fastmath=FASTMATH)
 def _block(x, wq, scale, b, out, j0):
     """Output columns j0..j0+3 for every input row. Four weight rows share each load of
-    x and four independent sums keep the FMA units busy: 1.2-1.6x over one row at a time
-    for batch-1 products 128-768 wide, float32 and int8, measured on this machine."""
+    x and four independent sums keep the FMA units busy (docs/performance.md, "Dispatch
+    cost")."""
     n, k = x.shape
     t = x.dtype.type
     w0, w1, w2, w3 = wq[j0], wq[j0 + 1], wq[j0 + 2], wq[j0 + 3]
@@ -69,7 +69,7 @@ def _block(x, wq, scale, b, out, j0):
         a1 = t(0)
         a2 = t(0)
         a3 = t(0)
-        for c in range(k):  # from 0 over whole rows: vectorises (PERF_NOTES)
+        for c in range(k):  # from 0 over whole rows: vectorises
             xc = xi[c]
             a0 += xc * t(w0[c])
             a1 += xc * t(w1[c])

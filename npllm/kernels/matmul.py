@@ -13,9 +13,10 @@ one pool; the reference is NumPy's `@`.
 
 The NumPy reference is NumPy's BLAS (`@` on 2-D arrays, transposes passed as flags; the
 weight gradient oriented to dodge an OpenBLAS threading stall, see `_weight_grad`).
-OpenBLAS runs at 4-8x the hand-written tiled kernel (PERF_NOTES), which
-`benchmarks/kernels.py` re-measures. The tiled kernel computes A @ B as A times
-(B^T)-transposed, register-blocked (see `_gemm_nt`).
+OpenBLAS runs several times faster than the hand-written tiled kernel
+(docs/performance.md, "Matmul belongs in BLAS"), which `benchmarks/kernels.py`
+re-measures. The tiled kernel computes A @ B as A times (B^T)-transposed, register-blocked
+(see `_gemm_nt`).
 """
 
 from __future__ import annotations
@@ -39,11 +40,10 @@ def linear_forward_numpy(x, w, b):
 
 def _weight_grad(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
     """dw = dout.T @ x, (out, in), arranged so that each GEMM's output has more rows than
-    columns. Measured here (benchmarks/RESULTS.md): once Numba's thread pool exists,
-    OpenBLAS's 2-thread GEMM with a long K stalls at 20-35 ms when its output has no more
-    rows than columns, e.g. 24 ms instead of 0.4 ms for a 128 x 128 weight at cpu-small,
-    which made it most of a training step. The transposed product x.T @ dout is taken
-    when in > out, and a square one is done in two halves."""
+    columns: once Numba's thread pool exists, OpenBLAS's 2-thread GEMM with a long K
+    stalls when its output has no more rows than columns, which made it most of a training
+    step (docs/performance.md, "Matmul belongs in BLAS"). The transposed product x.T @
+    dout is taken when in > out, and a square one is done in two halves."""
     cout, cin = dout.shape[1], x.shape[1]
     if cout > cin:
         return dout.T @ x
@@ -73,8 +73,9 @@ def _gemm_nt(a, bt, c):
 
     Register-blocked: 4 rows of a against 2 rows of bt keep 8 running sums in registers
     while one vectorised loop walks K (from 0: a loop from k0 > 0 stayed scalar,
-    PERF_NOTES). Tasks of _MB rows of C run in parallel; within a task bt is walked in
-    panels of _NB rows so a panel is reused from cache by all the task's rows."""
+    docs/performance.md, "Numba habits"). Tasks of _MB rows of C run in parallel; within a
+    task bt is walked in panels of _NB rows so a panel is reused from cache by all the
+    task's rows."""
     m, kdim = a.shape
     n = bt.shape[0]
     z = a.dtype.type(0)

@@ -46,7 +46,8 @@ def log_softmax_backward_numpy(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
 # parallel for large inputs (serially below _jit.PAR_MIN), a vectorised pass per row.
 # Every constant is made in the input's dtype (`t(0)`): in Numba a Python literal promotes
 # float32 math to float64, which halves the vector width and sends fexp to its float64
-# branch. The running max starts at x[i, 0], never a float64 -inf literal (PERF_NOTES).
+# branch. The running max starts at x[i, 0], never a float64 -inf literal
+# (docs/performance.md, "Numba habits").
 @jit(inline=True)
 def softmax_row(x, out, log):
     """One 1-D row: out = softmax(x) (or log_softmax); out may be x itself. Also the

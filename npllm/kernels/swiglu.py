@@ -43,7 +43,8 @@ def swiglu_backward_numpy(dy, g, u):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# Serial loops over flat arrays from index 0 (they vectorise, PERF_NOTES), cut into chunks
+# Serial loops over flat arrays from index 0 (they vectorise: docs/performance.md, "Numba
+# habits"), cut into chunks
 # run in parallel for large arrays. The decode step calls `_swiglu_fwd` directly.
 @jit(inline=True)
 def _sig(v):

@@ -17,7 +17,7 @@ from tests.model.helpers import batch, perturbed, reference, tiny_config
 
 
 def expected_keys(c: GPTConfig) -> list[str]:
-    """DESIGN.md's nanoGPT names, written out independently of the model."""
+    """docs/architecture.md's nanoGPT names, written out independently of the model."""
     keys = ["transformer.wte.weight", "transformer.wpe.weight"]
     b = ("weight", "bias") if c.bias else ("weight",)
     for i in range(c.n_layer):
