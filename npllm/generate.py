@@ -122,6 +122,9 @@ class Decoder:
         # faster. Set it to force one (tests, benchmarks); results are bitwise the same.
         self.par_min: int | None = None
         self._timings: dict[int, list[float]] = {SERIAL: [], PARALLEL: []}
+        # A list to collect each layer's attention probabilities (B, nh, T, Tk) on the
+        # NumPy forward (`npllm.viz.attention_maps`); None: nothing is kept.
+        self.attention_maps: list[np.ndarray] | None = None
 
     def _embed(self, idx: np.ndarray, start: int) -> np.ndarray:
         """Token (+ learned position) embeddings of idx (B, T) at positions start.. -> (B, T, C)."""
@@ -272,7 +275,9 @@ class Decoder:
             k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
         # causal, aligned to the end: query t (position start + t) sees keys up to it
         v = np.ascontiguousarray(v)
-        y = _ATTENTION(q, k, v, True, self._window or 0)[0]  # (B, nh, T, hs)
+        y, att = _ATTENTION(q, k, v, True, self._window or 0)  # (B, nh, T, hs), (B, nh, T, Tk)
+        if self.attention_maps is not None:
+            self.attention_maps.append(att)
         y = y.transpose(0, 2, 1, 3).reshape(B * T, nh * hs)  # heads side by side
         return _linear(y, w.out_w, w.out_s, w.out_b)
 

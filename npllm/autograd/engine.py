@@ -182,9 +182,13 @@ class Tensor:
         self.grad = None
 
     # ---- backward --------------------------------------------------------------------
-    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+    def backward(
+        self, grad: Any = None, retain_graph: bool = False, retain_grads: bool = False
+    ) -> None:
         """Accumulate d(self)/d(leaf) * grad into `.grad` of every leaf requiring grad.
-        Without `retain_graph` the saved arrays are released as the walk passes them."""
+        Without `retain_graph` the saved arrays are released as the walk passes them.
+        With `retain_grads` every intermediate tensor of the graph keeps its gradient in
+        `.grad` too (as torch's `retain_grad()`), e.g. for `npllm.viz.draw_dot`."""
         if not self.requires_grad:
             raise GradError(
                 "backward() called on a tensor that does not require grad; "
@@ -223,6 +227,8 @@ class Tensor:
                 else:
                     node.grad = g.astype(node.dtype, copy=True)
                 continue
+            if retain_grads:
+                node.grad = np.array(g, dtype=node.dtype)  # a copy: g may be shared
             fn, ctx, parents = node._node
             if ctx.freed:
                 raise GradError(

@@ -151,3 +151,24 @@ def test_shared_gradient_arrays_are_never_added_into_in_place():
     w.grad = None
     out2.sum().backward()
     np.testing.assert_array_equal(w.grad, [3.0, 3.0])
+
+
+def test_retain_grads_keeps_every_intermediate_gradient():
+    x = Tensor(np.array([1.0, -2.0, 3.0]), requires_grad=True)
+    h = x * 2.0
+    y = h * 3.0 + h * h
+    loss = y.sum()
+    loss.backward(retain_grads=True)
+    np.testing.assert_allclose(loss.grad, 1.0)
+    np.testing.assert_allclose(y.grad, [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(h.grad, 3.0 + 2 * h.data)  # d(3h + h^2)/dh
+    np.testing.assert_allclose(x.grad, 2 * (3.0 + 2 * h.data))
+    h.grad[0] = 99.0  # a copy of its own: the leaf's gradient is untouched
+    np.testing.assert_allclose(x.grad, 2 * (3.0 + 2 * h.data))
+
+
+def test_without_retain_grads_intermediates_have_no_grad():
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    h = x * x
+    h.sum().backward()
+    assert h.grad is None and x.grad is not None
