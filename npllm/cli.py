@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("npllm.commands.sample", "print text sampled from a trained run"),
     "chat": ("npllm.commands.chat", "talk to a chat model of a run in the terminal"),
     "quantize": ("npllm.commands.quantize", "write an int8 weight-only copy of a run's checkpoint"),
+    "export": ("npllm.commands.export", "write a run for transformers, llama.cpp (GGUF) or ONNX"),
+    "import-hf": ("npllm.commands.import_hf", "turn a Hugging Face GPT-2 folder into a run"),
     "plot": ("npllm.commands.plot", "draw a run's loss curves to a PNG"),
     "bench": ("npllm.commands.bench", "run a benchmark from benchmarks/ (kernels, train, ...)"),
 }
