@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("npllm.commands.train", "train a GPT on prepared data or a corpus"),
     "sample": ("npllm.commands.sample", "print text sampled from a trained run"),
     "chat": ("npllm.commands.chat", "talk to a chat model of a run in the terminal"),
+    "serve": ("npllm.commands.serve", "serve a run's model over an OpenAI-compatible HTTP API"),
     "quantize": ("npllm.commands.quantize", "write an int8 weight-only copy of a run's checkpoint"),
     "export": ("npllm.commands.export", "write a run for transformers, llama.cpp (GGUF) or ONNX"),
     "import-hf": ("npllm.commands.import_hf", "turn a Hugging Face GPT-2 folder into a run"),

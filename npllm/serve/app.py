@@ -1,0 +1,475 @@
+"""The ASGI app of `npllm serve` (Starlette): OpenAI's endpoints over one `Engine`.
+
+    GET  /health                 {"status": "ok", "running": n, "waiting": m}
+    GET  /v1/models              the one model served, as OpenAI lists models
+    GET  /v1/models/{id}
+    POST /v1/completions         prompt: a string, a list of strings, or token ids
+    POST /v1/chat/completions    messages through the model's chat template (ChatML)
+    /                            the web page in npllm/serve/static/, when it is there
+
+Requests are checked by `npllm.serve.protocol` (400 naming the parameter), then each
+choice becomes an engine `Sequence`; the handler awaits the events the engine thread
+hands over through the event loop (`call_soon_threadsafe`) and answers with one JSON body
+or, with `"stream": true`, with server-sent events: `data: {chunk}\\n\\n` per token (the
+first chunk of a chat choice carries the role, the last its finish_reason), the usage
+chunk when `stream_options.include_usage` asks, then `data: [DONE]`. A client that goes
+away cancels its sequences: streaming through Starlette cancelling the response, a plain
+request by polling for the disconnect while it waits.
+
+Errors all have OpenAI's shape: 400 for a bad parameter or a prompt too long for the
+context window (saying by how much), 401 without the right API key (`--api-key`, sent as
+`Authorization: Bearer KEY`), 404 for an unknown model or path, 413 for a body over
+`max_body_bytes`, 500 only when the server itself fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from npllm.chat import IM_START, encode_chat
+from npllm.constrain import compile_grammar
+from npllm.constrain.index import end_ids
+from npllm.errors import NpllmError
+from npllm.serve.engine import Engine, Event, Sequence
+from npllm.serve.protocol import APIError, bad, parse_chat, parse_completion, parse_json
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 1 << 20
+GRAMMAR_CACHE = 32  # compiled response_format grammars kept (compiling costs 0.05-0.2 s)
+
+
+def error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+class Server:
+    """The endpoints' state: the engine, the tokenizer, the served name, the key."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: Any,
+        model_name: str,
+        api_key: str | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.engine, self.tokenizer, self.model_name = engine, tokenizer, model_name
+        self.api_key, self.max_body_bytes = api_key, max_body_bytes
+        self.config = engine.dec.config
+        self.created = int(time.time())
+        specials = getattr(tokenizer, "specials", {})
+        self.chat = "<|im_start|>" in specials and "<|im_end|>" in specials
+        # a reply ends at <|im_end|>, <|endoftext|>, or the start of another message
+        self.end_ids = frozenset(end_ids(tokenizer))
+        self.chat_stop_ids = self.end_ids | ({specials[IM_START]} if self.chat else set())
+        self.grammars: OrderedDict[str, Any] = OrderedDict()
+
+    # ---- plumbing --------------------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise APIError(
+                401,
+                "you didn't provide an API key; send it as 'Authorization: Bearer KEY'",
+                code="missing_api_key",
+            )
+        if not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+            raise APIError(401, "incorrect API key provided", code="invalid_api_key")
+
+    async def read_body(self, request: Request) -> dict:
+        limit = self.max_body_bytes
+        too_big = APIError(
+            413,
+            f"the request body is larger than the server's limit of {limit} bytes",
+            code="request_too_large",
+        )
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+        return parse_json(b"".join(chunks))
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise APIError(
+                404,
+                f"the model '{model}' does not exist; this server serves '{self.model_name}'",
+                param="model",
+                code="model_not_found",
+            )
+
+    def model_card(self) -> dict:
+        return {
+            "id": self.model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "npllm",
+            # extensions the web page reads
+            "context_window": self.config.block_size,
+            "chat": self.chat,
+        }
+
+    # ---- endpoints --------------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        running, waiting = self.engine.load
+        return JSONResponse({"status": "ok", "running": running, "waiting": waiting})
+
+    async def models(self, request: Request) -> Response:
+        self.authorize(request)
+        return JSONResponse({"object": "list", "data": [self.model_card()]})
+
+    async def model(self, request: Request) -> Response:
+        self.authorize(request)
+        self.check_model(request.path_params["model"])
+        return JSONResponse(self.model_card())
+
+    async def chat_completions(self, request: Request) -> Response:
+        self.authorize(request)
+        body = await self.read_body(request)
+        req, messages = parse_chat(body, self.config.vocab_size)
+        self.check_model(req.model)
+        if not self.chat:
+            raise bad(
+                "messages",
+                f"the model '{self.model_name}' is a text model without a chat template (its "
+                "tokenizer has no <|im_start|>/<|im_end|> tokens); use /v1/completions, or "
+                "train a chat model (`npllm prepare --chat`)",
+                "no_chat_template",
+            )
+        ids, _ = encode_chat(self.tokenizer, messages, add_generation_prompt=True)
+        return await self.generate(request, req, [ids], "messages", self.chat_stop_ids)
+
+    async def completions(self, request: Request) -> Response:
+        self.authorize(request)
+        body = await self.read_body(request)
+        req, prompts = parse_completion(body, self.config.vocab_size)
+        self.check_model(req.model)
+        ids = [p if isinstance(p, list) else self.tokenizer.encode(p) for p in prompts]
+        if any(not p for p in ids):
+            raise bad("prompt", "the prompt is empty; send some text")
+        req.prompt_texts = [p if isinstance(p, str) else self.tokenizer.decode(p) for p in prompts]
+        return await self.generate(request, req, ids, "prompt", self.end_ids)
+
+    # ---- generation ------------------------------------------------------------------------
+    def grammar(self, fmt: dict) -> Any:
+        key = json.dumps(fmt, sort_keys=True)
+        if key in self.grammars:
+            self.grammars.move_to_end(key)
+            return self.grammars[key]
+        kw = {"grammar": "json_object"} if fmt["type"] == "json_object" else {}
+        if fmt["type"] == "json_schema":
+            kw = {"json_schema": fmt["schema"]}
+        try:
+            g = compile_grammar(**kw, tokenizer=self.tokenizer, vocab_size=self.config.vocab_size)
+        except NpllmError as e:
+            raise bad("response_format", f"'response_format' cannot be used: {e}") from None
+        self.grammars[key] = g
+        if len(self.grammars) > GRAMMAR_CACHE:
+            self.grammars.popitem(last=False)
+        return g
+
+    async def generate(
+        self, request: Request, req: Any, prompts: list[list[int]], param: str, stop_ids
+    ) -> Response:
+        bs = self.config.block_size
+        for ids in prompts:
+            if len(ids) >= bs:
+                raise APIError(
+                    400,
+                    f"this model's maximum context length is {bs} tokens, which must hold the "
+                    f"prompt and at least one generated token; the prompt is {len(ids)} "
+                    f"tokens: shorten it by {len(ids) - bs + 1} tokens",
+                    param=param,
+                    code="context_length_exceeded",
+                )
+        grammar = None
+        if req.response_format is not None:
+            grammar = await asyncio.to_thread(self.grammar, req.response_format)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(event: Event) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        groups, seed = [], req.params.seed
+        for i, ids in enumerate(prompts):
+            limit = bs - len(ids)
+            params = dataclasses.replace(
+                req.params,
+                max_tokens=min(req.max_tokens or limit, limit),
+                grammar=grammar,
+            )
+            group = []
+            for j in range(req.n):
+                index = i * req.n + j
+                rng_seed = None if seed is None else [seed % 2**64, index]
+                try:
+                    group.append(Sequence(index, ids, params, emit, stop_ids, rng_seed))
+                except NpllmError as e:  # the grammar needs more tokens than allowed
+                    raise bad("max_tokens", str(e)) from None
+            groups.append(group)
+        seqs = [s for g in groups for s in g]
+        for g in groups:
+            self.engine.submit(g)
+        answer = Answer(self, req, prompts, seqs)
+        if req.stream:
+            return StreamingResponse(
+                self.events(answer, queue),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            while not answer.finished:
+                try:
+                    answer.add(await asyncio.wait_for(queue.get(), timeout=0.5))
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        break
+        finally:
+            if not answer.finished:
+                self.engine.cancel(seqs)
+        if answer.error:
+            raise APIError(500, f"the server failed: {answer.error}", type="server_error")
+        return JSONResponse(answer.body())
+
+    async def events(self, answer: Answer, queue: asyncio.Queue) -> AsyncIterator[str]:
+        try:
+            for chunk in answer.first_chunks():
+                yield sse(chunk)
+            while not answer.finished:
+                event = await queue.get()
+                for chunk in answer.add(event):
+                    yield sse(chunk)
+            if answer.error:
+                yield sse(APIError(500, answer.error, type="server_error").body())
+            elif answer.req.include_usage:
+                yield sse(answer.usage_chunk())
+            yield "data: [DONE]\n\n"
+        finally:
+            if not answer.finished:  # the client went away: free its rows now
+                self.engine.cancel(answer.seqs)
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+class Answer:
+    """Gathers one request's events into OpenAI's response body or stream chunks."""
+
+    def __init__(self, server: Server, req: Any, prompts: list[list[int]], seqs: list) -> None:
+        self.server, self.req, self.prompts, self.seqs = server, req, prompts, seqs
+        self.chat = req.kind == "chat"
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.object = "chat.completion" if self.chat else "text_completion"
+        n = len(seqs)
+        self.texts = [""] * n
+        self.logprobs: list[list[dict]] = [[] for _ in range(n)]
+        self.reasons: list[str | None] = [None] * n
+        self.error: str | None = None
+        self.open = n
+
+    @property
+    def finished(self) -> bool:
+        return self.open == 0
+
+    def usage(self) -> dict:
+        prompt = sum(len(p) for p in self.prompts)  # once per prompt, as OpenAI counts
+        completion = sum(len(s.ids) for s in self.seqs)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    def echo(self, index: int) -> str:
+        if self.chat or not self.req.echo:
+            return ""
+        return self.req.prompt_texts[index // self.req.n]
+
+    def add(self, event: Event) -> list[dict]:
+        """Record one event; the stream chunks it makes."""
+        i = event.index
+        self.texts[i] += event.text
+        if event.logprob is not None:
+            self.logprobs[i].append(event.logprob)
+        chunks = []
+        if event.text or event.logprob is not None:
+            chunks.append(self.chunk(i, event.text, event.logprob, None))
+        if event.finish_reason is not None:
+            self.open -= 1
+            if event.finish_reason == "error":
+                self.error = event.error or "the decode loop failed"
+                self.open = 0
+                return chunks
+            self.reasons[i] = event.finish_reason
+            chunks.append(self.chunk(i, None, None, event.finish_reason))
+        return chunks
+
+    def base(self, obj: str) -> dict:
+        name = self.server.model_name
+        return {"id": self.id, "object": obj, "created": self.created, "model": name}
+
+    def chunk(self, i: int, text: str | None, logprob: dict | None, reason: str | None) -> dict:
+        out = self.base("chat.completion.chunk" if self.chat else "text_completion")
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            lp = None if logprob is None else {"content": [logprob], "refusal": None}
+            choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}
+        else:
+            offset = len(self.echo(i)) + len(self.texts[i]) - len(text or "")
+            lp = None if logprob is None else legacy_logprobs([logprob], offset)
+            choice = {"index": i, "text": text or "", "logprobs": lp, "finish_reason": reason}
+        out["choices"] = [choice]
+        if self.req.include_usage:
+            out["usage"] = None
+        return out
+
+    def first_chunks(self) -> list[dict]:
+        """The role (chat) or the echoed prompt (completions) of each choice."""
+        out = []
+        for i in range(len(self.seqs)):
+            if self.chat:
+                c = self.chunk(i, "", None, None)
+                c["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                out.append(c)
+            elif self.echo(i):
+                out.append(self.chunk(i, self.echo(i), None, None))
+        return out
+
+    def usage_chunk(self) -> dict:
+        out = self.base("chat.completion.chunk" if self.chat else "text_completion")
+        out["choices"] = []
+        out["usage"] = self.usage()
+        return out
+
+    def body(self) -> dict:
+        out = self.base(self.object)
+        choices = []
+        for i in range(len(self.seqs)):
+            entries = self.logprobs[i] if self.req.params.logprobs else None
+            if self.chat:
+                lp = None if entries is None else {"content": entries, "refusal": None}
+                message = {"role": "assistant", "content": self.texts[i], "refusal": None}
+                reason = self.reasons[i]
+                choices.append(
+                    {"index": i, "message": message, "logprobs": lp, "finish_reason": reason}
+                )
+            else:
+                echo = self.echo(i)
+                lp = None if entries is None else legacy_logprobs(entries, len(echo))
+                choices.append(
+                    {
+                        "index": i,
+                        "text": echo + self.texts[i],
+                        "logprobs": lp,
+                        "finish_reason": self.reasons[i],
+                    }
+                )
+        out["choices"] = choices
+        out["usage"] = self.usage()
+        return out
+
+
+def legacy_logprobs(entries: list[dict], offset: int) -> dict:
+    """/v1/completions' logprobs: parallel lists, and the top ones as {token: logprob}."""
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def build_app(
+    model: Any,
+    tokenizer: Any,
+    *,
+    model_name: str = "npllm",
+    api_key: str | None = None,
+    max_batch: int = 64,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    static_dir: str | Path | None = STATIC,
+) -> Starlette:
+    """The app over `model` (a GPT or a `Decoder`) and its tokenizer. Its engine thread
+    starts and stops with the app (ASGI lifespan); `app.state.server` is the `Server`."""
+    from contextlib import asynccontextmanager
+
+    from npllm.generate import as_decoder
+
+    engine = Engine(as_decoder(model), tokenizer, max_batch=max_batch)
+    server = Server(engine, tokenizer, model_name, api_key, max_body_bytes)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        engine.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(engine.stop)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        return error_response(exc)  # type: ignore[arg-type]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        msg = f"{request.method} {request.url.path}: {exc.detail}"
+        return error_response(APIError(exc.status_code, msg, type=kind, code=kind))
+
+    async def disconnect(request: Request, exc: Exception) -> Response:
+        return Response(status_code=499)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return error_response(APIError(500, f"the server failed: {exc!r}", type="server_error"))
+
+    routes = [
+        Route("/health", server.health, methods=["GET"]),
+        Route("/v1/models", server.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", server.model, methods=["GET"]),
+        Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+    ]
+    if static_dir is not None and Path(static_dir).is_dir():
+        routes.append(Mount("/", StaticFiles(directory=static_dir, html=True), name="static"))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            APIError: api_error,
+            HTTPException: http_error,
+            ClientDisconnect: disconnect,
+            Exception: server_error,
+        },
+    )
+    app.state.server = server
+    return app

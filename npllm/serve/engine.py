@@ -1,0 +1,356 @@
+"""The serving engine: continuous batching of every request's choices in one decode loop.
+
+One thread owns the model. Each choice of a request (`n` of them) is a `Sequence`: its
+prompt ids, its sampling parameters, its random generator, its row of the KV cache and a
+callback that receives what it produces. The loop, over and over:
+
+1. admit waiting sequences while rows are free: a prefill of the prompt into the
+   sequence's own cache row (the `n` choices of a request share one prefill, its keys and
+   values copied to their rows), then the first token from the prefill's logits;
+2. one decode step for all running rows at once (`Decoder.step_rows`): every row at its
+   own position, so a request that arrives joins the batch at the next step and one that
+   finishes leaves it; the weights are read once per step for all rows, which is where
+   batching pays on a memory-bound CPU decode;
+3. each row samples its own next token with its own parameters (`Sequence.choose`) and
+   reports text, log-probabilities and its finish reason;
+4. finished or cancelled rows leave: the last row moves into the freed one (its cache
+   copied up to its length), so the running rows stay rows 0..n-1 of the cache.
+
+A client that disconnects cancels its sequences, which leave at the next step. A failure
+inside the loop fails the sequences involved (the server answers them with a 500) and the
+loop carries on. Each row's logits depend only on that row (the fused products sum each
+output row by itself), so a seeded request gives the same tokens whatever else runs.
+
+Text: the generated ids are decoded as a whole after each token, so a BPE token that ends
+inside a UTF-8 character shows once it is complete (U+FFFD is held back), and text that
+could be the start of a stop string is held back until it is known not to be one. A stop
+string ends the choice ("stop") and is not returned; so do the end-of-turn special tokens.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from npllm.constrain import Grammar
+from npllm.constrain.index import vocabulary_bytes
+from npllm.generate import Decoder, KVCache
+from npllm.sampling import process_logits, sample
+
+log = logging.getLogger("npllm.serve")
+
+
+@dataclass
+class SamplingParams:
+    """What one choice is generated with (validated by `npllm.serve.protocol`)."""
+
+    max_tokens: int  # already clipped to what fits the context window
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: Grammar | None = None
+
+
+@dataclass
+class Event:
+    """What a sequence reports after a token: new text (maybe empty), the token's
+    log-probability entry (when asked), and its finish reason once it is done ("stop",
+    "length", or "error" with `error` saying what failed)."""
+
+    index: int
+    text: str = ""
+    logprob: dict | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+class Sequence:
+    """One choice being generated. `emit(Event)` is called from the engine's thread."""
+
+    def __init__(
+        self,
+        index: int,
+        prompt: list[int],
+        params: SamplingParams,
+        emit: Callable[[Event], None],
+        stop_ids: frozenset[int],
+        rng_seed: Any = None,
+    ) -> None:
+        self.index, self.prompt, self.params, self.emit = index, prompt, params, emit
+        self.stop_ids = stop_ids
+        self.rng = np.random.default_rng(rng_seed)
+        self.guide = None if params.grammar is None else params.grammar.guide(1, params.max_tokens)
+        self.ids: list[int] = []  # every generated token, end-of-turn included
+        self.text = ""  # the decoded text of the shown tokens
+        self.sent = 0  # characters of text already emitted
+        self.finish_reason: str | None = None
+        self.cancelled = False
+        self.last = -1  # the token to feed at the next step
+        self.penalised = params.presence_penalty != 0 or params.frequency_penalty != 0
+
+    @property
+    def position(self) -> int:
+        """The position of `last` in the context."""
+        return len(self.prompt) + len(self.ids) - 1
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.cancelled
+
+
+class Engine:
+    """The decode loop over up to `max_batch` rows (see the module's docstring)."""
+
+    def __init__(self, decoder: Decoder, tokenizer: Any, max_batch: int = 64) -> None:
+        self.dec, self.tokenizer, self.max_batch = decoder, tokenizer, max_batch
+        V = decoder.config.vocab_size
+        self.block_size = decoder.config.block_size
+        # ids the model has but the tokenizer cannot decode (a padded vocabulary) never come
+        self.invalid = np.arange(V) >= tokenizer.vocab_size
+        self.token_bytes = [b or b"" for b in vocabulary_bytes(tokenizer, V)]
+        for text, i in getattr(tokenizer, "specials", {}).items():
+            if i < V:
+                self.token_bytes[i] = text.encode()
+        self.cache = decoder.new_cache(max_batch)
+        self.rows: list[Sequence] = []  # running; self.rows[i] owns cache row i
+        self.pending: collections.deque[list[Sequence]] = collections.deque()
+        self.cv = threading.Condition()
+        self.stopping = False
+        self.steps = 0  # decode steps run (for tests and the benchmark)
+        self.thread = threading.Thread(target=self._run, name="npllm-engine", daemon=True)
+
+    # ---- called from the server's threads ------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopping = True
+            self.cv.notify()
+        self.thread.join(timeout=10)
+
+    def submit(self, group: list[Sequence]) -> None:
+        """Queue the choices of one request (they share their prompt)."""
+        with self.cv:
+            self.pending.append(list(group))
+            self.cv.notify()
+
+    def cancel(self, group: list[Sequence]) -> None:
+        """Stop generating these; they leave the batch at the next step."""
+        for s in group:
+            s.cancelled = True
+        with self.cv:
+            self.cv.notify()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(running rows, waiting sequences)."""
+        return len(self.rows), sum(len(g) for g in self.pending)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.stopping and not self.rows and not self.pending:
+                    self.cv.wait()
+                if self.stopping:
+                    return
+                admitted = self._take()
+            try:
+                self._admit(admitted)
+                self._leave()
+                if self.rows:
+                    self._step()
+            except Exception as e:  # a server fault: fail what was running, keep serving
+                log.exception("the decode loop failed")
+                for s in self.rows + admitted:
+                    if not s.done:
+                        s.finish_reason = "error"
+                        s.emit(Event(s.index, finish_reason="error", error=str(e)))
+                self.rows = []
+            self._leave()
+
+    def _take(self) -> list[Sequence]:
+        """Waiting sequences for the free rows (a request may be split over steps)."""
+        free = self.max_batch - len(self.rows)
+        out: list[Sequence] = []
+        while self.pending and free > 0:
+            group = [s for s in self.pending[0] if not s.cancelled]
+            take, rest = group[:free], group[free:]
+            out += take
+            free -= len(take)
+            if rest:
+                self.pending[0] = rest
+            else:
+                self.pending.popleft()
+        return out
+
+    def _row_cache(self, row: int) -> KVCache:
+        c = self.cache
+        return KVCache([k[row : row + 1] for k in c.k], [v[row : row + 1] for v in c.v])
+
+    def _admit(self, seqs: list[Sequence]) -> None:
+        """Prefill each new sequence into a free row and choose its first token; choices
+        of one request with the same prompt copy the first one's cache row."""
+        shared: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}
+        for s in seqs:
+            row = len(self.rows)
+            self.rows.append(s)
+            key = tuple(s.prompt)
+            if key in shared:
+                src, logits = shared[key]
+                self._copy_row(src, row, len(s.prompt))
+            else:
+                prompt = np.asarray(s.prompt, np.int64)[None]
+                logits = self.dec.forward(prompt, self._row_cache(row), last_only=True)[0]
+                shared[key] = (row, logits)
+            self._choose(s, logits.copy())
+
+    def _step(self) -> None:
+        n = len(self.rows)
+        ids = np.array([s.last for s in self.rows], np.int64)
+        positions = np.array([s.position for s in self.rows], np.int64)
+        c = self.cache
+        view = KVCache([k[:n] for k in c.k], [v[:n] for v in c.v])
+        logits = self.dec.step_rows(ids, positions, view)  # (n, V)
+        self.steps += 1
+        for s, row in zip(self.rows, logits):
+            if not s.done:
+                self._choose(s, row)
+
+    def _copy_row(self, src: int, dst: int, length: int) -> None:
+        """Cache row dst = row src over its first `length` slots."""
+        for k, v in zip(self.cache.k, self.cache.v):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
+
+    def _leave(self) -> None:
+        """Drop finished and cancelled rows; the last running row fills each hole."""
+        i = 0
+        while i < len(self.rows):
+            if self.rows[i].done:
+                last = len(self.rows) - 1
+                if i != last:
+                    moved = self.rows[last]
+                    self._copy_row(last, i, min(moved.position, self.cache.k[0].shape[2]))
+                    self.rows[i] = moved
+                self.rows.pop()
+            else:
+                i += 1
+
+    # ---- one token of one sequence --------------------------------------------------------
+    def _choose(self, s: Sequence, logits: np.ndarray) -> None:
+        """Sample s's next token from its raw logits (V,) and report it."""
+        p = s.params
+        logits[self.invalid] = -np.inf
+        raw = logits
+        work = logits[None]  # (1, V)
+        if s.penalised and s.ids:
+            counts = np.bincount(s.ids, minlength=logits.size)[: logits.size]
+            work = work - p.presence_penalty * (counts > 0) - p.frequency_penalty * counts
+            work = work.astype(np.float32)
+        if p.logit_bias:
+            work = work.copy()
+            for t, b in p.logit_bias.items():
+                work[0, t] += b
+        mask = None if s.guide is None else s.guide.mask()
+        context = np.asarray(s.prompt + s.ids, np.int64)[None]
+        greedy = p.temperature == 0
+        if not greedy or mask is not None or p.repetition_penalty != 1.0 or p.logit_bias:
+            work = process_logits(
+                work,
+                context,
+                temperature=p.temperature,
+                top_k=p.top_k,
+                top_p=p.top_p,
+                repetition_penalty=p.repetition_penalty,
+                mask=mask,
+            )
+        token = int(sample(work, s.rng, greedy=greedy)[0])
+        entry = self._logprob_entry(raw, token, p.top_logprobs) if p.logprobs else None
+        self._accept(s, token, entry)
+
+    def _logprob_entry(self, logits: np.ndarray, token: int, top: int) -> dict:
+        """OpenAI's entry for one token: the model's log-probability of it (its own
+        distribution, before temperature and the other sampling rules, as OpenAI reports)
+        and the `top` most likely tokens with theirs."""
+        z = logits.astype(np.float64)
+        z = z - z.max()
+        logp = z - np.log(np.exp(z).sum())
+        out = self._token_logprob(token, logp[token])
+        if top:
+            best = np.argsort(-logp, kind="stable")[:top]
+            out["top_logprobs"] = [self._token_logprob(int(t), logp[t]) for t in best]
+        else:
+            out["top_logprobs"] = []
+        return out
+
+    def _token_logprob(self, token: int, logprob: float) -> dict:
+        data = self.token_bytes[token]
+        return {
+            "token": data.decode("utf-8", errors="replace"),
+            "logprob": max(float(logprob), -9999.0),  # JSON has no -inf
+            "bytes": list(data),
+        }
+
+    def _accept(self, s: Sequence, token: int, entry: dict | None) -> None:
+        p = s.params
+        s.ids.append(token)
+        s.last = token
+        finished = False
+        if s.guide is not None:
+            finished = bool(s.guide.advance(np.array([token]))[0])
+        if token in s.stop_ids:
+            self._finish(s, "stop", entry=None)
+            return
+        text = self.tokenizer.decode([t for t in s.ids if t not in s.stop_ids])
+        for stop in p.stop:
+            at = text.find(stop, max(0, s.sent - len(stop)))
+            if at >= 0:
+                text = text[:at]
+                s.text = text
+                self._finish(s, "stop", entry)
+                return
+        s.text = text
+        if finished:
+            self._finish(s, "stop", entry)
+        elif len(s.ids) >= p.max_tokens or len(s.prompt) + len(s.ids) >= self.block_size:
+            self._finish(s, "length", entry)
+        else:
+            ready = len(text.rstrip("\ufffd"))
+            ready -= _held_back(text[:ready], p.stop)
+            new = text[s.sent : ready] if ready > s.sent else ""
+            s.sent = max(s.sent, ready)
+            if new or entry is not None:
+                s.emit(Event(s.index, new, entry))
+
+    def _finish(self, s: Sequence, reason: str, entry: dict | None) -> None:
+        s.finish_reason = reason
+        rest = s.text[s.sent :]
+        s.sent = len(s.text)
+        s.emit(Event(s.index, rest, entry, finish_reason=reason))
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could be the start of a stop string."""
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:k]):
+                hold = k
+                break
+    return hold
