@@ -1,4 +1,5 @@
-"""`npllm plot RUN`: the loss curves of a run as a PNG (needs the `plot` extra)."""
+"""`npllm plot RUN`: the loss curves of a run as a PNG (needs matplotlib: the `plot` or
+`viz` extra); the same as `npllm viz loss RUN`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from npllm.plot import plot_losses
+    from npllm.viz import loss_curve
 
-    print(f"wrote {plot_losses(args.run, args.out)}")
+    print(f"wrote {loss_curve(args.run, args.out)}")
     return 0
