@@ -21,10 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("npllm.commands.export", "write a run for transformers, llama.cpp (GGUF) or ONNX"),
     "import-hf": ("npllm.commands.import_hf", "turn a Hugging Face GPT-2 folder into a run"),
     "plot": ("npllm.commands.plot", "draw a run's loss curves to a PNG"),
-    "viz": (
-        "npllm.commands.viz",
-        "draw autograd graphs, attention maps, kernel ratios, losses",
-    ),
+    "viz": ("npllm.commands.viz", "draw autograd graphs, attention maps, kernel ratios"),
     "bench": ("npllm.commands.bench", "run a benchmark from benchmarks/ (kernels, train, ...)"),
 }
 
