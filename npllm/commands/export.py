@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-FORMATS = ("hf",)
+FORMATS = ("hf", "gguf")
 # the --quantize values each format takes (None: float32)
-QUANTIZE = {"hf": (None,)}
+QUANTIZE = {"hf": (None,), "gguf": (None, "f32", "q8_0")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_run(args.run, args.checkpoint)
     config, tokenizer = loaded.config, loaded.tokenizer
     state = loaded.model.state_dict()
-    from npllm.export.hf import write_hf
+    if args.format == "hf":
+        from npllm.export.hf import write_hf
 
-    path = write_hf(config, state, tokenizer, args.out)
+        path = write_hf(config, state, tokenizer, args.out)
+    else:
+        from npllm.export.gguf import write_gguf
+
+        path = write_gguf(config, state, tokenizer, args.out, quantize or "f32")
     print(f"wrote {path}")
     return 0

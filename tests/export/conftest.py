@@ -72,3 +72,24 @@ def tiny_config(vocab_size: int, **kw) -> GPTConfig:
 def bpe_run(tmp_path_factory, bpe) -> Path:
     model = perturbed(tiny_config(bpe.vocab_size), seed=1)
     return save_run(tmp_path_factory.mktemp("bpe_run"), model, bpe)
+
+
+def trained(config: GPTConfig, tokenizer, steps: int = 60, seed: int = 0) -> GPT:
+    """A GPT fitted for a few seconds to EXAMPLE repeated, so that its greedy continuation
+    is a varied text and not one token over and over (as a random model's is)."""
+    model = perturbed(config, seed)
+    model.train()
+    data = np.array(tokenizer.encode(EXAMPLE * 4, allowed_special="all"))
+    opt = model.configure_optimizers(0.0, 3e-3, (0.9, 0.99))
+    rng = np.random.default_rng(seed)
+    T = min(config.block_size, 64)
+    for _ in range(steps):
+        starts = rng.integers(0, len(data) - T - 1, 4)
+        x = np.stack([data[s : s + T] for s in starts])
+        y = np.stack([data[s + 1 : s + T + 1] for s in starts])
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model
