@@ -51,6 +51,7 @@ from npllm.serve.protocol import APIError, bad, parse_chat, parse_completion, pa
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20
+DISCONNECT_POLL = 0.25  # seconds between checks that a plain request's client is still there
 GRAMMAR_CACHE = 32  # compiled response_format grammars kept (compiling costs 0.05-0.2 s)
 
 
@@ -243,12 +244,16 @@ class Server:
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         try:
+            checked = time.monotonic()
             while not answer.finished:
                 try:
-                    answer.add(await asyncio.wait_for(queue.get(), timeout=0.5))
+                    answer.add(await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL))
                 except asyncio.TimeoutError:
+                    pass
+                if time.monotonic() - checked >= DISCONNECT_POLL:
                     if await request.is_disconnected():
                         break
+                    checked = time.monotonic()
         finally:
             if not answer.finished:
                 self.engine.cancel(seqs)
@@ -446,6 +451,12 @@ def build_app(
         msg = f"{request.method} {request.url.path}: {exc.detail}"
         return error_response(APIError(exc.status_code, msg, type=kind, code=kind))
 
+    async def not_found(request: Request) -> Response:
+        known = {r.path for r in routes[:5]}
+        if request.url.path in known:  # a real endpoint, asked with the wrong method
+            raise HTTPException(405, "Method Not Allowed")
+        raise HTTPException(404, "Not Found")
+
     async def disconnect(request: Request, exc: Exception) -> Response:
         return Response(status_code=499)
 
@@ -458,6 +469,8 @@ def build_app(
         Route("/v1/models/{model:path}", server.model, methods=["GET"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
         Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+        # any other /v1 path is an API path that does not exist, not a file of the page
+        Route("/v1/{rest:path}", not_found, methods=["GET", "HEAD", "POST", "PUT", "DELETE"]),
     ]
     if static_dir is not None and Path(static_dir).is_dir():
         routes.append(Mount("/", StaticFiles(directory=static_dir, html=True), name="static"))

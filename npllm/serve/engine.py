@@ -44,6 +44,7 @@ from npllm.generate import Decoder, KVCache
 from npllm.sampling import process_logits, sample
 
 log = logging.getLogger("npllm.serve")
+_NO_CONTEXT = np.zeros((1, 0), np.int64)  # no repetition penalty: no context needed
 
 
 @dataclass
@@ -95,7 +96,8 @@ class Sequence:
         self.rng = np.random.default_rng(rng_seed)
         self.guide = None if params.grammar is None else params.grammar.guide(1, params.max_tokens)
         self.ids: list[int] = []  # every generated token, end-of-turn included
-        self.text = ""  # the decoded text of the shown tokens
+        self.data = bytearray()  # the bytes of the shown tokens
+        self.text = ""  # their text
         self.sent = 0  # characters of text already emitted
         self.finish_reason: str | None = None
         self.cancelled = False
@@ -130,7 +132,8 @@ class Engine:
         self.pending: collections.deque[list[Sequence]] = collections.deque()
         self.cv = threading.Condition()
         self.stopping = False
-        self.steps = 0  # decode steps run (for tests and the benchmark)
+        self.steps = collections.Counter()  # decode steps run, by the rows they held
+        self.cancelled = 0  # sequences that left unfinished (their client went away)
         self.thread = threading.Thread(target=self._run, name="npllm-engine", daemon=True)
 
     # ---- called from the server's threads ------------------------------------------------
@@ -227,7 +230,7 @@ class Engine:
         c = self.cache
         view = KVCache([k[:n] for k in c.k], [v[:n] for v in c.v])
         logits = self.dec.step_rows(ids, positions, view)  # (n, V)
-        self.steps += 1
+        self.steps[n] += 1
         for s, row in zip(self.rows, logits):
             if not s.done:
                 self._choose(s, row)
@@ -243,6 +246,7 @@ class Engine:
         i = 0
         while i < len(self.rows):
             if self.rows[i].done:
+                self.cancelled += self.rows[i].finish_reason is None
                 last = len(self.rows) - 1
                 if i != last:
                     moved = self.rows[last]
@@ -268,7 +272,9 @@ class Engine:
             for t, b in p.logit_bias.items():
                 work[0, t] += b
         mask = None if s.guide is None else s.guide.mask()
-        context = np.asarray(s.prompt + s.ids, np.int64)[None]
+        context = _NO_CONTEXT
+        if p.repetition_penalty != 1.0:
+            context = np.asarray(s.prompt + s.ids, np.int64)[None]
         greedy = p.temperature == 0
         if not greedy or mask is not None or p.repetition_penalty != 1.0 or p.logit_bias:
             work = process_logits(
@@ -317,7 +323,9 @@ class Engine:
         if token in s.stop_ids:
             self._finish(s, "stop", entry=None)
             return
-        text = self.tokenizer.decode([t for t in s.ids if t not in s.stop_ids])
+        # the whole text again each time: a token may complete a character cut before
+        s.data += self.token_bytes[token]
+        text = s.data.decode("utf-8", errors="replace")
         for stop in p.stop:
             at = text.find(stop, max(0, s.sent - len(stop)))
             if at >= 0:
