@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-FORMATS = ("hf", "gguf")
+FORMATS = ("hf", "gguf", "onnx")
 # the --quantize values each format takes (None: float32)
-QUANTIZE = {"hf": (None,), "gguf": (None, "f32", "q8_0")}
+QUANTIZE = {"hf": (None,), "gguf": (None, "f32", "q8_0"), "onnx": (None, "int8")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
         from npllm.export.hf import write_hf
 
         path = write_hf(config, state, tokenizer, args.out)
-    else:
+    elif args.format == "gguf":
         from npllm.export.gguf import write_gguf
 
         path = write_gguf(config, state, tokenizer, args.out, quantize or "f32")
+    else:
+        from npllm.export.onnx import write_onnx
+
+        path = write_onnx(config, state, args.out, int8=quantize == "int8")
     print(f"wrote {path}")
     return 0
