@@ -127,18 +127,19 @@ class World:
             p.data[...] = flat[offset : offset + p.data.size].reshape(p.shape)
             offset += p.data.size
 
-    def mean(self, values: list[float], count: int) -> float:
-        """The mean over all ranks of values of which this rank holds its share
-        (`count` in all); one process: np.mean, as training without MPI always did."""
+    def mean_losses(
+        self, losses: dict[str, list[float]], count: int, stopped: bool
+    ) -> dict[str, float] | None:
+        """{name: mean} over all ranks of the losses of which each rank holds its share
+        (`count` per name in all), in one message; None when any rank `stopped`. One
+        process: np.mean of each list, as training without MPI always computed it."""
         if self.size == 1:
-            return float(np.mean(values))
-        return float(self.allreduce(np.array([sum(values)]))[0]) / count
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when it is True on any rank."""
-        if self.size == 1:
-            return bool(flag)
-        return bool(self.allreduce(np.array([float(flag)]))[0] > 0)
+            return None if stopped else {k: float(np.mean(v)) for k, v in losses.items()}
+        sums = np.array([sum(v) for v in losses.values()] + [float(stopped)])
+        self.allreduce(sums)
+        if sums[-1] > 0:
+            return None
+        return {k: float(total) / count for k, total in zip(losses, sums)}
 
     # ---- the batch ---------------------------------------------------------------------------
     def rows(self, batch_size: int) -> slice:

@@ -1,11 +1,16 @@
 """The training loop, `train()` (its configs and presets are in `npllm.config`, the run
 folder's handling in `npllm.runs`).
 
-One step (nanoGPT's train.py, without the distributed parts): random windows from the
-memmapped train tokens -> `GPT` forward/backward, `gradient_accumulation_steps` times ->
-`clip_grad_norm` -> AdamW at the warmup + cosine learning rate. Every `eval_interval`
+One step (nanoGPT's train.py): random windows from the memmapped train tokens -> `GPT`
+forward/backward, `gradient_accumulation_steps` times -> `clip_grad_norm` -> AdamW at the
+warmup + cosine learning rate. Every `eval_interval`
 steps (and at the end) the mean loss over `eval_iters` batches of each split is logged and
 the `last` checkpoint written, plus `best` when val improved (`npllm.checkpoint`).
+
+Data-parallel over MPI (`mpiexec -n N npllm train ...`, `npllm.distributed`): the `world`
+hooks below split each global batch's rows over the ranks, sum the gradients in one flat
+buffer and shard the evaluation; every rank takes the same step and only rank 0 writes.
+In one process they do nothing.
 
 Chat data (`npllm prepare --chat`) trains the same way on packed conversations whose
 targets outside the assistant mask are the ignore index, so the losses (train, val) are
@@ -43,6 +48,7 @@ import numpy as np
 
 from npllm.checkpoint import load_checkpoint, save_checkpoint
 from npllm.config import TrainConfig
+from npllm.distributed import World
 from npllm.errors import CheckpointError, ConfigError, NpllmError
 from npllm.io import ensure_writable_dir
 from npllm.runs import check_run_dir, clear_run, init_weights, rewrite_metrics_until
@@ -66,28 +72,34 @@ class TrainResult:
 
 
 def evaluate(
-    model: Any, batch: Any, iters: int, seed: int, stop: Any = None
+    model: Any, batch: Any, iters: int, seed: int, stop: Any = None, world: World | None = None
 ) -> dict[str, float] | None:
     """Mean loss over `iters` batches of each split, drawn from a generator seeded afresh
     (the same batches at every evaluation, and the training streams never move); None
-    when `stop()` turns true on the way (Ctrl-C)."""
+    when `stop()` turns true on the way (Ctrl-C). Over MPI each rank draws every batch and
+    computes every `world.size`-th one; the ranks' sums are reduced."""
     from npllm.autograd import no_grad
 
+    world = World() if world is None else world
     model.eval()
     rng = np.random.default_rng([2, seed])
-    out = {}
+    losses: dict[str, list[float]] = {"train": [], "val": []}
+    stopped = False
     try:
         with no_grad():
             for split in ("train", "val"):
-                losses = []
-                for _ in range(iters):
+                for i in range(iters):
                     if stop is not None and stop():
-                        return None
-                    losses.append(model(*batch(split, rng))[1].item())
-                out[split] = float(np.mean(losses))
+                        stopped = True
+                        break
+                    x, y = batch(split, rng)
+                    if i % world.size == world.rank:
+                        losses[split].append(model(x, y)[1].item())
+                if stopped:
+                    break
     finally:
         model.train()
-    return out
+    return world.mean_losses(losses, iters, stopped)
 
 
 class _SigintFlag:
@@ -124,12 +136,15 @@ def train(
     init_from: str | os.PathLike | None = None,
     progress: bool | None = None,
     echo: bool = True,
+    world: World | None = None,
 ) -> TrainResult:
     """Train a `GPT(model_config)` on a prepared data folder, writing checkpoints and
     `metrics.jsonl` to `run_dir`. With `resume`, continue from `run_dir`'s `last`
     checkpoint (whose configs the caller passes back, possibly with a new `max_iters`);
     with `init_from`, start from another run's weights. `progress`: tqdm bar on stderr
-    (None: only when stderr is a terminal); `echo`: print the evaluations to stdout."""
+    (None: only when stderr is a terminal); `echo`: print the evaluations to stdout.
+    `world`: the MPI ranks training together (`npllm.distributed.init()`; default this
+    process alone), of which only rank 0 writes and prints."""
     from tqdm import tqdm
 
     from npllm.data import batch_sampler, load_data_tokenizer, load_meta
@@ -138,7 +153,10 @@ def train(
 
     config.validate()
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume, overwrite)
+    world = World() if world is None else world
+    world.check_batch_size(config.batch_size)
+    if world.is_main:
+        check_run_dir(run_dir, resume, overwrite)
     if resume and init_from is not None:
         raise ConfigError("--resume continues the run's own weights; drop --init-from")
     meta = load_meta(data_dir)
@@ -150,7 +168,8 @@ def train(
             f"vocabulary ({meta['vocab_size']}); drop the flag"
         )
     tokenizer = load_data_tokenizer(data_dir)
-    ensure_writable_dir(run_dir, "--out")
+    if world.is_main:
+        ensure_writable_dir(run_dir, "--out")
 
     model = GPT(model_config, seed=config.seed)
     init_note = None
@@ -181,22 +200,28 @@ def train(
         best_val = float(ck.info["best_val_loss"])
         init_note = ck.info.get("init_from")
         saved_at = start
-        rewrite_metrics_until(metrics_path, start)
         if start >= config.max_iters:
             raise ConfigError(
                 f"the run in {run_dir} is already at iteration {start}; pass a "
                 "larger --max-iters to train further"
             )
-    elif overwrite:
+        if world.is_main:
+            rewrite_metrics_until(metrics_path, start)
+    elif overwrite and world.is_main:
         clear_run(run_dir)
-    metrics = open(metrics_path, "a", encoding="utf-8")
+    world.broadcast_parameters(params)  # every rank starts from rank 0's weights
+    world.shard_dropout(model.rng)
+    grads = world.grad_buffer(params)
+    metrics = open(metrics_path if world.is_main else os.devnull, "a", encoding="utf-8")
 
     def log(record: dict[str, Any]) -> None:
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
 
     def estimate_loss() -> dict[str, float] | None:
-        return evaluate(model, batch, config.eval_iters, config.seed, stop=lambda: sigint.set)
+        return evaluate(
+            model, batch, config.eval_iters, config.seed, stop=lambda: sigint.set, world=world
+        )
 
     def save(name: str, it: int, losses: dict[str, float], elapsed: float) -> None:
         nonlocal saved_at
@@ -217,12 +242,13 @@ def train(
         }
         if init_note is not None:
             info["init_from"] = init_note
-        save_checkpoint(run_dir, name, model.state_dict(), optimizer.state_dict(), info)
         if name == "last":
             saved_at = it
+        if world.is_main:
+            save_checkpoint(run_dir, name, model.state_dict(), optimizer.state_dict(), info)
 
     def say(text: str) -> None:
-        if echo:
+        if echo and world.is_main:
             bar.write(text, file=sys.stdout)
 
     def diverged(what: str, it: int, lr: float) -> TrainingDiverged:
@@ -249,7 +275,7 @@ def train(
         initial=start,
         file=sys.stderr,
         unit="it",
-        disable=None if progress is None else not progress,
+        disable=(None if progress is None else not progress) or not world.is_main,
         dynamic_ncols=True,
     )
     t0, losses = time.perf_counter(), {"train": math.nan, "val": math.nan}
@@ -276,12 +302,15 @@ def train(
                 lr = config.lr_at(it)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                grads.attach()
                 loss_sum = 0.0
                 for _ in range(accum):
-                    x, y = batch("train", batch_rng)
+                    # this rank's rows of the global batch, and their share of its targets
+                    x, y, share = world.shard(*batch("train", batch_rng))
                     _, loss = model(x, y)
-                    (loss * (1.0 / accum)).backward()
-                    loss_sum += loss.item()
+                    (loss * (share / accum)).backward()
+                    loss_sum += loss.item() * share
+                loss_sum, stop = grads.allreduce(loss_sum, sigint.set)  # sums over ranks
                 n, loss_avg = it + 1, loss_sum / accum
                 if not math.isfinite(loss_avg):
                     raise diverged("the training loss", n, lr)
@@ -335,7 +364,7 @@ def train(
                         save("best", n, losses, elapsed)
                     save("last", n, losses, elapsed)
                     t_log, tokens = time.perf_counter(), 0  # evaluation time is not speed
-                elif sigint.set:
+                elif stop:
                     raise interrupted(n, losses, elapsed0 + time.perf_counter() - t0)
         finally:
             bar.close()

@@ -72,7 +72,12 @@ MODEL_FLAGS: list[tuple[str, object, str]] = [
     ("tie_embeddings", bool, "lm_head shares the token embedding"),
 ]
 TRAIN_FLAGS: list[tuple[str, object, str]] = [
-    ("batch_size", int, "sequences per micro-batch"),
+    (
+        "batch_size",
+        int,
+        "sequences per micro-batch, in all: under mpiexec the global batch, whose rows "
+        "are split over the ranks",
+    ),
     ("max_iters", int, "optimizer steps in total"),
     (
         "lr_decay_iters",
@@ -87,7 +92,12 @@ TRAIN_FLAGS: list[tuple[str, object, str]] = [
     ("beta1", float, "AdamW beta1"),
     ("beta2", float, "AdamW beta2"),
     ("grad_clip", float, "clip the global gradient norm to this (0: off)"),
-    ("gradient_accumulation_steps", int, "micro-batches per optimizer step"),
+    (
+        "gradient_accumulation_steps",
+        int,
+        "micro-batches per optimizer step (a step sees batch_size x this sequences, "
+        "whatever the number of MPI ranks)",
+    ),
     ("eval_interval", int, "evaluate and checkpoint every this many steps"),
     ("eval_iters", int, "batches per split at each evaluation"),
     ("log_interval", int, "write the training loss to metrics.jsonl every this many steps"),
@@ -147,9 +157,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 )
 
 
-def resolve(args: argparse.Namespace):
+def resolve(args: argparse.Namespace, world=None):
     """(data folder, GPTConfig, TrainConfig) from the flags, the preset, the data and, on
-    --resume, the run's checkpoint."""
+    --resume, the run's checkpoint. Over MPI (`world`), rank 0 prepares a --corpus while
+    the other ranks wait for it."""
     import sys
     from pathlib import Path
 
@@ -157,11 +168,13 @@ def resolve(args: argparse.Namespace):
     from npllm.checkpoint import read_record
     from npllm.config import TrainConfig, preset_values, scaled_warmup, split_overrides
     from npllm.data import load_meta, prepare
+    from npllm.distributed import World
     from npllm.errors import CheckpointError, ConfigError
     from npllm.gpt import GPTConfig
     from npllm.io import ensure_writable_dir
     from npllm.runs import check_run_dir, resume_configs
 
+    world = World() if world is None else world
     preset = preset_values(args.preset)
     flags = {
         name: getattr(args, name) for name, _, _ in MODEL_FLAGS + TRAIN_FLAGS if hasattr(args, name)
@@ -198,12 +211,14 @@ def resolve(args: argparse.Namespace):
             data_dir = str(Path(args.out) / "data")
             corpus = args.corpus or "shakespeare"
             bpe_vocab = model_flags.get("vocab_size") if args.tokenizer == "bpe" else None
-            check_run_dir(Path(args.out), resume=False, overwrite=args.overwrite)
-            ensure_writable_dir(args.out, "--out")
-            if corpus == CHAT_DEMO:
-                prepare_chat(corpus, data_dir, args.tokenizer, bpe_vocab)
-            else:
-                prepare(corpus, data_dir, args.tokenizer, bpe_vocab)
+            if world.is_main:
+                check_run_dir(Path(args.out), resume=False, overwrite=args.overwrite)
+                ensure_writable_dir(args.out, "--out")
+                if corpus == CHAT_DEMO:
+                    prepare_chat(corpus, data_dir, args.tokenizer, bpe_vocab)
+                else:
+                    prepare(corpus, data_dir, args.tokenizer, bpe_vocab)
+            world.barrier()
         pm, pt = split_overrides(preset)
         data_vocab = int(load_meta(data_dir)["vocab_size"])
         if args.init_from:
@@ -227,7 +242,7 @@ def resolve(args: argparse.Namespace):
         train_values = {**pt, **train_flags}
         if "warmup_iters" not in train_flags:
             warmup = scaled_warmup(train_values)
-            if warmup is not None:
+            if warmup is not None and world.is_main:
                 print(
                     f"npllm train: note: warmup shortened from {train_values['warmup_iters']} "
                     f"to {warmup} steps, a tenth of this run (--warmup-iters sets it)",
@@ -241,22 +256,37 @@ def resolve(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from npllm.train import train
+    import sys
 
-    data_dir, model_config, config = resolve(args)
-    result = train(
-        data_dir,
-        args.out,
-        model_config,
-        config,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        init_from=args.init_from,
-        progress=False if args.quiet else None,
-        echo=not args.quiet,
-    )
-    print(
-        f"trained {result.iter} iterations in {result.seconds:.1f} s: val loss "
-        f"{result.val_loss:.4f} (best {result.best_val_loss:.4f}); run in {args.out}"
-    )
+    from npllm import distributed
+    from npllm.train import TrainingDiverged, TrainingInterrupted, train
+
+    world = distributed.init()  # this process alone unless mpiexec or srun started it
+    # Diverging and Ctrl-C are decided on reduced values, so every rank stops there alike.
+    with world.fail_together("train", agreed=(TrainingDiverged, TrainingInterrupted)):
+        data_dir, model_config, config = resolve(args, world)
+        if world.size > 1 and world.is_main:
+            rows = {-(-config.batch_size // world.size), config.batch_size // world.size}
+            print(
+                f"npllm train: {world.describe()}; --batch-size {config.batch_size} is the "
+                f"global batch ({' or '.join(map(str, sorted(rows)))} rows per rank)",
+                file=sys.stderr,
+            )
+        result = train(
+            data_dir,
+            args.out,
+            model_config,
+            config,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            init_from=args.init_from,
+            progress=False if args.quiet else None,
+            echo=not args.quiet,
+            world=world,
+        )
+    if world.is_main:
+        print(
+            f"trained {result.iter} iterations in {result.seconds:.1f} s: val loss "
+            f"{result.val_loss:.4f} (best {result.best_val_loss:.4f}); run in {args.out}"
+        )
     return 0

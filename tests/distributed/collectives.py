@@ -17,8 +17,9 @@ a = np.full(5, r + 1, np.float32)
 assert np.array_equal(world.allreduce(a), np.full(5, N * (N + 1) / 2, np.float32))
 b = np.full(3, r, np.int64)
 assert np.array_equal(world.broadcast(b), np.zeros(3, np.int64))
-assert world.any(r == N - 1) and not world.any(False)
-assert abs(world.mean([float(r)], N) - (N - 1) / 2) < 1e-12
+got = world.mean_losses({"a": [float(r)], "b": [1.0, 2.0 * r]}, 2 * N, stopped=False)
+assert got == {"a": (N - 1) / 4, "b": (N + N * (N - 1)) / (2 * N)}, got
+assert world.mean_losses({"a": [1.0]}, N, stopped=r == N - 1) is None
 
 # parameters start as rank 0's
 rng = np.random.default_rng(r)

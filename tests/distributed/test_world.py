@@ -80,7 +80,8 @@ def test_one_process_world_changes_nothing(monkeypatch):
     assert xs is x and ys is y and w == 1.0
     a = np.arange(3.0)
     assert world.allreduce(a) is a and np.array_equal(a, np.arange(3.0))
-    assert world.mean([1.0, 2.0], 2) == 1.5
+    assert world.mean_losses({"val": [1.0, 2.0]}, 2, stopped=False) == {"val": 1.5}
+    assert world.mean_losses({"val": [1.0]}, 2, stopped=True) is None
 
 
 def test_no_mpi4py_is_imported_without_a_launcher():

@@ -1,0 +1,172 @@
+"""`mpiexec -n 2 npllm train`: two ranks train the model one process trains (losses and
+final weights within float32 reduction-order tolerance over 20 steps, gradient
+accumulation and an uneven split included), a run resumes with another number of ranks,
+and a rank that fails stops the job with a clear message instead of hanging."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npllm.checkpoint import load_checkpoint
+from npllm.runs import load_run
+from tests.cli.conftest import corpus_file, data_dir  # noqa: F401  (fixtures)
+from tests.distributed.conftest import BIN, HERE
+
+NPLLM = str(BIN / "npllm")
+# --batch-size 5 splits 2 + 3 over two ranks; the schedule is fixed by --lr-decay-iters so
+# that a run stopped at 10 and resumed to 20 follows the straight run's learning rates.
+TINY = (
+    "--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 5 "
+    "--gradient-accumulation-steps 2 --eval-iters 3 --eval-interval 10 --log-interval 1 "
+    "--warmup-iters 2 --lr-decay-iters 20 --quiet"
+).split()
+
+
+def train(mpiexec, n: int, data: Path, out: Path, *flags: str, timeout: float = 240):
+    """`npllm train` on n ranks (n = 0: plain, no mpiexec at all)."""
+    res = mpiexec(
+        n, NPLLM, "train", "--data", str(data), "--out", str(out), *TINY, *flags, timeout=timeout
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def losses(run: Path) -> list[tuple[int, str, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        (r["iter"], k, r[k]) for r in rows for k in ("loss", "train_loss", "val_loss") if k in r
+    ]
+
+
+def files(run: Path) -> list[str]:
+    return sorted(re.sub(r"-[0-9a-f]+\.", "-*.", p.name) for p in run.iterdir())
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    la, lb = losses(a), losses(b)
+    assert [x[:2] for x in la] == [x[:2] for x in lb]
+    assert len([x for x in la if x[1] == "loss"]) == 20
+    np.testing.assert_allclose([x[2] for x in lb], [x[2] for x in la], rtol=1e-5)
+    ca, cb = load_checkpoint(a, "last"), load_checkpoint(b, "last")
+    assert ca.info["iter"] == cb.info["iter"] == 20
+    for name, wa in ca.model_state.items():
+        # The key part of c_attn's bias has a true gradient of 0 (softmax ignores a shift
+        # of a row's scores): its gradient is rounding noise, which AdamW scales up to
+        # steps of up to lr * 1e-2; every other weight agrees to float32 rounding.
+        atol = 2e-4 if name.endswith("attn.c_attn.bias") else 1e-6
+        np.testing.assert_allclose(cb.model_state[name], wa, rtol=1e-4, atol=atol, err_msg=name)
+    for i, sa in ca.optimizer_state["state"].items():
+        sb = cb.optimizer_state["state"][i]
+        assert sa["step"] == sb["step"] == 20
+        np.testing.assert_allclose(sb["exp_avg"], sa["exp_avg"], rtol=1e-3, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data_dir):  # noqa: F811
+    """20 steps in one process without MPI: the run every other one must match."""
+    import subprocess
+
+    from tests.distributed.conftest import clean_env
+
+    out = tmp_path_factory.mktemp("straight") / "run"
+    cmd = [NPLLM, "train", "--data", str(data_dir), "--out", str(out), *TINY, "--max-iters", "20"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=clean_env())
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out
+
+
+def test_two_ranks_train_the_model_of_one(mpiexec, straight, data_dir, tmp_path):  # noqa: F811
+    res = train(mpiexec, 2, data_dir, tmp_path / "two", "--max-iters", "20")
+    assert "data-parallel over 2 MPI ranks, 1 thread(s) each" in res.stderr
+    assert "--batch-size 5 is the global batch (2 or 3 rows per rank)" in res.stderr
+    assert res.stdout.count("trained 20 iterations") == 1  # rank 0 alone reports
+    assert files(tmp_path / "two") == files(straight)  # rank 0 alone writes
+    assert_same_training(straight, tmp_path / "two")
+
+
+def test_one_rank_under_mpiexec_is_the_plain_run(mpiexec, straight, data_dir, tmp_path):  # noqa: F811
+    train(mpiexec, 1, data_dir, tmp_path / "one", "--max-iters", "20")
+    assert losses(tmp_path / "one") == losses(straight)
+    ca, cb = load_checkpoint(straight, "last"), load_checkpoint(tmp_path / "one", "last")
+    for name, w in ca.model_state.items():
+        assert np.array_equal(cb.model_state[name], w), name
+
+
+@pytest.mark.parametrize("first,then", [(2, 0), (0, 2)])
+def test_resume_with_another_number_of_ranks(mpiexec, straight, data_dir, tmp_path, first, then):  # noqa: F811
+    run = tmp_path / "run"
+    train(mpiexec, first, data_dir, run, "--max-iters", "10")
+    assert load_checkpoint(run, "last").info["iter"] == 10
+    res = mpiexec(
+        then,
+        NPLLM,
+        "train",
+        "--out",
+        str(run),
+        "--resume",
+        "--max-iters",
+        "20",
+        "--quiet",
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_same_training(straight, run)
+
+
+def test_a_failing_rank_stops_every_rank(mpiexec, data_dir, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    argv = ["--data", str(data_dir), "--out", str(run), *TINY, "--max-iters", "40"]
+    res = mpiexec(
+        2, sys.executable, str(HERE / "failing_rank.py"), *argv, timeout=120, FAIL_AT="26"
+    )  # step 13: two micro-batches a step
+    assert res.returncode != 0
+    assert "npllm train: error: rank 1 of 2 failed: injected failure at step 26" in res.stderr
+    assert "stopping every rank" in res.stderr
+    last = load_run(run, "last")  # the checkpoint of step 10 is whole
+    assert last.info["iter"] == 10
+    assert np.isfinite(last.model.parameters()[0].data).all()
+
+
+def test_a_user_error_under_mpi_is_one_clear_line(mpiexec, data_dir, tmp_path):  # noqa: F811
+    res = mpiexec(
+        2,
+        NPLLM,
+        "train",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "r"),
+        *TINY,
+        "--batch-size",
+        "1",
+        timeout=120,
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "--batch-size 1 is the global batch, split over 2 MPI ranks" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_corpus_is_prepared_once_for_all_ranks(mpiexec, corpus_file, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    res = mpiexec(
+        2,
+        NPLLM,
+        "train",
+        "--corpus",
+        str(corpus_file),
+        "--out",
+        str(run),
+        *TINY,
+        "--max-iters",
+        "4",
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (run / "data" / "meta.json").is_file()
+    assert load_checkpoint(run, "last").info["iter"] == 4
