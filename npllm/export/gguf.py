@@ -112,6 +112,11 @@ def check_exportable(config: Any, tokenizer: Any) -> None:
             "cannot export to GGUF: llama.cpp tokenizes byte-level BPE and this run has a "
             "char tokenizer; train with --tokenizer bpe (or export to hf or onnx)"
         )
+    if not tokenizer.merges:
+        raise ConfigError(
+            "cannot export to GGUF: the BPE tokenizer has no merges, and llama.cpp refuses a "
+            "BPE vocabulary without them; train the tokenizer with a larger vocabulary"
+        )
     if tokenizer.pattern != GPT2_SPLIT_PATTERN:
         raise ConfigError(
             "cannot export to GGUF: the tokenizer splits text with its own pattern, and "
