@@ -20,6 +20,18 @@ from npllm import arch
 from npllm.errors import ConfigError
 
 
+def require(module: str, target: str) -> Any:
+    """Import `module` (a package of the `export` extra) or say in one line how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"exporting to {target} needs the {module} package: pip install 'npllm[export]'"
+        ) from None
+
+
 def gpt2_family(config: Any, target: str) -> None:
     """Refuse, in one line naming the reason, a model outside the GPT-2 family."""
     c = config

@@ -34,7 +34,7 @@ import numpy as np
 
 from npllm import arch
 from npllm.errors import ConfigError
-from npllm.export import gpt2_family
+from npllm.export import gpt2_family, require
 from npllm.export.hf import CHATML_TEMPLATE, gpt2_tensors, has_chat, special_roles
 from npllm.export.tokenizer import bpe_vocab_and_merges
 from npllm.tokenizers import GPT2_SPLIT_PATTERN, BPETokenizer
@@ -63,8 +63,8 @@ def q8_0_blocks(w: np.ndarray) -> np.ndarray:
 
 def _types() -> dict[str, tuple[Any, int, Callable[[np.ndarray], np.ndarray] | None]]:
     """--quantize name -> (GGML tensor type, llama.cpp file type, packer; None: float32)."""
-    from gguf import GGMLQuantizationType as T
-    from gguf import LlamaFileType as FT
+    gguf = require("gguf", "GGUF")
+    T, FT = gguf.GGMLQuantizationType, gguf.LlamaFileType
 
     return {
         "f32": (T.F32, FT.ALL_F32, None),
@@ -132,9 +132,8 @@ def write_gguf(
     quantize: str = "f32",
 ) -> Path:
     """Write the GGUF file `out` (atomically: a temp file renamed); returns its path."""
-    import gguf
-
     check_exportable(config, tokenizer)
+    gguf = require("gguf", "GGUF")
     if quantize not in TENSOR_TYPES:
         raise ConfigError(f"unknown GGUF tensor type {quantize!r}; use {', '.join(TENSOR_TYPES)}")
     qtype, ftype, pack = _types()[quantize]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from npllm import arch
-from npllm.export import gpt2_family
+from npllm.export import gpt2_family, require
 from npllm.export.hf import gpt2_tensors
 from npllm.io import write_bytes_atomic
 
@@ -94,11 +94,11 @@ def _activation(g: _Graph, x: str, kind: str) -> str:
 
 def build_onnx(config: Any, state: dict[str, np.ndarray], int8: bool = False):
     """The onnx ModelProto of the model (see the module docstring)."""
-    from onnx import TensorProto, helper
-
     from npllm.quant import is_quantized_name, quantize
 
     gpt2_family(config, "ONNX")
+    onnx = require("onnx", "ONNX")
+    TensorProto, helper = onnx.TensorProto, onnx.helper
     tensors = gpt2_tensors(config, state)
     q = {k: quantize(v) for k, v in tensors.items() if int8 and is_quantized_name(k)}
     n = arch.naming(config)
@@ -180,14 +180,12 @@ def write_onnx(
     config: Any, state: dict[str, np.ndarray], out: str | os.PathLike, int8: bool = False
 ) -> Path:
     """Write the ONNX file `out` (checked by onnx.checker first); returns its path."""
-    import onnx
-
     from npllm.errors import ConfigError
 
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; pass the path of the .onnx file to write")
     model = build_onnx(config, state, int8)
-    onnx.checker.check_model(model)
+    require("onnx", "ONNX").checker.check_model(model)
     write_bytes_atomic(out, model.SerializeToString())
     return out

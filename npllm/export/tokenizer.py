@@ -304,6 +304,10 @@ def from_hf_tokenizer_json(d: dict[str, Any]) -> tuple[BPETokenizer, list[int]]:
             f"the tokenizer is a {model.get('type')!r} model; only byte-level BPE "
             "(GPT-2's kind) can be imported"
         )
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise DataError(
+            "the tokenizer marks word pieces (a prefix or suffix); npllm's BPE does not"
+        )
     if d.get("normalizer"):
         raise DataError("the tokenizer normalizes text first, which npllm's BPE does not do")
     pattern = _hf_split_pattern(d.get("pre_tokenizer"))

@@ -6,6 +6,8 @@ greedily with npllm's 32 tokens. The Q8_0 packing is checked byte for byte again
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader
@@ -138,3 +140,11 @@ def test_export_cli_gguf_and_its_refusals(tmp_path, bpe, char_tok, bpe_run, caps
         err = capsys.readouterr().err
         assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
     assert main([*args, "--quantize", "int8"]) == 2
+
+
+def test_a_missing_export_package_is_named_with_the_extra(tmp_path, bpe_run, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
+    code = main(["export", str(bpe_run), "--format", "gguf", "--out", str(tmp_path / "m.gguf")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'npllm[export]'" in err
+    assert not (tmp_path / "m.gguf").exists()
