@@ -54,10 +54,6 @@ def _tensors(root: Tensor) -> list[Tensor]:
     return list(seen.values())
 
 
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(n) for n in t.shape) + ")"
-
-
 def draw_dot(root: Tensor, names: Mapping[str, Tensor] | None = None, rankdir: str = "LR") -> Any:
     """The graph that produced `root`, as a `graphviz.Digraph`. Each tensor is a box:
     its name (from `names`, e.g. `dict(model.named_parameters())`, else "loss" for the
@@ -73,7 +69,7 @@ def draw_dot(root: Tensor, names: Mapping[str, Tensor] | None = None, rankdir: s
     label_of.setdefault(id(root), "output")
     dot = graphviz.Digraph(graph_attr={"rankdir": rankdir}, node_attr={"fontsize": "11"})
     for t in _tensors(root):
-        parts = [label_of.get(id(t), ""), f"{_shape(t)} {t.dtype}"]
+        parts = [label_of.get(id(t), ""), f"{tuple(t.shape)} {t.dtype}"]
         if t.grad is not None:
             parts.append(f"grad norm {float(np.linalg.norm(t.grad)):.4g}")
         elif t.requires_grad:

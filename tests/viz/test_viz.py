@@ -49,7 +49,7 @@ def test_draw_dot_names_every_op_shape_and_gradient_norm(expression):
     for name in ("x", "w", "b"):
         t = named[name]
         norm = f"grad norm {np.linalg.norm(t.grad):.4g}"
-        shape = "(" + ", ".join(map(str, t.shape)) + ") float64"
+        shape = f"{t.shape} float64"
         assert f"{{{name} | {shape} | {norm}}}" in src, (name, src)
     assert "{loss | () float64 | grad norm 1}" in src
     assert "{mask | (2, 4) float64}" in src and "grey50" in src  # the constant, greyed
