@@ -170,3 +170,63 @@ def test_a_corpus_is_prepared_once_for_all_ranks(mpiexec, corpus_file, tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert (run / "data" / "meta.json").is_file()
     assert load_checkpoint(run, "last").info["iter"] == 4
+
+
+def test_chat_data_two_ranks_train_the_model_of_one(mpiexec, tmp_path):
+    """Chat targets are masked unevenly over the rows: each rank's loss is weighted by its
+    share of the counted targets, so the sum is still the one-process masked mean."""
+    from npllm.chat_data import prepare_chat
+
+    data = tmp_path / "chat"
+    prepare_chat("chat-demo", data, size=120, seed=2)
+    flags = ("--block-size", "64", "--max-iters", "20")  # 0 to 43 counted targets a row
+    train(mpiexec, 0, data, tmp_path / "one", *flags)
+    train(mpiexec, 2, data, tmp_path / "two", *flags)
+    assert_same_training(tmp_path / "one", tmp_path / "two")
+
+
+def test_ctrl_c_stops_every_rank_at_the_same_step(data_dir, tmp_path):  # noqa: F811
+    """mpiexec forwards Ctrl-C to every rank; the ranks agree on it through the step's
+    allreduce, rank 0 writes the last checkpoint, and the run resumes from it."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.distributed.conftest import clean_env, find_mpiexec
+
+    run = tmp_path / "run"
+    argv = [find_mpiexec(), "-n", "2", NPLLM, "train", "--data", str(data_dir), "--out", str(run)]
+    proc = subprocess.Popen(
+        [*argv, *TINY, "--max-iters", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and '"loss"' not in _read(run / "metrics.jsonl"):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert err.count("interrupted: stopped at iteration") == 1, err  # rank 0 alone says it
+    stopped = load_checkpoint(run, "last").info["iter"]
+    assert stopped == max(it for it, _, _ in losses(run))
+    res = subprocess.run(
+        [NPLLM, "train", "--out", str(run), "--resume", "--max-iters", str(stopped + 2), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert load_checkpoint(run, "last").info["iter"] == stopped + 2
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
