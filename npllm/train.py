@@ -48,7 +48,7 @@ import numpy as np
 
 from npllm.checkpoint import load_checkpoint, save_checkpoint
 from npllm.config import TrainConfig
-from npllm.distributed import World
+from npllm.distributed import World, ZeroAdamW
 from npllm.errors import CheckpointError, ConfigError, NpllmError
 from npllm.io import ensure_writable_dir
 from npllm.runs import check_run_dir, clear_run, init_weights, rewrite_metrics_until
@@ -137,6 +137,7 @@ def train(
     progress: bool | None = None,
     echo: bool = True,
     world: World | None = None,
+    zero1: bool = False,
 ) -> TrainResult:
     """Train a `GPT(model_config)` on a prepared data folder, writing checkpoints and
     `metrics.jsonl` to `run_dir`. With `resume`, continue from `run_dir`'s `last`
@@ -144,7 +145,8 @@ def train(
     with `init_from`, start from another run's weights. `progress`: tqdm bar on stderr
     (None: only when stderr is a terminal); `echo`: print the evaluations to stdout.
     `world`: the MPI ranks training together (`npllm.distributed.init()`; default this
-    process alone), of which only rank 0 writes and prints."""
+    process alone), of which only rank 0 writes and prints; `zero1`: shard AdamW's moments
+    over the ranks (ZeRO stage 1; nothing changes in one process)."""
     from tqdm import tqdm
 
     from npllm.data import batch_sampler, load_data_tokenizer, load_meta
@@ -212,6 +214,8 @@ def train(
     world.broadcast_parameters(params)  # every rank starts from rank 0's weights
     world.shard_dropout(model.rng)
     grads = world.grad_buffer(params)
+    if zero1 and world.size > 1:
+        optimizer = ZeroAdamW(optimizer, grads)
     metrics = open(metrics_path if world.is_main else os.devnull, "a", encoding="utf-8")
 
     def log(record: dict[str, Any]) -> None:
@@ -244,8 +248,9 @@ def train(
             info["init_from"] = init_note
         if name == "last":
             saved_at = it
+        opt_state = optimizer.state_dict()  # ZeRO-1 gathers it on rank 0: every rank calls
         if world.is_main:
-            save_checkpoint(run_dir, name, model.state_dict(), optimizer.state_dict(), info)
+            save_checkpoint(run_dir, name, model.state_dict(), opt_state, info)
 
     def say(text: str) -> None:
         if echo and world.is_main:

@@ -134,6 +134,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "model shape and tokenizer: fine-tuning, e.g. a text model on chat data",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
+    run.add_argument(
+        "--zero1",
+        action="store_true",
+        help="under mpiexec: each rank keeps the AdamW moments of 1/N of the parameters "
+        "(ZeRO stage 1: less memory a rank, the same training; checkpoints stay whole)",
+    )
     for title, table in (("model", MODEL_FLAGS), ("training", TRAIN_FLAGS)):
         group = p.add_argument_group(f"{title} config (defaults from the preset)")
         for name, typ, help_text in table:
@@ -283,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
             echo=not args.quiet,
             world=world,
+            zero1=args.zero1,
         )
     if world.is_main:
         print(

@@ -51,3 +51,44 @@ for _step in range(2):
         want = (N * 10 + N * (N - 1) / 2) if k == 1 else tri * (k + 1)
         assert np.array_equal(p.grad, np.full(p.shape, want, np.float32)), (k, p.grad)
 print(f"rank {r} of {N}: ok, threads {world.threads}")
+
+# ZeRO-1: sharded AdamW moments give the plain AdamW step, and a whole state dict
+import copy  # noqa: E402
+
+from npllm.distributed import ZeroAdamW  # noqa: E402
+from npllm.optim import AdamW  # noqa: E402
+
+shapes = [(7, 3), (3,), (300, 40), (1,)]
+ref = [Tensor(np.full(s, 0.5, np.float32), requires_grad=True) for s in shapes]
+own = copy.deepcopy(ref)
+groups = lambda ps: [  # noqa: E731
+    {"params": [ps[0], ps[2]], "weight_decay": 0.1},
+    {"params": [ps[1], ps[3]], "weight_decay": 0.0},
+]
+plain = AdamW(groups(ref), lr=1e-2)
+zero = ZeroAdamW(AdamW(groups(own), lr=1e-2), GradBuffer(own, world))
+assert zero.state_bytes == 2 * 4 * (zero.hi - zero.lo)
+assert abs(zero.hi - zero.lo - 12025 / N) <= 1
+for step in range(3):
+    zero.grads.attach()
+    for k, (a, b) in enumerate(zip(ref, own)):
+        g = np.random.default_rng([step, k]).standard_normal(a.shape).astype(np.float32)
+        a.grad = g.copy()
+        b.grad += g if r == 0 else 0 * g  # the ranks' gradients sum to g exactly
+    zero.grads.allreduce()
+    plain.step()
+    zero.step()
+    for a, b in zip(ref, own):
+        np.testing.assert_allclose(b.data, a.data, rtol=1e-6, atol=1e-7)
+whole, want = zero.state_dict(), plain.state_dict()
+if r == 0:
+    assert whole["param_groups"] == want["param_groups"]
+    for i, s in want["state"].items():
+        assert whole["state"][i]["step"] == s["step"] == 3
+        for name in ("exp_avg", "exp_avg_sq"):
+            np.testing.assert_allclose(whole["state"][i][name], s[name], rtol=1e-5, atol=1e-9)
+again = ZeroAdamW(AdamW(groups(own), lr=1e-2), zero.grads)
+again.load_state_dict(want)
+assert again.steps == 3
+np.testing.assert_allclose(again.exp_avg, zero.exp_avg, rtol=1e-6, atol=1e-12)
+print(f"rank {r} of {N}: zero1 ok")

@@ -98,25 +98,27 @@ def test_one_rank_under_mpiexec_is_the_plain_run(mpiexec, straight, data_dir, tm
         assert np.array_equal(cb.model_state[name], w), name
 
 
-@pytest.mark.parametrize("first,then", [(2, 0), (0, 2)])
+@pytest.mark.parametrize(
+    "first,then",
+    [((2,), (0,)), ((0,), (2,)), ((2, "--zero1"), (0,)), ((0,), (3, "--zero1"))],
+    ids=["2-1", "1-2", "2zero1-1", "1-3zero1"],
+)
 def test_resume_with_another_number_of_ranks(mpiexec, straight, data_dir, tmp_path, first, then):  # noqa: F811
+    """A checkpoint holds the whole model and AdamW state, whatever N (and ZeRO-1) wrote it."""
     run = tmp_path / "run"
-    train(mpiexec, first, data_dir, run, "--max-iters", "10")
+    train(mpiexec, first[0], data_dir, run, "--max-iters", "10", *first[1:])
     assert load_checkpoint(run, "last").info["iter"] == 10
-    res = mpiexec(
-        then,
-        NPLLM,
-        "train",
-        "--out",
-        str(run),
-        "--resume",
-        "--max-iters",
-        "20",
-        "--quiet",
-        timeout=240,
-    )
+    resume = [NPLLM, "train", "--out", str(run), "--resume", "--max-iters", "20", "--quiet"]
+    res = mpiexec(then[0], *resume, *then[1:], timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
     assert_same_training(straight, run)
+
+
+def test_zero1_on_three_ranks_trains_the_model_of_one(mpiexec, straight, data_dir, tmp_path):  # noqa: F811
+    """AdamW's moments in three uneven shards that cut parameters apart, a 1 + 2 + 2 row
+    split of the batch: still the one-process training, and a whole checkpoint."""
+    train(mpiexec, 3, data_dir, tmp_path / "z", "--max-iters", "20", "--zero1")
+    assert_same_training(straight, tmp_path / "z")
 
 
 def test_a_failing_rank_stops_every_rank(mpiexec, data_dir, tmp_path):  # noqa: F811

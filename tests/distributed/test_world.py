@@ -1,6 +1,6 @@
 """npllm.distributed on its own: how a batch is split (pure functions, a stand-in
-communicator), how `init` decides whether MPI is there, and the collectives and flat
-gradient buffer on 2 real ranks."""
+communicator), how `init` decides whether MPI is there, and the collectives, the flat
+gradient buffer and ZeRO-1's sharded AdamW on 2 and 3 real ranks (collectives.py)."""
 
 from __future__ import annotations
 
@@ -119,3 +119,4 @@ def test_collectives_and_flat_buffer_on_real_ranks(mpiexec, n):
     threads = max(1, len(os.sched_getaffinity(0)) // n)  # one process per core
     for r in range(n):
         assert f"rank {r} of {n}: ok, threads {threads}" in out.stdout
+        assert f"rank {r} of {n}: zero1 ok" in out.stdout
