@@ -125,7 +125,7 @@
       if (!model) throw new Error("the server lists no model");
       state.model = model.id;
       state.context = contextOf(model);
-      if (typeof model.chat_template === "boolean") state.chatTemplate = model.chat_template;
+      if (typeof model.chat === "boolean") state.chatTemplate = model.chat; // npllm's extension
       if (state.context === null) {
         const health = await fetch("/health").then((r) => (r.ok ? r.json() : null)).catch(() => null);
         state.context = contextOf(health);
@@ -545,7 +545,9 @@
   }
 
   const isContextError = (e) =>
-    e instanceof ApiError && e.status === 400 && /context|too long|maximum|exceed/i.test(e.message);
+    e instanceof ApiError &&
+    e.status === 400 &&
+    (e.code === "context_length_exceeded" || /context length|context window/i.test(e.message));
 
   async function sendChat(text) {
     const user = { role: "user", content: text, tokens: null, dropped: false };
