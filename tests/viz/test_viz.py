@@ -156,6 +156,13 @@ def test_viz_attention_command_on_a_run(run_dir, tmp_path, capsys):
     texts = re.findall(r"<text[^>]*>([^<]*)</text>", out.read_text())
     assert "layer 0 head 1" in texts and "layer 1 head 0" not in texts  # TINY: 1 layer, 2 heads
     fails_with(["viz", "attention", str(run_dir), "--prompt", ""], capsys, "--prompt is empty")
+    fails_with(
+        ["viz", "attention", str(run_dir), "--prompt", "to", "--quantized"], capsys, "quantize"
+    )
+    assert cli.main(["quantize", str(run_dir)]) == 0
+    out = tmp_path / "q.png"
+    argv = ["viz", "attention", str(run_dir), "--prompt", "to be", "--quantized", "--out", str(out)]
+    assert cli.main(argv) == 0 and out.read_bytes()[:8] == PNG
     fails_with(["viz", "attention", str(tmp_path), "--prompt", "to"], capsys, "checkpoint")
 
 
