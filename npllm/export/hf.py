@@ -1,8 +1,12 @@
-"""A run as a Hugging Face GPT-2 folder: `config.json` (`model_type: gpt2`),
-`model.safetensors`, `generation_config.json`, and `tokenizer.json` with
-`tokenizer_config.json` (special tokens, the ChatML template when the run has the chat
-tokens), so that `transformers.AutoModelForCausalLM.from_pretrained(folder)` and
-`AutoTokenizer.from_pretrained(folder)` load it.
+"""A run as a Hugging Face folder: `config.json` (`model_type: gpt2`, or `llama` /
+`mistral` for the Llama family), `model.safetensors`, `generation_config.json`, and
+`tokenizer.json` with `tokenizer_config.json` (special tokens, the ChatML template when
+the run has the chat tokens), so that `transformers.AutoModelForCausalLM.from_pretrained`
+and `AutoTokenizer.from_pretrained` load it.
+
+The Llama family (RoPE, RMSNorm, SwiGLU) already carries transformers' names and layouts
+(`model.layers.{i}.self_attn.q_proj.weight`, nn.Linear's (out, in)): its weights go as
+they are, with a LlamaConfig (MistralConfig when it has a sliding window) describing them.
 
 npllm's state-dict names are nanoGPT's, which are transformers' GPT-2 names; the block
 projections (`c_attn`, `c_proj`, `c_fc`) are GPT-2 `Conv1D`s there, whose weight is stored
@@ -95,19 +99,75 @@ def hf_config(config: Any, tokenizer: Any) -> dict[str, Any]:
     }
 
 
+def llama_config(config: Any, tokenizer: Any) -> dict[str, Any]:
+    """transformers' LlamaConfig (MistralConfig with a sliding window) of a RoPE model."""
+    from npllm.errors import ConfigError
+
+    c = config
+    why = None
+    if c.norm != "rmsnorm":
+        why = "it uses LayerNorm"
+    elif arch.activation(c) != "swiglu":
+        why = f"its MLP is a plain {c.activation} one, not SwiGLU"
+    elif c.sliding_window and c.bias:
+        why = "it has biases and a sliding window (Mistral has no biases)"
+    if why:
+        raise ConfigError(
+            f"cannot export to Hugging Face: this RoPE model is not a Llama ({why}); "
+            "transformers' Llama has RMSNorm and a SwiGLU MLP"
+        )
+    scaling = dict(c.rope_scaling or {})
+    rope = {"rope_type": "default", **scaling, "rope_theta": c.rope_theta}
+    # transformers scales dynamic NTK from max_position_embeddings, npllm from
+    # original_max_position_embeddings (tests/model/test_llama.py)
+    max_pos = scaling.get("original_max_position_embeddings", c.block_size)
+    if rope["rope_type"] == "yarn":
+        max_pos = c.block_size
+    roles = special_roles(tokenizer)
+    out = {
+        "architectures": ["MistralForCausalLM" if c.sliding_window else "LlamaForCausalLM"],
+        "model_type": "mistral" if c.sliding_window else "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.n_embd,
+        "intermediate_size": c.hidden,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "num_key_value_heads": c.n_kv_head or c.n_head,
+        "head_dim": c.n_embd // c.n_head,
+        "hidden_act": "silu",
+        "max_position_embeddings": max_pos,
+        "rms_norm_eps": c.norm_eps,
+        "rope_parameters": rope,
+        "tie_word_embeddings": bool(c.tie_embeddings),
+        "bos_token_id": tokenizer.specials.get(roles.get("bos_token")),
+        "eos_token_id": tokenizer.specials.get(roles.get("eos_token")),
+        "torch_dtype": "float32",
+    }
+    if c.sliding_window:
+        out["sliding_window"] = c.sliding_window
+    else:
+        out.update(attention_bias=bool(c.bias), mlp_bias=bool(c.bias))
+    return out
+
+
 def write_hf(config: Any, state: dict[str, np.ndarray], tokenizer: Any, out: str | os.PathLike):
     """Write the Hugging Face folder `out` (see the module docstring); returns its path."""
     from safetensors.numpy import save
 
-    gpt2_family(config, "Hugging Face GPT-2")
+    if config.pos_embedding == "rope":
+        cfg = llama_config(config, tokenizer)
+        skip = "lm_head.weight" if config.tie_embeddings else None
+        tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in state.items() if k != skip}
+    else:
+        gpt2_family(config, "Hugging Face GPT-2")
+        cfg = hf_config(config, tokenizer)
+        conv1d = set(arch.linear_names(config))
+        tensors = {
+            k: np.ascontiguousarray(v.T if k in conv1d else v)
+            for k, v in gpt2_tensors(config, state).items()
+        }
     out = ensure_writable_dir(out, "--out")
-    conv1d = set(arch.linear_names(config))
-    tensors = {
-        k: np.ascontiguousarray(v.T if k in conv1d else v)
-        for k, v in gpt2_tensors(config, state).items()
-    }
     write_bytes_atomic(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))
-    cfg = hf_config(config, tokenizer)
     write_json_atomic(out / "config.json", cfg)
     generation = {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]}
     if IM_END in tokenizer.specials and ENDOFTEXT in tokenizer.specials:

@@ -34,8 +34,8 @@ def perturbed(config: GPTConfig, seed: int) -> GPT:
     """A GPT whose every parameter is random (biases and LayerNorms too)."""
     model = GPT(config, seed=seed)
     rng = np.random.default_rng(seed)
-    for name, p in model.named_parameters():
-        if name.endswith(".bias") or ".ln_" in name or "ln_f" in name:
+    for p in model.parameters():
+        if p.ndim == 1:  # biases and norm weights
             p.data[...] += rng.normal(0, 0.1, p.shape).astype(np.float32)
     model.eval()
     return model

@@ -94,3 +94,27 @@ def test_export_cli_writes_hf_and_refuses_what_gpt2_cannot_hold(tmp_path, bpe_ru
     code = main(["export", str(bpe_run), "--format", "hf", "--out", str(out), "--quantize", "q8_0"])
     err = capsys.readouterr().err
     assert code == 2 and "drop it" in err
+
+
+LLAMA = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", bias=False, mlp_hidden=40)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"n_kv_head": 2},
+        {"n_kv_head": 1, "tie_embeddings": False, "bias": True, "rope_theta": 500.0},
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+        {"n_kv_head": 2, "sliding_window": 5},
+    ],
+    ids=["llama-gqa", "llama-mqa-untied-bias", "llama-linear-rope", "mistral-window"],
+)
+def test_llama_family_exports_as_transformers_llama(tmp_path, bpe, options):
+    model = perturbed(tiny_config(bpe.vocab_size, **{**LLAMA, **options}), seed=6)
+    write_hf(model.config, model.state_dict(), bpe, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == ("mistral" if "sliding_window" in options else "llama")
+    ids = np.random.default_rng(0).integers(0, bpe.vocab_size, (2, 64))
+    np.testing.assert_allclose(hf_logits(tmp_path, ids), model(ids)[0].data, atol=1e-4, rtol=0)
+    auto = AutoTokenizer.from_pretrained(tmp_path)
+    assert auto.encode(EXAMPLE) == bpe.encode(EXAMPLE, allowed_special="all")
