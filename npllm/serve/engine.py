@@ -242,19 +242,19 @@ class Engine:
             v[dst, :, :length] = v[src, :, :length]
 
     def _leave(self) -> None:
-        """Drop finished and cancelled rows; the last running row fills each hole."""
-        i = 0
-        while i < len(self.rows):
-            if self.rows[i].done:
-                self.cancelled += self.rows[i].finish_reason is None
-                last = len(self.rows) - 1
-                if i != last:
-                    moved = self.rows[last]
-                    self._copy_row(last, i, min(moved.position, self.cache.k[0].shape[2]))
-                    self.rows[i] = moved
-                self.rows.pop()
-            else:
-                i += 1
+        """Drop finished and cancelled rows: running rows past the new end move into the
+        holes (their cache rows copied up to their length), so rows 0..n-1 run."""
+        keep = [s for s in self.rows if not s.done]
+        self.cancelled += sum(s.finish_reason is None for s in self.rows if s.done)
+        n = len(keep)
+        holes = (i for i, s in enumerate(self.rows[:n]) if s.done)
+        for src in range(n, len(self.rows)):
+            if not self.rows[src].done:
+                dst = next(holes)
+                moved = self.rows[src]
+                self._copy_row(src, dst, min(moved.position, self.cache.k[0].shape[2]))
+                self.rows[dst] = moved
+        del self.rows[n:]
 
     # ---- one token of one sequence --------------------------------------------------------
     def _choose(self, s: Sequence, logits: np.ndarray) -> None:
