@@ -10,7 +10,6 @@ arrays or Tensors and receive no gradient.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -69,19 +68,19 @@ def _int_array(a: Any, what: str) -> np.ndarray:
 # ---- linear ----------------------------------------------------------------------------
 class Linear(Function):
     @staticmethod
-    def forward(ctx: Context, x: np.ndarray, w: np.ndarray, *b: np.ndarray) -> np.ndarray:
+    def forward(ctx: Context, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
         if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[1]:
             raise ShapeError(
                 f"linear: input of shape {x.shape} does not fit weight of shape {w.shape}; "
                 "the weight is (out_features, in_features) and the input's last dimension "
                 "must equal in_features"
             )
-        if b and b[0].shape != (w.shape[0],):
-            raise ShapeError(f"linear: bias of shape {b[0].shape} should be ({w.shape[0]},)")
+        if b is not None and b.shape != (w.shape[0],):
+            raise ShapeError(f"linear: bias of shape {b.shape} should be ({w.shape[0]},)")
         x2 = x.reshape(-1, x.shape[-1])  # (N, in): one GEMM for all leading dims
         ctx.save_for_backward(x2, w)
         ctx.lead = x.shape[:-1]
-        out = K.linear_forward(x2, w, b[0] if b else None)  # (N, out)
+        out = K.linear_forward(x2, w, b)  # (N, out)
         return out.reshape(*x.shape[:-1], w.shape[0])
 
     @staticmethod
@@ -91,14 +90,13 @@ class Linear(Function):
         x2, w = ctx.saved
         need = ctx.needs_input_grad
         g2 = g.reshape(-1, w.shape[0])
-        dx, dw, db = K.linear_backward(g2, x2, w, need[0], need[1], len(need) > 2 and need[2])
-        dx = dx.reshape(*ctx.lead, w.shape[1]) if dx is not None else None
-        return (dx, dw, db) if len(need) > 2 else (dx, dw)
+        dx, dw, db = K.linear_backward(g2, x2, w, *need)
+        return (dx.reshape(*ctx.lead, w.shape[1]) if dx is not None else None), dw, db
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     """x (..., in) @ w.T + b with w (out, in), b (out,) -> (..., out)."""
-    return Linear.apply(x, w) if b is None else Linear.apply(x, w, b)
+    return Linear.apply(x, w, b)
 
 
 # ---- activations -----------------------------------------------------------------------
@@ -123,6 +121,8 @@ def relu(x: Tensor) -> Tensor:
 class GELU(Function):
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
+        if approximate not in ("tanh", "none"):
+            raise ConfigError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
         ctx.save_for_backward(x)
         ctx.approximate = approximate
         return K.gelu_forward(x, approximate)
@@ -138,8 +138,6 @@ class GELU(Function):
 
 def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
     """GELU; approximate="tanh" (GPT-2's) or "none" (exact, with erf)."""
-    if approximate not in ("tanh", "none"):
-        raise ConfigError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
     return GELU.apply(x, approximate=approximate)
 
 
@@ -175,16 +173,9 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
 class LayerNorm(Function):
     @staticmethod
     def forward(
-        ctx: Context,
-        x: np.ndarray,
-        *wb: np.ndarray,
-        has_w: bool = True,
-        has_b: bool = True,
-        eps: float = 1e-5,
-    ) -> np.ndarray:
+        ctx: Context, x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, eps: float
+    ):
         c = x.shape[-1]
-        w = wb[0] if has_w else None
-        b = wb[-1] if has_b else None
         for name, p in (("weight", w), ("bias", b)):
             if p is not None and p.shape != (c,):
                 raise ShapeError(
@@ -194,7 +185,7 @@ class LayerNorm(Function):
         x2 = x.reshape(-1, c)
         out, mean, rstd = K.layernorm_forward(x2, w, b, eps)
         ctx.save_for_backward(x2, mean, rstd, w)
-        ctx.shape, ctx.has_w, ctx.has_b = x.shape, has_w, has_b
+        ctx.shape = x.shape
         return out.reshape(x.shape)
 
     @staticmethod
@@ -204,28 +195,32 @@ class LayerNorm(Function):
         # dw = sum_rows(g * xhat), db = sum_rows(g)  (docs/backprop.md "Layer norm")
         x2, mean, rstd, w = ctx.saved
         dx, dw, db = K.layernorm_backward(g.reshape(x2.shape), x2, mean, rstd, w)
-        grads = [dx.reshape(ctx.shape)]
-        if ctx.has_w:
-            grads.append(dw)
-        if ctx.has_b:
-            grads.append(db)
-        return tuple(grads)
+        return dx.reshape(ctx.shape), dw, db
 
 
 def layer_norm(x: Tensor, w: Tensor | None, b: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Normalise over the last dimension; w and b (C,) may be None."""
-    params = [p for p in (w, b) if p is not None]
-    return LayerNorm.apply(x, *params, has_w=w is not None, has_b=b is not None, eps=eps)
+    return LayerNorm.apply(x, w, b, eps=eps)
 
 
 # ---- embedding -------------------------------------------------------------------------
 class Embedding(Function):
     @staticmethod
-    def forward(ctx: Context, w: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        flat = idx.reshape(-1)
+    def forward(ctx: Context, w: np.ndarray, idx: Any) -> np.ndarray:
+        ids = _int_array(idx, "embedding ids")
+        if w.ndim != 2:
+            raise ShapeError(f"embedding: weight must be (V, C), got shape {w.shape}")
+        v = w.shape[0]
+        if ids.size and (ids.min() < 0 or ids.max() >= v):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise ShapeError(
+                f"embedding: id {bad} is out of range for a table of V={v} rows; "
+                f"ids must lie in [0, {v - 1}] (check the tokenizer's vocab_size)"
+            )
+        flat = ids.reshape(-1)
         ctx.save_for_backward(flat)
         ctx.num = w.shape[0]
-        return K.embedding_forward(flat, w).reshape(*idx.shape, w.shape[1])
+        return K.embedding_forward(flat, w).reshape(*ids.shape, w.shape[1])
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
@@ -236,28 +231,30 @@ class Embedding(Function):
 
 def embedding(idx: Any, w: Tensor) -> Tensor:
     """Rows of w (V, C) at the integer ids idx (any shape) -> (*idx.shape, C)."""
-    ids = _int_array(idx, "embedding ids")
-    if w.ndim != 2:
-        raise ShapeError(f"embedding: weight must be (V, C), got shape {w.shape}")
-    v = w.shape[0]
-    if ids.size and (ids.min() < 0 or ids.max() >= v):
-        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-        raise ShapeError(
-            f"embedding: id {bad} is out of range for a table of V={v} rows; "
-            f"ids must lie in [0, {v - 1}] (check the tokenizer's vocab_size)"
-        )
-    return Embedding.apply(w, idx=ids)
+    return Embedding.apply(w, idx=idx)
 
 
 # ---- cross-entropy ---------------------------------------------------------------------
 class CrossEntropy(Function):
     @staticmethod
-    def forward(
-        ctx: Context, logits: np.ndarray, targets: np.ndarray, ignore_index: int
-    ) -> np.ndarray:
+    def forward(ctx: Context, logits: np.ndarray, targets: Any, ignore_index: int) -> np.ndarray:
+        t = _int_array(targets, "cross_entropy targets")
+        if logits.ndim < 2 or t.shape != logits.shape[:-1]:
+            raise ShapeError(
+                f"cross_entropy: targets of shape {t.shape} do not fit logits of shape "
+                f"{logits.shape}; targets must have the logits' shape without the last (V) "
+                "dimension"
+            )
         v = logits.shape[-1]
+        kept = t[t != ignore_index]
+        if kept.size and (kept.min() < 0 or kept.max() >= v):
+            bad = int(kept.min()) if kept.min() < 0 else int(kept.max())
+            raise ShapeError(
+                f"cross_entropy: target {bad} is out of range for V={v} classes; targets must "
+                f"lie in [0, {v - 1}] or equal ignore_index={ignore_index}"
+            )
         l2 = logits.reshape(-1, v)
-        t1 = targets.reshape(-1)
+        t1 = t.reshape(-1)
         loss, lse = K.cross_entropy_forward(l2, t1, ignore_index)
         ctx.save_for_backward(l2, t1, lse)
         ctx.shape, ctx.ignore_index = logits.shape, ignore_index
@@ -274,21 +271,7 @@ class CrossEntropy(Function):
 def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -1) -> Tensor:
     """Mean cross-entropy of logits (N, V) or (B, T, V) against int targets (N,) or (B, T),
     over the targets that are not `ignore_index` (0, with zero gradient, if all are)."""
-    t = _int_array(targets, "cross_entropy targets")
-    if logits.ndim < 2 or t.shape != logits.shape[:-1]:
-        raise ShapeError(
-            f"cross_entropy: targets of shape {t.shape} do not fit logits of shape "
-            f"{logits.shape}; targets must have the logits' shape without the last (V) dimension"
-        )
-    v = logits.shape[-1]
-    kept = t[t != ignore_index]
-    if kept.size and (kept.min() < 0 or kept.max() >= v):
-        bad = int(kept.min()) if kept.min() < 0 else int(kept.max())
-        raise ShapeError(
-            f"cross_entropy: target {bad} is out of range for V={v} classes; targets must lie "
-            f"in [0, {v - 1}] or equal ignore_index={ignore_index}"
-        )
-    return CrossEntropy.apply(logits, targets=t, ignore_index=int(ignore_index))
+    return CrossEntropy.apply(logits, targets=targets, ignore_index=int(ignore_index))
 
 
 # ---- dropout ---------------------------------------------------------------------------
@@ -311,6 +294,7 @@ def dropout(x: Tensor, p: float, training: bool, rng: np.random.Generator | None
     """Inverted dropout: zero each entry with probability p and scale the rest by 1/(1-p);
     the identity when not training or p == 0. `rng` (a NumPy Generator) is the only source
     of randomness; a fresh unseeded one is made when None."""
+    # p is checked here, not in Dropout.forward: without training no op runs at all
     if not 0.0 <= p <= 1.0:
         raise ConfigError(f"dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
@@ -327,9 +311,33 @@ def dropout(x: Tensor, p: float, training: bool, rng: np.random.Generator | None
 class SDPA(Function):
     @staticmethod
     def forward(
-        ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, window: int = 0
+        ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, window: Any
     ) -> np.ndarray:
-        out, att = K.attention_forward(q, k, v, causal, window)
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 1
+        ):
+            raise ConfigError(
+                f"scaled_dot_product_attention: window must be None or >= 1, got {window!r}"
+            )
+        if (
+            q.ndim != 4
+            or k.shape != v.shape
+            or k.ndim != 4
+            or q.shape[:2] != k.shape[:2]
+            or q.shape[3] != k.shape[3]
+        ):
+            raise ShapeError(
+                f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape} do not "
+                "fit; expected q (B, nh, Tq, hs) and k, v (B, nh, Tk, hs)"
+            )
+        if causal and q.shape[2] > k.shape[2]:
+            raise ShapeError(
+                f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got "
+                f"Tq={q.shape[2]} and Tk={k.shape[2]}; pass at least as many keys as queries"
+            )
+        if k.shape[2] == 0 or q.shape[3] == 0 or q.size == 0:
+            raise ShapeError(f"scaled_dot_product_attention: empty input, q {q.shape}, k {k.shape}")
+        out, att = K.attention_forward(q, k, v, causal, int(window or 0))
         ctx.save_for_backward(q, k, v, att)
         ctx.causal = causal
         return out
@@ -350,47 +358,22 @@ def scaled_dot_product_attention(
     With `causal`, query i sees keys j <= i + Tk - Tq (the mask is aligned to the end, so
     Tq = 1 over a KV cache sees every cached key); a `window` W also hides keys more than
     W - 1 positions before the query (sliding-window attention)."""
-    if window is not None and (
-        isinstance(window, bool) or not isinstance(window, int) or window < 1
-    ):
-        raise ConfigError(
-            f"scaled_dot_product_attention: window must be None or >= 1, got {window!r}"
-        )
-    if (
-        q.ndim != 4
-        or k.shape != v.shape
-        or k.ndim != 4
-        or q.shape[:2] != k.shape[:2]
-        or q.shape[3] != k.shape[3]
-    ):
-        raise ShapeError(
-            f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit; "
-            "expected q (B, nh, Tq, hs) and k, v (B, nh, Tk, hs)"
-        )
-    if causal and q.shape[2] > k.shape[2]:
-        raise ShapeError(
-            f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got Tq={q.shape[2]} "
-            f"and Tk={k.shape[2]}; pass at least as many keys as queries"
-        )
-    if k.shape[2] == 0 or q.shape[3] == 0 or math.prod(q.shape) == 0:
-        raise ShapeError(f"scaled_dot_product_attention: empty input, q {q.shape}, k {k.shape}")
-    return SDPA.apply(q, k, v, causal=bool(causal), window=int(window or 0))
+    return SDPA.apply(q, k, v, causal=bool(causal), window=window)
 
 
 # ---- the Llama family's ops ------------------------------------------------------------
 class RMSNorm(Function):
     @staticmethod
-    def forward(ctx: Context, x: np.ndarray, *w: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    def forward(ctx: Context, x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
         c = x.shape[-1]
-        weight = w[0] if w else None
-        if weight is not None and weight.shape != (c,):
+        if w is not None and w.shape != (c,):
             raise ShapeError(
-                f"rms_norm: weight of shape {weight.shape} does not fit an input whose last "
+                f"rms_norm: weight of shape {w.shape} does not fit an input whose last "
                 f"dimension is {c}; it must be ({c},)"
             )
         x2 = x.reshape(-1, c)
-        out, rstd = K.rmsnorm_forward(x2, weight, eps)
-        ctx.save_for_backward(x2, rstd, weight)
+        out, rstd = K.rmsnorm_forward(x2, w, eps)
+        ctx.save_for_backward(x2, rstd, w)
         ctx.shape = x.shape
         return out.reshape(x.shape)
 
@@ -400,12 +383,12 @@ class RMSNorm(Function):
         # dxhat = g * w, dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), dw = sum_rows(g * xhat)
         x2, rstd, w = ctx.saved
         dx, dw = K.rmsnorm_backward(g.reshape(x2.shape), x2, rstd, w)
-        return (dx.reshape(ctx.shape),) + ((dw,) if w is not None else ())
+        return dx.reshape(ctx.shape), dw
 
 
 def rms_norm(x: Tensor, w: Tensor | None, eps: float = 1e-6) -> Tensor:
     """x / sqrt(mean(x^2) + eps) * w over the last dimension; w (C,) may be None."""
-    return RMSNorm.apply(x, eps=eps) if w is None else RMSNorm.apply(x, w, eps=eps)
+    return RMSNorm.apply(x, w, eps=eps)
 
 
 class SwiGLU(Function):
@@ -431,7 +414,14 @@ def swiglu(gate: Tensor, up: Tensor) -> Tensor:
 
 class RoPE(Function):
     @staticmethod
-    def forward(ctx: Context, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    def forward(ctx: Context, x: np.ndarray, cos: Any, sin: Any) -> np.ndarray:
+        T, hs = x.shape[-2], x.shape[-1]
+        if hs % 2 or np.shape(cos) != (T, hs // 2) or np.shape(sin) != (T, hs // 2):
+            raise ShapeError(
+                f"rope: input (..., {T}, {hs}) needs an even head size and cos/sin tables of "
+                f"shape ({T}, {hs // 2}), got {np.shape(cos)} and {np.shape(sin)}"
+            )
+        cos, sin = np.asarray(cos, x.dtype), np.asarray(sin, x.dtype)
         ctx.cos, ctx.sin = cos, sin
         return K.rope_forward(x, cos, sin)
 
@@ -445,19 +435,14 @@ class RoPE(Function):
 def rope(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
     """Rotary embedding of x (..., T, hs) by the angle tables cos, sin (T, hs/2)
     (`npllm.layers.rope`), transformers' rotate-half layout; the tables get no gradient."""
-    T, hs = x.shape[-2], x.shape[-1]
-    if hs % 2 or np.shape(cos) != (T, hs // 2) or np.shape(sin) != (T, hs // 2):
-        raise ShapeError(
-            f"rope: input (..., {T}, {hs}) needs an even head size and cos/sin tables of "
-            f"shape ({T}, {hs // 2}), got {np.shape(cos)} and {np.shape(sin)}"
-        )
-    dt = x.dtype
-    return RoPE.apply(x, cos=np.asarray(cos, dt), sin=np.asarray(sin, dt))
+    return RoPE.apply(x, cos=cos, sin=sin)
 
 
 class RepeatKV(Function):
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, n_rep: int) -> np.ndarray:
+        if x.ndim != 4:
+            raise ShapeError(f"repeat_kv: expected (B, n_kv, T, hs), got {x.shape}")
         ctx.n_rep = n_rep
         return np.repeat(x, n_rep, axis=1)
 
@@ -471,6 +456,4 @@ class RepeatKV(Function):
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     """(B, n_kv, T, hs) -> (B, n_kv * n_rep, T, hs), each head n_rep times in a row: the
     keys and values of grouped-query attention, one copy per query head of the group."""
-    if x.ndim != 4:
-        raise ShapeError(f"repeat_kv: expected (B, n_kv, T, hs), got {x.shape}")
     return x if n_rep == 1 else RepeatKV.apply(x, n_rep=int(n_rep))

@@ -48,7 +48,7 @@ def _tensors(root: Tensor) -> list[Tensor]:
     while stack:
         t = stack.pop()
         for parent in t._node[2] if t._node is not None else ():
-            if id(parent) not in seen:
+            if parent is not None and id(parent) not in seen:  # None: an omitted input
                 seen[id(parent)] = parent
                 stack.append(parent)
     return list(seen.values())
@@ -83,7 +83,8 @@ def draw_dot(root: Tensor, names: Mapping[str, Tensor] | None = None, rankdir: s
             dot.node(op, fn.__name__, shape="oval", style="filled", fillcolor="lightblue")
             dot.edge(op, f"t{id(t)}")
             for parent in parents:
-                dot.edge(f"t{id(parent)}", op)
+                if parent is not None:
+                    dot.edge(f"t{id(parent)}", op)
     return dot
 
 

@@ -85,7 +85,10 @@ class Context:
 class Function:
     """One differentiable op. Subclasses write `forward(ctx, *arrays, **attrs) -> array`
     and, right beside it, `backward(ctx, grad) -> one gradient (or None) per input`.
-    A backward may return a gradient in the broadcast shape; the engine reduces it."""
+    A backward may return a gradient in the broadcast shape; the engine reduces it.
+    An input may be None (an optional operand, e.g. a missing bias): forward receives
+    None in its place, and whatever backward returns for it is ignored. Forward checks
+    its inputs (one place for every op's checks, whoever calls `apply`)."""
 
     @staticmethod
     def forward(ctx: Context, *arrays: np.ndarray, **attrs: Any) -> np.ndarray:
@@ -98,10 +101,12 @@ class Function:
     @classmethod
     def apply(cls, *inputs: Any, **attrs: Any) -> Tensor:
         like = next((x.dtype for x in inputs if isinstance(x, Tensor)), None)
-        tensors = tuple(x if isinstance(x, Tensor) else _constant(x, like) for x in inputs)
-        needs = tuple(t.requires_grad for t in tensors)
+        tensors = tuple(
+            x if x is None or isinstance(x, Tensor) else _constant(x, like) for x in inputs
+        )
+        needs = tuple(t is not None and t.requires_grad for t in tensors)
         ctx = Context(needs)
-        out = cls.forward(ctx, *(t.data for t in tensors), **attrs)
+        out = cls.forward(ctx, *(None if t is None else t.data for t in tensors), **attrs)
         result = Tensor(out)
         if any(needs) and is_grad_enabled():
             result.requires_grad = True
@@ -134,7 +139,7 @@ class Tensor:
             )
         self.grad: np.ndarray | None = None
         self.requires_grad = requires_grad
-        self._node: tuple[type[Function], Context, tuple[Tensor, ...]] | None = None
+        self._node: tuple[type[Function], Context, tuple[Tensor | None, ...]] | None = None
 
     # ---- array-like properties -------------------------------------------------------
     @property
@@ -242,7 +247,7 @@ class Tensor:
                 ctx.saved = ()
                 ctx.freed = True
             for parent, pg in zip(parents, in_grads):
-                if pg is None or not parent.requires_grad:
+                if pg is None or parent is None or not parent.requires_grad:
                     continue
                 pg = unbroadcast(np.asarray(pg), parent.shape)
                 pkey = id(parent)
@@ -330,7 +335,9 @@ class Tensor:
         return _ops.Tanh.apply(self)
 
     def relu(self) -> Tensor:
-        return _ops.ReLU.apply(self)
+        from npllm.functional import relu  # the one ReLU, on the kernels
+
+        return relu(self)
 
     def sqrt(self) -> Tensor:
         return _ops.Pow.apply(self, 0.5)
@@ -360,7 +367,7 @@ def _topological_order(root: Tensor) -> list[Tensor]:
         stack.append((node, True))
         if node._node is not None:
             for parent in node._node[2]:
-                if parent.requires_grad and id(parent) not in visited:
+                if parent is not None and parent.requires_grad and id(parent) not in visited:
                     stack.append((parent, False))
     return order
 

@@ -3,6 +3,7 @@
 Each backward sits under its forward and quotes the line it inverts. Gradients may be
 returned in the broadcast shape: the engine sums them back to each input's shape.
 Backwards never write into the incoming gradient (it may be shared or read-only).
+`Tensor.relu` is `F.relu` (npllm/functional.py), the one ReLU, on the kernels.
 """
 
 from __future__ import annotations
@@ -282,6 +283,8 @@ class GetItem(Function):
 class Concatenate(Function):
     @staticmethod
     def forward(ctx: Context, *arrays: np.ndarray, axis: int = 0) -> np.ndarray:
+        if not arrays:
+            raise ShapeError("concatenate needs at least one tensor")
         try:
             out = np.concatenate(arrays, axis=axis)
         except ValueError:
@@ -340,23 +343,8 @@ class Tanh(Function):
         return g * (1 - out * out)
 
 
-class ReLU(Function):
-    @staticmethod
-    def forward(ctx: Context, a: np.ndarray) -> np.ndarray:
-        ctx.save_for_backward(a > 0)
-        return np.maximum(a, 0)
-
-    @staticmethod
-    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # out = max(a, 0)  =>  da = g * (a > 0) (0 at a = 0, as torch)
-        (positive,) = ctx.saved
-        return g * positive
-
-
 def concatenate(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """`np.concatenate` for tensors; the gradient is split back to each input."""
-    if len(tensors) == 0:
-        raise ShapeError("concatenate needs at least one tensor")
     return Concatenate.apply(*tensors, axis=axis)
 
 

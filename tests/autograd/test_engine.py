@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from npllm import NpllmError, Tensor, no_grad
-from npllm.autograd import gradcheck, is_grad_enabled
+from npllm.autograd import Function, gradcheck, is_grad_enabled
 from npllm.errors import GradError, ShapeError
 
 
@@ -172,3 +172,30 @@ def test_without_retain_grads_intermediates_have_no_grad():
     h = x * x
     h.sum().backward()
     assert h.grad is None and x.grad is not None
+
+
+def test_apply_takes_none_for_an_optional_input():
+    # forward sees None in that slot, backward's gradient for it is dropped, and the
+    # walk skips it (no *args or has_b flags needed for an optional operand)
+    class AddMaybe(Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            ctx.has_b = b is not None
+            return a + b if b is not None else a * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            # out = a + b  =>  da = g, db = g
+            return g, g
+
+    x, y = p([1.0, 2.0]), p([3.0, 4.0])
+    out = AddMaybe.apply(x, None)
+    out.sum().backward()
+    np.testing.assert_array_equal(out.data, [1.0, 2.0])
+    np.testing.assert_array_equal(x.grad, [1.0, 1.0])
+    x.grad = None
+    AddMaybe.apply(x, y).sum().backward()
+    np.testing.assert_array_equal(y.grad, [1.0, 1.0])
+    with no_grad():
+        assert not AddMaybe.apply(x, None).requires_grad
+    assert not AddMaybe.apply(Tensor([1.0]), None).requires_grad
