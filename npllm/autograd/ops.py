@@ -3,7 +3,7 @@
 Each backward sits under its forward and quotes the line it inverts. Gradients may be
 returned in the broadcast shape: the engine sums them back to each input's shape.
 Backwards never write into the incoming gradient (it may be shared or read-only).
-`Tensor.relu` is `F.relu` (npllm/functional.py), the one ReLU, on the kernels.
+`Tensor.relu` is `F.relu` (npllm/functional/basic.py), the one ReLU, on the kernels.
 """
 
 from __future__ import annotations

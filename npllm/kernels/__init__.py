@@ -6,7 +6,7 @@ Families: `matmul` (linear layer forward/backward; BLAS reference, tiled Numba k
 `crossentropy` (fused softmax + cross-entropy), `attention` (causal SDPA), `embedding`,
 `dropout` and `adamw` (the fused optimizer update); for the Llama family `rmsnorm`,
 `swiglu` and `rope`. `decode` (the fused KV-cache decode step) and `int8` sit beside them
-outside the switch, built from these families' serial loops. `functional.py` calls every kernel
+outside the switch, built from these families' serial loops. `npllm.functional` calls every kernel
 through the names exported here, e.g. `kernels.softmax_forward(x)`.
 
 Backend switch:

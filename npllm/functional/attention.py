@@ -1,0 +1,114 @@
+"""Attention's ops in `npllm.functional` (see its docstring): scaled dot-product
+attention (causal, sliding window), rotary position embedding and the key/value head
+repetition of grouped-query attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from npllm import kernels as K
+from npllm.autograd.engine import Context, Function, Tensor
+from npllm.errors import ConfigError, ShapeError
+
+
+class SDPA(Function):
+    @staticmethod
+    def forward(
+        ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, window: Any
+    ) -> np.ndarray:
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 1
+        ):
+            raise ConfigError(
+                f"scaled_dot_product_attention: window must be None or >= 1, got {window!r}"
+            )
+        if (
+            q.ndim != 4
+            or k.shape != v.shape
+            or k.ndim != 4
+            or q.shape[:2] != k.shape[:2]
+            or q.shape[3] != k.shape[3]
+        ):
+            raise ShapeError(
+                f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape} do not "
+                "fit; expected q (B, nh, Tq, hs) and k, v (B, nh, Tk, hs)"
+            )
+        if causal and q.shape[2] > k.shape[2]:
+            raise ShapeError(
+                f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got "
+                f"Tq={q.shape[2]} and Tk={k.shape[2]}; pass at least as many keys as queries"
+            )
+        if k.shape[2] == 0 or q.shape[3] == 0 or q.size == 0:
+            raise ShapeError(f"scaled_dot_product_attention: empty input, q {q.shape}, k {k.shape}")
+        out, att = K.attention_forward(q, k, v, causal, int(window or 0))
+        ctx.save_for_backward(q, k, v, att)
+        ctx.causal = causal
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # att = softmax(q @ k^T / sqrt(hs) + mask), out = att @ v  =>  dv = att^T @ g,
+        # datt = g @ v^T, ds = att * (datt - rowsum(datt * att)), dq = ds @ k / sqrt(hs),
+        # dk = ds^T @ q / sqrt(hs); masked att entries are 0, so they pass no gradient
+        q, k, v, att = ctx.saved
+        return K.attention_backward(g, q, k, v, att, ctx.causal)
+
+
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, window: int | None = None
+) -> Tensor:
+    """softmax(q @ k^T / sqrt(hs) + mask) @ v for q (B, nh, Tq, hs), k, v (B, nh, Tk, hs).
+    With `causal`, query i sees keys j <= i + Tk - Tq (the mask is aligned to the end, so
+    Tq = 1 over a KV cache sees every cached key); a `window` W also hides keys more than
+    W - 1 positions before the query (sliding-window attention)."""
+    return SDPA.apply(q, k, v, causal=bool(causal), window=window)
+
+
+class RoPE(Function):
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, cos: Any, sin: Any) -> np.ndarray:
+        T, hs = x.shape[-2], x.shape[-1]
+        if hs % 2 or np.shape(cos) != (T, hs // 2) or np.shape(sin) != (T, hs // 2):
+            raise ShapeError(
+                f"rope: input (..., {T}, {hs}) needs an even head size and cos/sin tables of "
+                f"shape ({T}, {hs // 2}), got {np.shape(cos)} and {np.shape(sin)}"
+            )
+        cos, sin = np.asarray(cos, x.dtype), np.asarray(sin, x.dtype)
+        ctx.cos, ctx.sin = cos, sin
+        return K.rope_forward(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # y = [x1 cos - x2 sin, x2 cos + x1 sin]: a rotation, so dx = R^T g turns g back:
+        # dx = [g1 cos + g2 sin, g2 cos - g1 sin]
+        return K.rope_backward(g, ctx.cos, ctx.sin)
+
+
+def rope(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
+    """Rotary embedding of x (..., T, hs) by the angle tables cos, sin (T, hs/2)
+    (`npllm.layers.rope`), transformers' rotate-half layout; the tables get no gradient."""
+    return RoPE.apply(x, cos=cos, sin=sin)
+
+
+class RepeatKV(Function):
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, n_rep: int) -> np.ndarray:
+        if x.ndim != 4:
+            raise ShapeError(f"repeat_kv: expected (B, n_kv, T, hs), got {x.shape}")
+        ctx.n_rep = n_rep
+        return np.repeat(x, n_rep, axis=1)
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # y[:, h] = x[:, h // n_rep]: each head's gradient is the sum over its copies
+        B, nh, T, hs = g.shape
+        return g.reshape(B, nh // ctx.n_rep, ctx.n_rep, T, hs).sum(axis=2)
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """(B, n_kv, T, hs) -> (B, n_kv * n_rep, T, hs), each head n_rep times in a row: the
+    keys and values of grouped-query attention, one copy per query head of the group."""
+    return x if n_rep == 1 else RepeatKV.apply(x, n_rep=int(n_rep))
