@@ -72,6 +72,10 @@ if (!window.chipObserver) {
 """
 
 
+def percent(text: str) -> float:
+    return 0.05 if text == "<0.1%" else float(text.rstrip("%"))
+
+
 def ask(page, text: str, min_tokens: int = 3, tries: int = 4, before_send=None):
     """Sends `text` in a new conversation and waits for the reply; the tiny model ends
     some replies after a token or two, so a reply shorter than `min_tokens` is asked
@@ -120,10 +124,13 @@ def test_token_alternatives_on_hover_tap_and_keys(page, artifacts):
 
     ActionChains(page).move_to_element(chips[0]).perform()
     wait_for(page, lambda d: pop.is_displayed())
-    rows = pop.find_elements(By.CSS_SELECTOR, "tr")
+    rows = pop.find_elements(By.CSS_SELECTOR, "tbody tr")
     assert len(rows) == 4
-    probs = [float(r.find_element(By.CSS_SELECTOR, "td.p").text.rstrip("%")) for r in rows]
+    probs = [percent(r.find_element(By.CSS_SELECTOR, "td.p").text) for r in rows]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 100.5
+    # at temperature 0.8 with no top_k, the draw needs the whole distribution: not shown
+    assert "draw not shown for temperature 0.8, top_k off, top_p 1" in pop.text
+    assert {r.find_element(By.CSS_SELECTOR, "td.q").text for r in rows} == {"–"}
     rank = chips[0].get_attribute("data-rank")
     chosen = pop.find_elements(By.CSS_SELECTOR, "tr.chosen")
     if rank:
@@ -147,6 +154,23 @@ def test_token_alternatives_on_hover_tap_and_keys(page, artifacts):
     page.save_screenshot(str(artifacts / "token_alternatives_open.png"))
     chips[2].send_keys(Keys.ESCAPE)
     wait_for(page, lambda d: not pop.is_displayed())
+
+    # with top_k 3 inside the 4 alternatives, the page shows what the draw was made from:
+    # the top 3 renormalised at temperature 0.5, the 4th cut
+    field(page, "top_k", 3)
+    field(page, "temperature", 0.5)
+    chip = ask(page, "tell me about biscuit", min_tokens=1).find_element(By.CSS_SELECTOR, CHIPS)
+    ActionChains(page).move_to_element(chip).perform()
+    wait_for(page, lambda d: pop.is_displayed())
+    assert "drawn with temperature 0.5, top_k 3, top_p 1" in pop.text
+    rows = pop.find_elements(By.CSS_SELECTOR, "tbody tr")
+    model = [percent(r.find_element(By.CSS_SELECTOR, "td.p").text) for r in rows]
+    draw = [r.find_element(By.CSS_SELECTOR, "td.q").text for r in rows]
+    assert draw[3] == "cut" and abs(sum(percent(q) for q in draw[:3]) - 100) < 0.3
+    weights = [m**2 for m in model[:3]]  # p^(1/T) at T = 0.5, renormalised
+    for q, w in zip(draw[:3], weights):
+        assert abs(percent(q) - 100 * w / sum(weights)) < 1.0, (model, draw)
+    assert int(chip.get_attribute("data-rank") or 9) <= 3  # the draw never picks a cut token
 
 
 def test_sampling_controls_are_sent_with_each_request(page):

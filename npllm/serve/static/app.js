@@ -188,7 +188,7 @@
 
   // ---------------------------------------------------------------- tokens
   const visible = (s) => s.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥");
-  const pct = (p) => (p >= 0.9995 ? "100%" : p >= 0.001 ? `${(p * 100).toFixed(1)}%` : p.toExponential(1));
+  const pct = (p) => (p >= 0.9995 ? "100%" : p >= 0.0005 ? `${(p * 100).toFixed(1)}%` : p > 0 ? "<0.1%" : "0%");
 
   // probability -> hue: orange (unlikely) through green to blue (certain), a scale that
   // stays readable for red-green colour blindness at its ends
@@ -272,6 +272,50 @@
     }));
   }
 
+  // The sampler's side: the model's probabilities ("model") are those of its own
+  // distribution, as OpenAI reports logprobs; the token was drawn after temperature, top-k
+  // and top-p (npllm's order), from the "draw" column. Only the top alternatives are
+  // known, so the draw is computed when they hold the whole candidate set (top_k at most
+  // the alternatives shown, or temperature 1, where the mass of the rest is known).
+  function samplerShares(alts, params) {
+    const T = params.temperature ?? 1;
+    const k = params.top_k || 0;
+    const P = params.top_p ?? 1;
+    const describe = `temperature ${T}, top_k ${k || "off"}, top_p ${P}`;
+    if (params.presence_penalty || params.frequency_penalty || (params.repetition_penalty ?? 1) !== 1) {
+      return { text: `draw not shown: the penalties changed the logits (${describe})` };
+    }
+    if (T === 0) return { shares: alts.map((_, i) => (i === 0 ? 1 : 0)), text: "greedy: temperature 0 takes the top token" };
+    let q;
+    if (k > 0 && k <= alts.length) {
+      const w = alts.slice(0, k).map((a) => a.logprob / T);
+      const top = Math.max(...w);
+      const e = w.map((x) => Math.exp(x - top));
+      const sum = e.reduce((x, y) => x + y, 0);
+      q = alts.map((_, i) => (i < k ? e[i] / sum : 0));
+    } else if (Math.abs(T - 1) < 1e-9 && !(k > alts.length)) {
+      q = alts.map((a) => Math.exp(a.logprob)); // the rest's mass is 1 - their sum
+    } else {
+      return { text: `draw not shown for ${describe}: it needs top_k ≤ ${alts.length} (the alternatives shown) or temperature 1` };
+    }
+    if (P < 1) {
+      let cum = 0;
+      let last = -1;
+      for (let i = 0; i < q.length; i++) {
+        cum += q[i];
+        if (cum >= P) {
+          last = i;
+          break;
+        }
+      }
+      if (last < 0) return { text: `draw not shown for ${describe}: top_p keeps tokens beyond the ${alts.length} shown` };
+      const kept = q.map((x, i) => (i <= last || x === q[last] ? x : 0));
+      const mass = kept.reduce((x, y) => x + y, 0);
+      q = kept.map((x) => x / mass);
+    }
+    return { shares: q, text: `drawn with ${describe}` };
+  }
+
   // ---------------------------------------------------------------- the alternatives popover
   const pop = $("token-pop");
   let popChip = null;
@@ -300,36 +344,48 @@
           : "no alternatives requested (alternatives = 0)";
     pop.append(head, rank);
     if (info.alts.length) {
+      const draw = samplerShares(info.alts, (chip.closest("li") || {}).sampling || {});
       const table = document.createElement("table");
+      const header = table.createTHead().insertRow();
+      for (const [text, cls] of [["", "n"], ["token", ""], ["model", "p"], ["", ""], ["draw", "q"]]) {
+        const th = document.createElement("th");
+        th.textContent = text;
+        th.className = cls;
+        header.appendChild(th);
+      }
+      if (draw.shares) header.cells[4].title = "the probability the sampler drew it with";
+      const rows = table.createTBody();
       info.alts.forEach((a, n) => {
-        const row = table.insertRow();
+        const row = rows.insertRow();
         if (n + 1 === info.rank) row.className = "chosen";
         const ap = Math.exp(a.logprob);
-        const cells = [String(n + 1), null, pct(ap), null, ""];
-        cells.forEach((c, k) => {
+        const cell = (cls, text) => {
           const td = row.insertCell();
-          if (k === 1) {
-            const t = document.createElement("code");
-            t.textContent = visible(a.token);
-            td.appendChild(t);
-          } else if (k === 3) {
-            td.className = "bar";
-            const fill = document.createElement("span");
-            fill.className = "barfill";
-            fill.style.width = `${Math.max(1, ap * 100)}%`;
-            td.appendChild(fill);
-          } else {
-            td.textContent = c;
-            td.className = ["n", "", "p", "", "mark"][k];
-          }
-        });
+          td.className = cls;
+          if (text !== undefined) td.textContent = text;
+          return td;
+        };
+        cell("n", String(n + 1));
+        const t = document.createElement("code");
+        t.textContent = visible(a.token);
+        cell("").appendChild(t);
+        cell("p", pct(ap));
+        const fill = document.createElement("span");
+        fill.className = "barfill";
+        fill.style.width = `${Math.max(1, ap * 100)}%`;
+        cell("bar").appendChild(fill);
+        const q = draw.shares ? draw.shares[n] : null;
+        cell(q === 0 ? "q cut" : "q", q === null ? "–" : q === 0 ? "cut" : pct(q));
       });
       pop.appendChild(table);
-      const rest = 1 - info.alts.reduce((s, a) => s + Math.exp(a.logprob), 0);
+      const rest = 1 - info.alts.reduce((sum, a) => sum + Math.exp(a.logprob), 0);
       const noteEl = document.createElement("div");
       noteEl.className = "note";
-      noteEl.textContent = `every other token: ${pct(Math.max(0, rest))}`;
-      pop.appendChild(noteEl);
+      noteEl.textContent = `every other token: ${pct(Math.max(0, rest))} (model)`;
+      const drawEl = document.createElement("div");
+      drawEl.className = "note draw";
+      drawEl.textContent = draw.text;
+      pop.append(noteEl, drawEl);
     }
     pop.hidden = false;
     place(chip);
@@ -479,6 +535,7 @@
     meta.appendChild(u);
     li.appendChild(meta);
     li.dataset.finishReason = finish || "";
+    scrollDown();
   }
 
   // ---------------------------------------------------------------- context meter
@@ -533,10 +590,11 @@
     return true;
   }
 
-  // Drops old turns until the estimated prompt leaves room for a reply.
+  // Drops old turns until the estimated prompt leaves room for a reply: max_tokens, or a
+  // quarter of the context if that is less (as `npllm chat` does).
   function fitContext() {
     if (!state.context) return;
-    const reserve = Math.min(numberField("max_tokens") || 16, Math.floor(state.context / 2));
+    const reserve = Math.min(numberField("max_tokens") || 16, Math.floor(state.context / 4));
     const sys = systemMessage();
     for (;;) {
       const prompt = (sys ? cost(sys) : 0) + kept().reduce((s, m) => s + cost(m), 0) + 3;
@@ -571,6 +629,7 @@
       ...samplingParams("chat"),
     };
     const li = addEntry("chat", "assistant", "");
+    li.sampling = body;
     const out = new Output(li.querySelector(".body"));
     const started = performance.now();
     const before = sent.reduce((s, m) => s + cost(m), 0) + 3;
@@ -633,6 +692,7 @@
       stream_options: { include_usage: true },
       ...samplingParams("completion"),
     };
+    li.sampling = req;
     try {
       await stream("/v1/completions", req, (chunk) => {
         if (chunk.usage) usage = chunk.usage;
