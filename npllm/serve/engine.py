@@ -41,6 +41,7 @@ import numpy as np
 from npllm.constrain import Grammar
 from npllm.constrain.index import vocabulary_bytes
 from npllm.generate import Decoder, KVCache
+from npllm.kernels.decode import PARALLEL, SERIAL
 from npllm.sampling import process_logits, sample
 
 log = logging.getLogger("npllm.serve")
@@ -127,6 +128,12 @@ class Engine:
         for text, i in getattr(tokenizer, "specials", {}).items():
             if i < V:
                 self.token_bytes[i] = text.encode()
+        # The decode step's threading (`Decoder.par_min`, serial or parallel products) is
+        # timed by the decoder on its first steps; what pays for one row need not for 16,
+        # so each batch-size class (1, 2-3, 4-7, ...) gets its own timing and choice,
+        # unless the decoder was given one.
+        self.forced = decoder.par_min is not None
+        self.threading: dict[int, tuple[int | None, dict]] = {}
         self.cache = decoder.new_cache(max_batch)
         self.rows: list[Sequence] = []  # running; self.rows[i] owns cache row i
         self.pending: collections.deque[list[Sequence]] = collections.deque()
@@ -229,7 +236,12 @@ class Engine:
         positions = np.array([s.position for s in self.rows], np.int64)
         c = self.cache
         view = KVCache([k[:n] for k in c.k], [v[:n] for v in c.v])
-        logits = self.dec.step_rows(ids, positions, view)  # (n, V)
+        dec, size = self.dec, n.bit_length()
+        if not self.forced:
+            dec.par_min, dec._timings = self.threading.get(size, (None, {SERIAL: [], PARALLEL: []}))
+        logits = dec.step_rows(ids, positions, view)  # (n, V)
+        if not self.forced:
+            self.threading[size] = (dec.par_min, dec._timings)
         self.steps[n] += 1
         for s, row in zip(self.rows, logits):
             if not s.done:

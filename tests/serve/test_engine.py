@@ -118,3 +118,20 @@ def test_cancelled_rows_leave_at_the_next_step(dec):
 )
 def test_the_text_that_could_start_a_stop_string_is_held_back(text, stops, held):
     assert _held_back(text, stops) == held
+
+
+def test_each_batch_size_class_times_its_own_threading():
+    from npllm.generate import _TRIALS
+    from npllm.kernels.decode import PARALLEL, SERIAL
+
+    # wide enough that the decode step's products can take their parallel path
+    config = GPTConfig(vocab_size=TOK.vocab_size, block_size=48, n_layer=1, n_head=4, n_embd=256)
+    engine = Engine(Decoder.from_model(GPT(config, seed=0)), TOK, max_batch=4)
+    for rows in (1, 4):
+        events: list = []
+        engine.submit([sequence(i, [1, 2], 2 * _TRIALS + 2, i, events) for i in range(rows)])
+        drain(engine)
+    assert sorted(engine.threading) == [1, 3]  # 1 row; 4 rows (class 4-7)
+    for par_min, timings in engine.threading.values():
+        assert par_min in (SERIAL, PARALLEL)
+        assert [len(t) for t in timings.values()] == [_TRIALS, _TRIALS]
