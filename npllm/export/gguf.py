@@ -1,7 +1,7 @@
-"""A run as one GGUF file for llama.cpp's `gpt2` architecture, written with the `gguf`
-package: the hyperparameters, the tokenizer (byte-level BPE tokens and merges, the
-specials as control tokens, the `gpt-2` pre-tokenizer, the ChatML template of a chat
-model) and the tensors, as F32 or Q8_0.
+"""A run as one GGUF file for llama.cpp's `gpt2` architecture (a Llama-family run: its
+`llama` architecture), written with the `gguf` package: the hyperparameters, the
+tokenizer (byte-level BPE tokens and merges, the specials as control tokens, the `gpt-2`
+pre-tokenizer, the ChatML template of a chat model) and the tensors, as F32 or Q8_0.
 
 Tensor types go through `TENSOR_TYPES`: a name (`--quantize`) -> the GGML type and the
 function that packs a float32 (rows, cols) matrix into its blocks. Only the matmul
@@ -20,6 +20,13 @@ LayerNorm, learned positions. A model without biases is written with zero biases
 same function); a ReLU or exact-GELU MLP, which that graph cannot compute, is refused, as
 is a char-level tokenizer (llama.cpp's BPE works on bytes) or a pre-split pattern other
 than GPT-2's (llama.cpp's `gpt-2` pre-tokenizer is GPT-2's own regex).
+
+A Llama-family run (RoPE, RMSNorm, SwiGLU, grouped-query attention, linear RoPE scaling)
+goes to llama.cpp's `llama` graph. transformers' RoPE, which npllm follows, turns channel
+i of a head with channel i + hs/2; llama.cpp's llama graph turns 2i with 2i + 1. So the q
+and k projections' rows are reordered per head, as llama.cpp's own converter does, and
+llama.cpp rotates the same pairs by the same angles. A sliding window or another RoPE
+scaling is refused.
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ TENSOR_TYPES = ("f32", "q8_0")
 
 
 def gguf_name(name: str, config: Any) -> str:
-    """npllm's (nanoGPT's) tensor name -> llama.cpp's gpt2 name."""
+    """npllm's tensor name -> llama.cpp's (gpt2 or llama architecture)."""
     n = arch.naming(config)
     top = {
         n.top("embed"): "token_embd.weight",
@@ -91,18 +98,50 @@ def gguf_name(name: str, config: Any) -> str:
     part, kind = rest.rsplit(".", 1)
     parts = {
         n.norm_1: "attn_norm",
-        f"{n.attn}.{n.qkv[0]}": "attn_qkv",
         f"{n.attn}.{n.attn_out}": "attn_output",
         n.norm_2: "ffn_norm",
         f"{n.mlp}.{n.up}": "ffn_up",
+        f"{n.mlp}.{n.gate}": "ffn_gate",
         f"{n.mlp}.{n.down}": "ffn_down",
     }
+    qkv = ("attn_qkv",) if len(n.qkv) == 1 else ("attn_q", "attn_k", "attn_v")
+    parts.update({f"{n.attn}.{q}": g for q, g in zip(n.qkv, qkv)})
     return f"blk.{i}.{parts[part]}.{kind}"
 
 
+def _unrotate_halves(w: np.ndarray, heads: int) -> np.ndarray:
+    """q or k projection rows (heads * hs, ...) reordered from transformers' RoPE, which
+    turns channel i with channel i + hs/2, to llama.cpp's, which turns 2i with 2i + 1
+    (convert_hf_to_gguf.py's `permute`): the same rotation of the same pairs."""
+    hs = w.shape[0] // heads
+    return np.ascontiguousarray(
+        w.reshape(heads, 2, hs // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    )
+
+
+def llama_tensors(config: Any, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The Llama family's tensors for llama.cpp's llama graph: q and k rows reordered for
+    its RoPE, lm_head only when untied."""
+    n = arch.naming(config)
+    out = {}
+    for k, v in state.items():
+        if k == "lm_head.weight" and config.tie_embeddings:
+            continue
+        v = np.asarray(v, np.float32)
+        if f".{n.attn}.{n.qkv[0]}." in k:
+            v = _unrotate_halves(v, config.n_head)
+        elif f".{n.attn}.{n.qkv[1]}." in k:
+            v = _unrotate_halves(v, config.n_kv_head or config.n_head)
+        out[k] = v
+    return out
+
+
 def check_exportable(config: Any, tokenizer: Any) -> None:
-    gpt2_family(config, "GGUF")
-    if config.activation != "gelu":
+    if config.pos_embedding == "rope":
+        _check_llama(config)
+    else:
+        gpt2_family(config, "GGUF")
+    if config.pos_embedding != "rope" and config.activation != "gelu":
         raise ConfigError(
             f"cannot export to GGUF: llama.cpp's gpt2 graph computes GELU (tanh) and this "
             f"model's MLP uses {config.activation}; export it to hf or onnx instead"
@@ -122,6 +161,19 @@ def check_exportable(config: Any, tokenizer: Any) -> None:
             "cannot export to GGUF: the tokenizer splits text with its own pattern, and "
             "llama.cpp's gpt-2 pre-tokenizer splits by GPT-2's"
         )
+
+
+def _check_llama(config: Any) -> None:
+    c = config
+    why = None
+    if c.norm != "rmsnorm" or arch.activation(c) != "swiglu":
+        why = "llama.cpp's llama graph has RMSNorm and a SwiGLU MLP"
+    elif c.sliding_window:
+        why = "llama.cpp's llama graph attends to the whole context (no sliding window)"
+    elif (c.rope_scaling or {}).get("rope_type", "linear") != "linear":
+        why = f"npllm writes linear RoPE scaling only, not {c.rope_scaling['rope_type']}"
+    if why:
+        raise ConfigError(f"cannot export this RoPE model to GGUF: {why}; export it to hf")
 
 
 def write_gguf(
@@ -144,18 +196,30 @@ def write_gguf(
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        w = gguf.GGUFWriter(tmp, "gpt2")
+        llama = config.pos_embedding == "rope"
+        w = gguf.GGUFWriter(tmp, "llama" if llama else "gpt2")
         w.add_name(out.stem)
         w.add_context_length(config.block_size)
         w.add_embedding_length(config.n_embd)
         w.add_feed_forward_length(config.hidden)
         w.add_block_count(config.n_layer)
         w.add_head_count(config.n_head)
-        w.add_layer_norm_eps(config.norm_eps)
+        if llama:
+            w.add_head_count_kv(config.n_kv_head or config.n_head)
+            w.add_layer_norm_rms_eps(config.norm_eps)
+            w.add_rope_freq_base(config.rope_theta)
+            w.add_rope_dimension_count(config.n_embd // config.n_head)
+            w.add_vocab_size(config.vocab_size)
+            if config.rope_scaling:
+                w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+                w.add_rope_scaling_factor(config.rope_scaling["factor"])
+        else:
+            w.add_layer_norm_eps(config.norm_eps)
         w.add_file_type(ftype)
         _add_tokenizer(w, tokenizer, config.vocab_size)
         matmul = {arch.naming(config).top("embed"), "lm_head.weight", *arch.linear_names(config)}
-        for name, t in gpt2_tensors(config, state).items():
+        tensors = llama_tensors(config, state) if llama else gpt2_tensors(config, state)
+        for name, t in tensors.items():
             if pack is not None and name in matmul and t.shape[1] % QK8_0 == 0:
                 w.add_tensor(gguf_name(name, config), pack(t), raw_dtype=qtype)
             else:

@@ -148,3 +148,32 @@ def test_a_missing_export_package_is_named_with_the_extra(tmp_path, bpe_run, mon
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'npllm[export]'" in err
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_llama_family_runs_in_llama_cpps_llama_graph(tmp_path, bpe):
+    """Multi-query attention, an untied head, linear RoPE scaling; RoPE's pairs
+    reordered for llama.cpp: F32 logits within 1e-3 of the largest, the same 32 greedy
+    tokens, Q8_0 within 2%."""
+    options = {"n_kv_head": 1, "tie_embeddings": False}
+    options["rope_scaling"] = {"rope_type": "linear", "factor": 2.0}
+    llama_shape = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    config = tiny_config(
+        bpe.vocab_size, n_embd=64, mlp_hidden=96, block_size=128, **llama_shape, **options
+    )
+    model = trained(config, bpe, steps=100)
+    prompt = bpe.encode(EXAMPLE, allowed_special="all")[:64]
+    ours = model(np.array([prompt]))[0].data[0]
+    path = write_gguf(config, model.state_dict(), bpe, tmp_path / "l.gguf")
+    llm = llama(path, config.block_size)
+    assert llm.metadata["general.architecture"] == "llama"
+    assert np.abs(llama_logits(llm, prompt) - ours).max() <= 1e-3 * np.abs(ours).max()
+    new, _ = generate(model, prompt, 32, greedy=True)
+    theirs = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        theirs.append(token)
+        if len(theirs) == 32:
+            break
+    assert theirs == list(new) and len(set(theirs)) > 8
+    q = write_gguf(config, model.state_dict(), bpe, tmp_path / "q.gguf", "q8_0")
+    q_logits = llama_logits(llama(q, config.block_size, one_token_per_call=True), prompt)
+    assert np.abs(q_logits - ours).max() <= 0.02 * np.abs(ours).max()
