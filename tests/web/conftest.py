@@ -7,6 +7,7 @@ Screenshots go to `artifacts/web/` at the top of the repository (git-ignored), o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 
 from npllm import cli
 
-from ..cli.conftest import TINY
+from ..cli.conftest import TINY, corpus_file, data_dir  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -90,13 +91,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(chat_run, tmp_path_factory):
-    """`npllm serve` in its own process; yields its base URL."""
+@contextlib.contextmanager
+def serving(run: Path, log: Path, *flags: str):
+    """`npllm serve --run RUN FLAGS` in its own process on a free port of 127.0.0.1;
+    yields its base URL once /health answers."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = [sys.executable, "-m", "npllm.cli", "serve", "--run", str(chat_run)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--model-name", "pip-tiny"]
+    cmd = [sys.executable, "-m", "npllm.cli", "serve", "--run", str(run)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), *flags]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -124,6 +125,27 @@ def server(chat_run, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(chat_run, tmp_path_factory):
+    """The chat model served; yields the base URL."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with serving(chat_run, log, "--model-name", "pip-tiny") as url:
+        yield url
+
+
+API_KEY = "sesame"
+
+
+@pytest.fixture(scope="session")
+def text_server(data_dir, tmp_path_factory):  # noqa: F811
+    """A text model (no chat template) trained for a few steps, served behind an API key."""
+    d = tmp_path_factory.mktemp("webtext")
+    args = ["train", "--data", str(data_dir), "--out", str(d / "run"), *TINY, "--max-iters", "5"]
+    assert cli.main(args) == 0
+    with serving(d / "run", d / "serve.log", "--api-key", API_KEY) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,14 @@ import json
 import re
 import time
 import urllib.request
+from urllib.parse import urlparse
 
 import pytest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from .conftest import BLOCK_SIZE, sent_requests, wait_for
+from .conftest import API_KEY, BLOCK_SIZE, sent_requests, wait_for
 
 CHIPS = ".tok[role=button]"
 USAGE = re.compile(r"(\d+) prompt \+ (\d+) completion = (\d+) tokens")
@@ -358,3 +359,61 @@ def test_phone_width_layout_and_keyboard_only_use(page, artifacts):
         page.save_screenshot(str(artifacts / "phone_width.png"))
     finally:
         page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def requests_sent(driver) -> list[dict]:
+    """Every request the browser sent since the last look at its performance log."""
+    out = []
+    for entry in driver.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.requestWillBeSent":
+            out.append(msg["params"]["request"])
+    return out
+
+
+def test_the_page_loads_nothing_from_elsewhere(page, server):
+    page.refresh()
+    wait_for(page, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "ok")
+    urls = [r["url"] for r in requests_sent(page)]
+    assert all(u.startswith(server + "/") or u.startswith("data:") for u in urls), urls
+    assert {"/", "/style.css", "/app.js", "/v1/models"} <= {urlparse(u).path for u in urls}
+
+
+def test_a_text_model_behind_an_api_key(browser, text_server, artifacts):
+    browser.set_window_size(1280, 860)
+    browser.get(text_server + "/")
+    status = browser.find_element(By.ID, "status")
+    wait_for(browser, lambda d: status.get_attribute("data-state") == "down")
+    assert status.text == "API key needed"
+    err = browser.find_element(By.CSS_SELECTOR, "#chat-log .msg.error")
+    assert "Error 401" in err.text
+    browser.find_element(By.CSS_SELECTOR, "#connection summary").click()
+    browser.find_element(By.ID, "api_key").send_keys(API_KEY, Keys.ENTER)
+    wait_for(browser, lambda d: status.get_attribute("data-state") == "ok")
+    # no chat template: the page is in completion mode, and says why
+    assert browser.find_element(By.ID, "completion-view").is_displayed()
+    assert "no chat template" in browser.find_element(By.ID, "completion-log").text
+    browser.get_log("performance")
+    send(browser, "to be or")
+    entry = wait_for(
+        browser,
+        lambda d: [
+            e
+            for e in d.find_elements(By.CSS_SELECTOR, "#completion-log li.msg.prompt")
+            if e.get_attribute("data-finish-reason")
+        ],
+    )[0]
+    # the context is 16 characters: 8 of prompt leave 8 to generate
+    assert entry.get_attribute("data-finish-reason") == "length"
+    assert len(entry.find_elements(By.CSS_SELECTOR, CHIPS)) == 8
+    assert browser.find_element(By.ID, "meter-text").text == "16 / 16 tokens"
+    (sent,) = [r for r in requests_sent(browser) if r["url"].endswith("/v1/completions")]
+    headers = {k.lower(): v for k, v in sent["headers"].items()}
+    assert headers["authorization"] == f"Bearer {API_KEY}"
+    # chat mode gets the server's 400, shown as it came
+    browser.find_element(By.ID, "mode-chat").click()
+    send(browser, "hello")
+    errors = "#chat-log .msg.error"
+    err = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, errors)[1:])[0]
+    assert "Error 400" in err.text and "chat template" in err.text and "/v1/completions" in err.text
+    browser.save_screenshot(str(artifacts / "text_model_behind_an_api_key.png"))

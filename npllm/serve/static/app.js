@@ -341,7 +341,7 @@
         ? `rank ${info.rank} of the ${info.alts.length} shown`
         : info.alts.length
           ? `not among the top ${info.alts.length}: rank > ${info.alts.length}`
-          : "no alternatives requested (alternatives = 0)";
+          : "no alternatives requested (top_logprobs 0)";
     pop.append(head, rank);
     if (info.alts.length) {
       const draw = samplerShares(info.alts, (chip.closest("li") || {}).sampling || {});
