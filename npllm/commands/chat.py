@@ -15,22 +15,11 @@ from __future__ import annotations
 
 import argparse
 
-from npllm.commands.sample import add_constraint_arguments
+from npllm.commands.sample import add_constraint_arguments, add_run_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, metavar="RUN", help="a run folder of `npllm train`")
-    p.add_argument(
-        "--checkpoint",
-        default="best",
-        choices=("best", "last"),
-        help="which checkpoint of the run (default best)",
-    )
-    p.add_argument(
-        "--quantized",
-        action="store_true",
-        help="use the run's int8 checkpoint written by `npllm quantize`",
-    )
+    add_run_arguments(p)
     p.add_argument("--system", default=None, metavar="TEXT", help="a system message")
     p.add_argument(
         "--prompt",

@@ -11,8 +11,25 @@ from __future__ import annotations
 import argparse
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """--run, --checkpoint, --quantized: which model of a run, for every command that
+    loads one (`npllm.runs.load_run`)."""
     p.add_argument("--run", required=True, metavar="RUN", help="a run folder of `npllm train`")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=("best", "last"),
+        help="which checkpoint of the run (default best)",
+    )
+    p.add_argument(
+        "--quantized",
+        action="store_true",
+        help="use the run's int8 checkpoint written by `npllm quantize`",
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_arguments(p)
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument(
         "--max-new-tokens",
@@ -37,12 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=1337, metavar="S", help="sampling seed")
     p.add_argument(
-        "--checkpoint",
-        default="best",
-        choices=("best", "last"),
-        help="which checkpoint of the run (default best)",
-    )
-    p.add_argument(
         "--top-p",
         type=float,
         default=None,
@@ -64,11 +75,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="TEXT",
         help="end after this text (backslash escapes such as \\n work; repeatable)",
-    )
-    p.add_argument(
-        "--quantized",
-        action="store_true",
-        help="use the run's int8 checkpoint written by `npllm quantize`",
     )
     add_constraint_arguments(p)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 
+from npllm.commands.sample import add_run_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, metavar="RUN", help="a run folder of `npllm train`")
+    add_run_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
     p.add_argument(
@@ -25,17 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model-name", default=None, metavar="NAME", help="the model's name (default: the run's)"
-    )
-    p.add_argument(
-        "--checkpoint",
-        default="best",
-        choices=("best", "last"),
-        help="which checkpoint of the run (default best)",
-    )
-    p.add_argument(
-        "--quantized",
-        action="store_true",
-        help="serve the run's int8 checkpoint written by `npllm quantize`",
     )
     p.add_argument(
         "--max-batch",

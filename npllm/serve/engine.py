@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,6 +186,10 @@ class Engine:
                 self._leave()
                 if self.rows:
                     self._step()
+                # The kernels hold the GIL; letting go of it here gives the event loop its
+                # turn to send this step's tokens, instead of every few steps (the
+                # interpreter's 5 ms switch interval), so streams flow token by token.
+                time.sleep(0)
             except Exception as e:  # a server fault: fail what was running, keep serving
                 log.exception("the decode loop failed")
                 for s in self.rows + admitted:

@@ -1,0 +1,354 @@
+"""Load benchmark of `npllm serve`: N concurrent streaming clients (1, 4, 16, 64) against
+one server at `guppy` shape (6 layers, width 384, ReLU MLP 768, context 128) with a
+byte-level BPE of 4,096 tokens trained on tinyshakespeare, random weights.
+
+Each client streams one /v1/completions request (a 16-token prompt, `max_tokens` new
+tokens, temperature 1, its own seed) and records when each chunk arrives. Per level, in
+`--rounds` rounds: aggregate tokens/s (every stream's tokens over the wall time from the
+first request to the last [DONE]), time to first token p50/p99, inter-token latency
+p50/p99 (gaps between a stream's chunks), errors (HTTP errors or error events: must be 0)
+and requests lost (no finish_reason or no [DONE]: must be 0). A random model never ends
+a text early, so every request yields exactly `max_tokens` tokens, which is checked too.
+
+The baseline is `npllm sample`'s loop: `npllm.generate.stream` on the same model in a
+process of its own (batch 1, the same sampling), timed from its first token to its last,
+as the single-stream server figure is. Targets (issue 13): 16 streams >= 4x one stream's
+aggregate tokens/s; one stream within 15% of `npllm sample`; at 64 streams nothing fails
+or is lost.
+
+Processes: the server runs in its own process (uvicorn on 127.0.0.1, a free port), the
+baseline in another, and the clients in this one (asyncio + httpx, no npllm import):
+the clients share the machine's two cores with the server, as real local clients would.
+
+    python benchmarks/serve.py                         # 3 rounds of 1, 4, 16, 64 streams
+    python benchmarks/serve.py --rounds 5 --write      # update benchmarks/RESULTS.md
+    python benchmarks/serve.py --clients 1 4 --tokens 20 --rounds 1   # a quick check
+Run it only under the shared lock: flock /tmp/npllm-cpu.lock python benchmarks/serve.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (  # noqa: E402
+    MARK,
+    command_line,
+    cpu_isa,
+    cpu_model,
+    load_average,
+    log,
+    worker_info,
+    write_section,
+)
+
+CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+VOCAB = 4096
+PROMPT = "ROMEO: But soft, what light through yonder window breaks? It is"
+GUPPY = dict(
+    vocab_size=VOCAB,
+    block_size=128,
+    n_layer=6,
+    n_head=6,
+    n_embd=384,
+    mlp_hidden=768,
+    activation="relu",
+)
+
+
+# ---- the model's processes -----------------------------------------------------------------
+def load(spec: dict):
+    """(GPT with random weights at guppy shape, the BPE tokenizer) of the spec."""
+    from npllm.gpt import GPT, GPTConfig
+    from npllm.tokenizers import load_tokenizer
+
+    return GPT(GPTConfig(**GUPPY), seed=0).eval(), load_tokenizer(spec["tokenizer"])
+
+
+def tokenizer_worker(spec: dict) -> None:
+    from npllm.tokenizers import BPETokenizer
+
+    t0 = time.perf_counter()
+    tok = BPETokenizer.train(Path(spec["corpus"]).read_text(encoding="utf-8"), VOCAB)
+    tok.save(spec["tokenizer"])
+    log(f"  BPE {VOCAB} trained in {time.perf_counter() - t0:.1f} s")
+
+
+def sample_worker(spec: dict) -> dict:
+    """`npllm sample`'s loop (generate.stream, batch 1) on the benchmark's model."""
+    from npllm.generate import Decoder, stream
+
+    model, tok = load(spec)
+    dec = Decoder.from_model(model)
+    prompt = tok.encode(PROMPT)
+    rates = []
+    for k in range(spec["generations"] + 2):  # two warm-ups: compilation, threading choice
+        times = []
+        for _ in stream(dec, prompt, spec["tokens"], temperature=1.0, seed=k):
+            times.append(time.perf_counter())
+        if k >= 2:
+            rates.append((len(times) - 1) / (times[-1] - times[0]))
+    return {"tokens_per_s": rates, "prompt_tokens": len(prompt), "info": worker_info("npllm")}
+
+
+def server_worker(spec: dict) -> None:
+    """Serve the benchmark's model until killed; prints the port when ready."""
+    import uvicorn
+
+    from npllm.serve import build_app
+
+    model, tok = load(spec)
+    app = build_app(model, tok, model_name="guppy", max_batch=spec["max_batch"])
+    config = uvicorn.Config(app, host="127.0.0.1", port=spec["port"], log_level="warning")
+    server = uvicorn.Server(config)
+    print(f"{MARK}{json.dumps({'info': worker_info('npllm')})}", flush=True)
+    server.run()
+
+
+# ---- the clients -----------------------------------------------------------------------------
+async def one_stream(client, url: str, tokens: int, seed: int) -> dict:
+    body = {
+        "model": "guppy",
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 1.0,
+        "seed": seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    out = {"start": time.perf_counter(), "chunks": [], "error": None, "done": False}
+    out.update(finish=None, tokens=0)
+    try:
+        async with client.stream("POST", url + "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                out["error"] = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+                return out
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[len("data: ") :]
+                if data == "[DONE]":
+                    out["done"] = True
+                    continue
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    out["error"] = chunk["error"]["message"]
+                elif chunk["choices"]:
+                    choice = chunk["choices"][0]
+                    if choice["text"]:
+                        out["chunks"].append(time.perf_counter())
+                    out["finish"] = choice["finish_reason"] or out["finish"]
+                elif chunk.get("usage"):
+                    out["tokens"] = chunk["usage"]["completion_tokens"]
+    except Exception as e:  # a dropped connection counts as an error
+        out["error"] = repr(e)
+    out["end"] = time.perf_counter()
+    return out
+
+
+async def level(url: str, n: int, tokens: int, seed0: int) -> list[dict]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        jobs = [one_stream(client, url, tokens, seed0 + i) for i in range(n)]
+        return await asyncio.gather(*jobs)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def summarise(streams: list[dict], tokens: int) -> dict:
+    ok = [s for s in streams if s["error"] is None]
+    lost = [s for s in ok if not s["done"] or s["finish"] is None]
+    wall = max(s["end"] for s in streams) - min(s["start"] for s in streams)
+    ttft = [s["chunks"][0] - s["start"] for s in ok if s["chunks"]]
+    itl = [b - a for s in ok for a, b in zip(s["chunks"], s["chunks"][1:])]
+    single = [(len(s["chunks"]) - 1) / (s["chunks"][-1] - s["chunks"][0]) for s in ok]
+    return {
+        "aggregate": sum(s["tokens"] for s in ok) / wall,
+        "per_stream": statistics.median(single) if single else float("nan"),
+        "ttft_p50": percentile(ttft, 50),
+        "ttft_p99": percentile(ttft, 99),
+        "itl_p50": percentile(itl, 50),
+        "itl_p99": percentile(itl, 99),
+        "errors": len(streams) - len(ok),
+        "lost": len(lost),
+        "short": sum(s["tokens"] != tokens for s in ok),
+        "wall": wall,
+    }
+
+
+# ---- the parent ------------------------------------------------------------------------------
+def spawn_result(kind: str, spec: dict) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--spec", json.dumps(spec)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise SystemExit(f"the {kind} worker failed:\n{p.stderr[-2000:]}")
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith(MARK)]
+    return json.loads(lines[-1][len(MARK) :]) if lines else {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(spec: dict) -> tuple[subprocess.Popen, dict]:
+    cmd = [sys.executable, __file__, "--worker", "server", "--spec", json.dumps(spec)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    line = p.stdout.readline()
+    if not line.startswith(MARK):
+        p.kill()
+        raise SystemExit("the server did not start")
+    import httpx
+
+    url = f"http://127.0.0.1:{spec['port']}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return p, json.loads(line[len(MARK) :])["info"]
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    p.kill()
+    raise SystemExit("the server did not answer /health")
+
+
+NOTE = """How to read it: "aggregate" is every stream's tokens over the level's wall time;
+"per stream" a stream's own tokens/s from its first chunk to its last (median over the
+streams); time to first token (TTFT) runs from sending the request to its first text
+chunk, so at 64 streams it includes waiting for the other prompts' prefills; inter-token
+latency (ITL) is the gap between a stream's chunks. Continuous batching: the running
+streams share each decode step (the weights are read once per step for all rows), so
+aggregate tokens/s grows with the streams until the step's arithmetic, not the weights'
+memory traffic, is the bound."""
+
+
+def report(levels: dict, baseline: list[float], rounds: int, tokens: int, info: dict) -> str:
+    base = statistics.median(baseline)
+    one = statistics.median(r["aggregate"] for r in levels.get(1, [])) if 1 in levels else None
+    rows = [
+        "| streams | aggregate tok/s | x one stream | per stream tok/s | TTFT p50 / p99 ms "
+        "| ITL p50 / p99 ms | errors | lost | short |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, runs in levels.items():
+
+        def med(key, runs=runs):
+            return statistics.median(r[key] for r in runs)
+
+        agg = [r["aggregate"] for r in runs]
+        x = f"{med('aggregate') / one:.2f}" if one else "-"
+        rows.append(
+            f"| {n} | {med('aggregate'):,.0f} ({min(agg):,.0f}-{max(agg):,.0f}) | {x} "
+            f"| {med('per_stream'):,.0f} "
+            f"| {med('ttft_p50') * 1e3:.1f} / {med('ttft_p99') * 1e3:.1f} "
+            f"| {med('itl_p50') * 1e3:.2f} / {med('itl_p99') * 1e3:.2f} "
+            f"| {sum(r['errors'] for r in runs)} | {sum(r['lost'] for r in runs)} "
+            f"| {sum(r['short'] for r in runs)} |"
+        )
+    lines = [
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, {cpu_isa()}. "
+        f"Server: {info.get('python', '?')} / numpy {info.get('numpy', '?')} / numba "
+        f"{info.get('numba', '?')}. {rounds} rounds per level, {tokens} tokens a request.",
+        "",
+        *rows,
+        "",
+        f"`npllm sample`'s loop (generate.stream, batch 1, own process): {base:,.0f} tok/s "
+        f"(runs {min(baseline):,.0f}-{max(baseline):,.0f}).",
+    ]
+    if 1 in levels:
+        single = statistics.median(r["per_stream"] for r in levels[1])
+        lines.append(
+            f"One stream through the server: {single:,.0f} tok/s = {single / base:.2f}x of it."
+        )
+    return "\n".join(lines + ["", NOTE]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--tokens", type=int, default=100, help="max_tokens of each request")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--generations", type=int, default=10, help="baseline generations")
+    ap.add_argument("--corpus", type=Path, default=CORPUS, help="text to train the BPE on")
+    ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.spec)
+        if args.worker == "server":
+            server_worker(spec)
+            return 0
+        if args.worker == "tokenizer":
+            tokenizer_worker(spec)
+            return 0
+        print(MARK + json.dumps(sample_worker(spec)), flush=True)
+        return 0
+    if not args.corpus.is_file():
+        raise SystemExit(f"{args.corpus} is missing; pass --corpus FILE")
+    load0 = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {
+            "corpus": str(args.corpus),
+            "tokenizer": str(Path(tmp) / "tokenizer.json"),
+            "tokens": args.tokens,
+            "generations": args.generations,
+            "max_batch": max(64, max(args.clients)),
+            "port": free_port(),
+        }
+        log("training the BPE tokenizer")
+        spawn_result("tokenizer", spec)
+        log("baseline: npllm sample's loop")
+        baseline = spawn_result("sample", spec)["tokens_per_s"]
+        log(f"  {statistics.median(baseline):,.0f} tok/s")
+        proc, info = start_server(spec)
+        url = f"http://127.0.0.1:{spec['port']}"
+        try:
+            log("warm-up: compilation and the decoder's threading choice")
+            for n in (1, 1, 4, 16):
+                asyncio.run(level(url, n, args.tokens, 10_000))
+            levels: dict[int, list[dict]] = {n: [] for n in args.clients}
+            for r in range(args.rounds):
+                for n in args.clients:
+                    s = summarise(asyncio.run(level(url, n, args.tokens, 1000 * r)), args.tokens)
+                    levels[n].append(s)
+                    log(
+                        f"  round {r + 1}, {n} streams: {s['aggregate']:,.0f} tok/s, TTFT p99 "
+                        f"{s['ttft_p99'] * 1e3:.0f} ms, errors {s['errors']}, lost {s['lost']}"
+                    )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    text = report(levels, baseline, args.rounds, args.tokens, info)
+    text += f"\nCommand: `{command_line('serve.py', argv)}`; load average {load0:.2f} at start, "
+    text += f"{load_average():.2f} at end.\n"
+    print(text)
+    if args.write:
+        write_section("Serving (npllm serve, guppy shape)", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
