@@ -227,6 +227,7 @@
       this.text = "";
       this.count = 0;
       body.classList.add("cursor");
+      body.setAttribute("aria-busy", "true"); // a screen reader reads the reply once, at its end
     }
     add(content, tokens) {
       if (tokens && tokens.length) {
@@ -251,14 +252,26 @@
     }
     done() {
       this.body.classList.remove("cursor");
+      this.body.removeAttribute("aria-busy");
     }
   }
+
+  // A byte-level BPE token may hold part of a UTF-8 character; its text then has U+FFFD,
+  // and the page shows its bytes instead: ‹e2 80›.
+  const tokenText = (t) =>
+    t.token.includes("\uFFFD") && Array.isArray(t.bytes)
+      ? `‹${t.bytes.map((b) => b.toString(16).padStart(2, "0")).join(" ")}›`
+      : t.token;
 
   // chat chunk -> [{token, logprob, top: [{token, logprob}]}]
   function chatTokens(choice) {
     const content = choice.logprobs && choice.logprobs.content;
     if (!content) return null;
-    return content.map((c) => ({ token: c.token, logprob: c.logprob, top: c.top_logprobs || [] }));
+    return content.map((c) => ({
+      token: tokenText(c),
+      logprob: c.logprob,
+      top: (c.top_logprobs || []).map((a) => ({ token: tokenText(a), logprob: a.logprob })),
+    }));
   }
 
   // completion chunk (legacy shape: tokens, token_logprobs, top_logprobs as {token: lp})
