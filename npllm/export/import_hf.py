@@ -10,6 +10,10 @@ vocabulary may number them in any order, so the embedding's rows (and an untied
 `lm_head`'s) are put in npllm's order; the model computes the same logits, each at its
 token's npllm id. Weights stored as `pytorch_model.bin` are a pickle, which npllm never
 loads: save the model again with `save_pretrained` (safetensors is its default).
+
+A Llama or Mistral folder (`model_type: llama` / `mistral`) with a byte-level BPE
+tokenizer comes in the same way: npllm's Llama family already has transformers' names and
+layouts, so only the vocabulary's order changes.
 """
 
 from __future__ import annotations
@@ -49,11 +53,14 @@ def _read_json(path: Path) -> Any:
 
 
 def gpt_config(hf: dict[str, Any]) -> GPTConfig:
-    """The GPTConfig of a transformers GPT2Config (as its config.json holds it)."""
+    """The GPTConfig of a transformers GPT2Config (or LlamaConfig, MistralConfig) as its
+    config.json holds it."""
+    if hf.get("model_type") in ("llama", "mistral"):
+        return llama_config(hf)
     if hf.get("model_type") != "gpt2":
         raise ConfigError(
             f"the folder holds a {hf.get('model_type')!r} model; import-hf reads GPT-2-family "
-            "models (model_type gpt2)"
+            "models (model_type gpt2) and Llama-family ones (llama, mistral)"
         )
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
@@ -77,6 +84,44 @@ def gpt_config(hf: dict[str, Any]) -> GPTConfig:
         activation=ACTIVATIONS[act],
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+    )
+
+
+def llama_config(hf: dict[str, Any]) -> GPTConfig:
+    """The GPTConfig of a LlamaConfig / MistralConfig: RoPE, RMSNorm, SwiGLU."""
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"hidden_act {hf['hidden_act']!r}: npllm's SwiGLU gates with SiLU")
+    C, nh = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, C // nh):
+        raise ConfigError("the model's head_dim is not hidden_size / num_attention_heads")
+    bias = bool(hf.get("attention_bias", False))
+    if bias != bool(hf.get("mlp_bias", False)):
+        raise ConfigError("attention_bias and mlp_bias differ; npllm has one bias switch")
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    rope.pop("type", None)
+    if kind != "default":
+        rope["rope_type"] = kind
+    if kind == "dynamic":  # transformers scales from max_position_embeddings
+        rope.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        block_size=hf.get("max_position_embeddings", 2048),
+        n_layer=hf["num_hidden_layers"],
+        n_head=nh,
+        n_embd=C,
+        mlp_hidden=hf["intermediate_size"],
+        bias=bias,
+        pos_embedding="rope",
+        rope_theta=float(theta),
+        rope_scaling=rope if kind != "default" else None,
+        norm="rmsnorm",
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        mlp="swiglu",
+        n_kv_head=hf.get("num_key_value_heads") or nh,
+        sliding_window=hf.get("sliding_window") if hf.get("model_type") == "mistral" else None,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
 
 
@@ -106,7 +151,7 @@ def read_weights(folder: Path) -> dict[str, np.ndarray]:
         for k, v in arrays.items():
             if k.endswith(IGNORED_BUFFERS):
                 continue
-            if not k.startswith(("transformer.", "lm_head.")):
+            if not k.startswith(("transformer.", "lm_head.", "model.")):
                 k = "transformer." + k
             out[k] = np.asarray(v, np.float32)
     return out
@@ -161,9 +206,10 @@ def import_hf(folder: str | os.PathLike, out: str | os.PathLike, overwrite: bool
         )
     weights = read_weights(folder)
     n = arch.naming(config)
-    conv1d = set(arch.linear_names(config))
+    rope = config.pos_embedding == "rope"
+    conv1d = set() if rope else set(arch.linear_names(config))
     state: dict[str, np.ndarray] = {}
-    expected = _expected_shapes(config)
+    expected = _llama_shapes(config) if rope else _expected_shapes(config)
     for name, shape in expected.items():
         w = weights.get(name)
         if w is None and name == "lm_head.weight":
@@ -194,6 +240,27 @@ def import_hf(folder: str | os.PathLike, out: str | os.PathLike, overwrite: bool
         clear_run(Path(out))
     save_checkpoint(out, "best", state, {}, info)
     return Path(out)
+
+
+def _llama_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the Llama-family model and its shape (nn.Linear: (out, in))."""
+    n, C, H, V = arch.naming(config), config.n_embd, config.hidden, config.vocab_size
+    hs = C // config.n_head
+    kv = (config.n_kv_head or config.n_head) * hs
+    shapes = {n.top("embed"): (V, C), f"{n.root}.{n.norm_f}.weight": (C,)}
+    for i in range(config.n_layer):
+        b = n.block(i)
+        shapes[f"{b}.{n.norm_1}.weight"] = shapes[f"{b}.{n.norm_2}.weight"] = (C,)
+        q, k, v = (f"{b}.{n.attn}.{p}" for p in n.qkv)
+        linears = {q: (C, C), k: (kv, C), v: (kv, C), f"{b}.{n.attn}.{n.attn_out}": (C, C)}
+        m = f"{b}.{n.mlp}"
+        linears.update({f"{m}.{n.gate}": (H, C), f"{m}.{n.up}": (H, C), f"{m}.{n.down}": (C, H)})
+        for prefix, shape in linears.items():
+            shapes[f"{prefix}.weight"] = shape
+            if config.bias:
+                shapes[f"{prefix}.bias"] = (shape[0],)
+    shapes["lm_head.weight"] = (V, C)
+    return shapes
 
 
 def _expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:

@@ -173,3 +173,42 @@ def test_gpt2_small_shape_imports(tmp_path):
     mine = run.model(ids)[0].data[..., : len(hf_ids)]
     np.testing.assert_allclose(mine, theirs[..., hf_ids], atol=1e-4, rtol=0)
     print(f"124M import test: {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.parametrize("mistral", [False, True], ids=["llama", "mistral-window"])
+def test_llama_family_imports_with_the_transformers_logits(tmp_path, mistral):
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    tok = hf_bpe(400)
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path / "hf")
+    common = dict(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=not mistral,
+    )
+    torch.manual_seed(1)
+    if mistral:
+        hf_model = MistralForCausalLM(MistralConfig(sliding_window=7, **common))
+    else:
+        hf_model = LlamaForCausalLM(LlamaConfig(attention_bias=True, mlp_bias=True, **common))
+    with torch.no_grad():
+        for p in hf_model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    hf_model.eval().save_pretrained(tmp_path / "hf")
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 0
+    run = load_run(tmp_path / "run")
+    assert run.config.pos_embedding == "rope" and run.config.n_kv_head == 2
+    assert run.config.sliding_window == (7 if mistral else None)
+    hf_ids = hf_id_of(tok, run.tokenizer)
+    ours = run.tokenizer.encode(EXAMPLE, allowed_special="all")
+    assert hf_ids[ours].tolist() == tok.encode(EXAMPLE).ids
+    ids = np.array([ours[:64], ours[-64:]])
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor(hf_ids[ids])).logits.numpy()
+    np.testing.assert_allclose(run.model(ids)[0].data, theirs[..., hf_ids], atol=1e-4, rtol=0)
