@@ -56,7 +56,10 @@ def gpt_config(hf: dict[str, Any]) -> GPTConfig:
     """The GPTConfig of a transformers GPT2Config (or LlamaConfig, MistralConfig) as its
     config.json holds it."""
     if hf.get("model_type") in ("llama", "mistral"):
-        return llama_config(hf)
+        try:
+            return llama_config(hf)
+        except KeyError as e:
+            raise ConfigError(f"config.json lacks {e}, which a {hf['model_type']} needs") from None
     if hf.get("model_type") != "gpt2":
         raise ConfigError(
             f"the folder holds a {hf.get('model_type')!r} model; import-hf reads GPT-2-family "

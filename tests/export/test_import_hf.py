@@ -138,6 +138,9 @@ def test_import_refuses_what_it_cannot_read_in_one_line(tmp_path, capsys):
     cfg = json.loads((folder / "config.json").read_text())
     cases = {
         "pickle": lambda: (folder / "model.safetensors").rename(folder / "pytorch_model.bin"),
+        "bert": lambda: (folder / "config.json").write_text(
+            json.dumps({**cfg, "model_type": "bert"})
+        ),
         "llama": lambda: (folder / "config.json").write_text(
             json.dumps({**cfg, "model_type": "llama"})
         ),
@@ -145,7 +148,12 @@ def test_import_refuses_what_it_cannot_read_in_one_line(tmp_path, capsys):
             json.dumps({**cfg, "activation_function": "silu"})
         ),
     }
-    expected = {"pickle": "save_pretrained", "llama": "'llama'", "activation": "silu"}
+    expected = {
+        "pickle": "save_pretrained",
+        "bert": "'bert'",
+        "llama": "lacks 'hidden_size'",
+        "activation": "silu",
+    }
     for name, damage in cases.items():
         save_hf(folder)
         (folder / "pytorch_model.bin").unlink(missing_ok=True)
