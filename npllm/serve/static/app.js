@@ -23,7 +23,8 @@
     dropped: 0, // exchanges left out of the context so far
     tokensPerChar: 1, // learned from replies, to estimate a new message's size
     controller: null, // AbortController of the running request
-    used: 0,
+    used: 0, // tokens the meter shows
+    toldNoChat: false, // the switch to completion mode for a text model was said
   };
 
   // ---------------------------------------------------------------- server
@@ -134,7 +135,8 @@
       $("model-context").textContent = state.context ? `${state.context} tokens` : "not reported";
       status.dataset.state = "ok";
       status.textContent = state.model;
-      if (state.chatTemplate === false) {
+      if (state.chatTemplate === false && !state.toldNoChat) {
+        state.toldNoChat = true;
         setMode("completion");
         note("completion", "This model has no chat template: it continues raw text (completion mode).");
       }
@@ -740,6 +742,7 @@
     const input = $("input");
     const text = input.value;
     if (!text.trim() || state.controller) return;
+    if (!state.model) await connect(); // the server was down, or wanted a key, at load
     input.value = "";
     busy(true);
     closePop();
