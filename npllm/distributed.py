@@ -112,6 +112,19 @@ class World:
             self.comm.Bcast(array, root=0)
         return array
 
+    def check_same(self, what: str, value: Any) -> None:
+        """Raise on every rank unless every rank holds the same `value` (e.g. the configs:
+        ranks that disagree would train different models)."""
+        if self.size == 1:
+            return
+        values = self.comm.allgather(value)
+        if any(v != values[0] for v in values):
+            differ = [r for r, v in enumerate(values) if v != values[0]]
+            raise ConfigError(
+                f"the MPI ranks do not agree on {what}: ranks {differ} differ from rank 0; "
+                "start every rank with the same command, flags and files"
+            )
+
     def barrier(self) -> None:
         if self.size > 1:
             self.comm.Barrier()

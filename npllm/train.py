@@ -211,6 +211,7 @@ def train(
             rewrite_metrics_until(metrics_path, start)
     elif overwrite and world.is_main:
         clear_run(run_dir)
+    world.check_same("the configs", (dataclasses.asdict(model_config), dataclasses.asdict(config)))
     world.broadcast_parameters(params)  # every rank starts from rank 0's weights
     world.shard_dropout(model.rng)
     grads = world.grad_buffer(params)

@@ -248,12 +248,14 @@ def resolve(args: argparse.Namespace, world=None):
         train_values = {**pt, **train_flags}
         if "warmup_iters" not in train_flags:
             warmup = scaled_warmup(train_values)
-            if warmup is not None and world.is_main:
-                print(
-                    f"npllm train: note: warmup shortened from {train_values['warmup_iters']} "
-                    f"to {warmup} steps, a tenth of this run (--warmup-iters sets it)",
-                    file=sys.stderr,
-                )
+            if warmup is not None:
+                if world.is_main:
+                    print(
+                        f"npllm train: note: warmup shortened from "
+                        f"{train_values['warmup_iters']} to {warmup} steps, a tenth of this "
+                        "run (--warmup-iters sets it)",
+                        file=sys.stderr,
+                    )
                 train_values["warmup_iters"] = warmup
     try:
         return data_dir, GPTConfig(**model_values), TrainConfig(**train_values)

@@ -92,3 +92,14 @@ again.load_state_dict(want)
 assert again.steps == 3
 np.testing.assert_allclose(again.exp_avg, zero.exp_avg, rtol=1e-6, atol=1e-12)
 print(f"rank {r} of {N}: zero1 ok")
+
+# ranks that disagree are refused on every rank
+from npllm.errors import ConfigError  # noqa: E402
+
+world.check_same("the configs", {"lr": 1e-3, "n": [1, 2]})
+try:
+    world.check_same("the configs", {"lr": 1e-3 if r == 0 else 2e-3})
+    raise AssertionError("ranks that disagree were let through")
+except ConfigError as e:
+    assert "ranks [1" in str(e) and "same command" in str(e), e
+print(f"rank {r} of {N}: check_same ok")

@@ -154,6 +154,19 @@ def test_a_user_error_under_mpi_is_one_clear_line(mpiexec, data_dir, tmp_path): 
     assert "Traceback" not in res.stderr
 
 
+def test_every_rank_shortens_the_warmup_alike(mpiexec, data_dir, tmp_path):  # noqa: F811
+    """Without --warmup-iters the preset's warmup is cut to a tenth of the run on every
+    rank (rank 0 alone says so); the ranks' configs are checked to agree."""
+    i = TINY.index("--warmup-iters")
+    flags = TINY[:i] + TINY[i + 2 :]
+    out = str(tmp_path / "run")
+    res = mpiexec(2, NPLLM, "train", "--data", str(data_dir), "--out", out, *flags,
+                  "--max-iters", "10", timeout=240)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stderr.count("warmup shortened from 100 to 2 steps") == 1  # --lr-decay-iters 20
+    assert load_checkpoint(out, "last").info["train_config"]["warmup_iters"] == 2
+
+
 def test_a_corpus_is_prepared_once_for_all_ranks(mpiexec, corpus_file, tmp_path):  # noqa: F811
     run = tmp_path / "run"
     res = mpiexec(

@@ -120,3 +120,4 @@ def test_collectives_and_flat_buffer_on_real_ranks(mpiexec, n):
     for r in range(n):
         assert f"rank {r} of {n}: ok, threads {threads}" in out.stdout
         assert f"rank {r} of {n}: zero1 ok" in out.stdout
+        assert f"rank {r} of {n}: check_same ok" in out.stdout
