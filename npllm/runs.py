@@ -95,15 +95,20 @@ def init_weights(run_dir: str | os.PathLike, model: Any, data_tokenizer: Any) ->
             f"`npllm prepare --tokenizer-from {run_dir}`"
         )
     state = dict(ck.model_state)
+    from npllm.arch import naming
+
     own = model.state_dict()
-    key = "transformer.wte.weight"
-    old, new = state[key], own[key]
-    if old.shape[0] < new.shape[0] and old.shape[1:] == new.shape[1:]:
-        grown = new.copy()
-        grown[: old.shape[0]] = old
-        state[key] = grown
-        if "lm_head.weight" in state:
-            state["lm_head.weight"] = grown
+    embed = naming(model.config).top("embed")  # the Llama family's name differs
+    # an untied lm_head grows by its own fresh rows; a tied one is the embedding
+    keys = [embed] if model.config.tie_embeddings else [embed, "lm_head.weight"]
+    for key in keys:
+        old, new = state[key], own[key]
+        if old.shape[0] < new.shape[0] and old.shape[1:] == new.shape[1:]:
+            grown = new.copy()
+            grown[: old.shape[0]] = old
+            state[key] = grown
+    if model.config.tie_embeddings and "lm_head.weight" in state:
+        state["lm_head.weight"] = state[embed]
     try:
         model.load_state_dict(state)
     except CheckpointError as e:

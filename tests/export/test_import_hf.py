@@ -6,6 +6,7 @@ model's logits and whose tokenizer gives its tokens; `npllm sample`, `npllm trai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -220,3 +221,23 @@ def test_llama_family_imports_with_the_transformers_logits(tmp_path, mistral):
     with torch.no_grad():
         theirs = hf_model(torch.tensor(hf_ids[ids])).logits.numpy()
     np.testing.assert_allclose(run.model(ids)[0].data, theirs[..., hf_ids], atol=1e-4, rtol=0)
+    # fine-tuning starts from these weights with the chat tokens added: the embedding and
+    # an untied head each keep their rows and grow by fresh ones (npllm.runs.init_weights)
+    from npllm.chat import CHAT_SPECIALS
+    from npllm.gpt import GPT
+    from npllm.runs import init_weights
+
+    grown_tok = run.tokenizer.with_specials(CHAT_SPECIALS)
+    V = run.config.vocab_size
+    grown = GPT(dataclasses.replace(run.config, vocab_size=grown_tok.vocab_size), seed=5)
+    init_weights(tmp_path / "run", grown, grown_tok)
+    before, after = run.model.state_dict(), grown.state_dict()
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        np.testing.assert_array_equal(after[key][:V], before[key])
+        assert after[key].shape[0] == grown_tok.vocab_size
+    tied = after["lm_head.weight"] is after["model.embed_tokens.weight"]
+    assert tied == (not mistral)
+    if mistral:
+        assert not np.array_equal(
+            after["lm_head.weight"][V:], after["model.embed_tokens.weight"][V:]
+        )
