@@ -82,8 +82,8 @@ class RoPE(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # y = [x1 cos - x2 sin, x2 cos + x1 sin]: a rotation, so dx = R^T g turns g back:
-        # dx = [g1 cos + g2 sin, g2 cos - g1 sin]
+        # y = [x1 cos - x2 sin, x2 cos + x1 sin] = R x, a rotation  =>  dx = R^T g, the
+        # turn back: dx = [g1 cos + g2 sin, g2 cos - g1 sin]  (docs/backprop.md "RoPE")
         return K.rope_backward(g, ctx.cos, ctx.sin)
 
 
@@ -103,7 +103,7 @@ class RepeatKV(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
-        # y[:, h] = x[:, h // n_rep]: each head's gradient is the sum over its copies
+        # y[:, h] = x[:, h // n_rep]  =>  dx[:, j] = sum of g over the n_rep copies of head j
         B, nh, T, hs = g.shape
         return g.reshape(B, nh // ctx.n_rep, ctx.n_rep, T, hs).sum(axis=2)
 

@@ -98,3 +98,26 @@ def test_relative_links_point_at_files():
             if path and "://" not in path and not (doc.parent / path).exists():
                 broken.append(f"{doc.relative_to(ROOT)}: {target}")
     assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+
+
+def test_every_backward_states_its_rule():
+    """Each `Function.backward` in the package opens with a comment stating its rule,
+    `forward  =>  gradient` (the derivations are in docs/backprop.md)."""
+    import ast
+
+    missing = []
+    for f in sorted((ROOT / "npllm").glob("**/*.py")):
+        lines = f.read_text(encoding="utf-8").splitlines()
+        for cls in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(cls, ast.ClassDef) or "Function" not in {
+                getattr(b, "id", getattr(b, "attr", None)) for b in cls.bases
+            }:
+                continue
+            for node in cls.body:
+                if isinstance(node, ast.FunctionDef) and node.name == "backward":
+                    body = lines[node.lineno : node.body[0].lineno + 2]
+                    if not any(ln.strip().startswith("#") and "=>" in ln for ln in body):
+                        missing.append(f"{f.relative_to(ROOT)}:{node.lineno} ({cls.name})")
+    assert not missing, "backward without its rule (# out = ...  =>  dx = ...):\n" + "\n".join(
+        missing
+    )
