@@ -22,9 +22,14 @@ def test_llama_cpp_benchmark_runs_each_side_in_its_own_process(tmp_path, monkeyp
     argv = ["--shape", "tiny", "--rounds", "1", "--samples", "1", "--results", str(out)]
     assert llama_cpp_decode.main(argv) == 0
     results = seen[-1]
-    assert set(results) == set(llama_cpp_decode.RUNS)
+    # (on an AMX CPU one more row: Q8_0 with llama.cpp's repacked buffers)
+    assert (
+        set(llama_cpp_decode.RUNS)
+        <= set(results)
+        <= {*llama_cpp_decode.RUNS, llama_cpp_decode.REPACKED}
+    )
     pids = {label: runs[0]["info"]["pid"] for label, runs in results.items()}
-    assert len(set(pids.values())) == 4
+    assert len(set(pids.values())) == len(results)
     for label, runs in results.items():
         info = runs[0]["info"]
         assert info["loaded"]["npllm"] == label.startswith("npllm"), label
