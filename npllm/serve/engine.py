@@ -105,6 +105,13 @@ class Sequence:
         self.cancelled = False
         self.last = -1  # the token to feed at the next step
         self.penalised = params.presence_penalty != 0 or params.frequency_penalty != 0
+        # sampled with temperature, top-k and top-p only (batched with its like)
+        self.plain = (
+            self.guide is None
+            and not self.penalised
+            and params.repetition_penalty == 1.0
+            and not params.logit_bias
+        )
 
     @property
     def position(self) -> int:
@@ -248,9 +255,7 @@ class Engine:
         if not self.forced:
             self.threading[size] = (dec.par_min, dec._timings)
         self.steps[n] += 1
-        for s, row in zip(self.rows, logits):
-            if not s.done:
-                self._choose(s, row)
+        self._choose_all(self.rows, logits)
 
     def _copy_row(self, src: int, dst: int, length: int) -> None:
         """Cache row dst = row src over its first `length` slots."""
@@ -273,7 +278,37 @@ class Engine:
                 self.rows[dst] = moved
         del self.rows[n:]
 
-    # ---- one token of one sequence --------------------------------------------------------
+    # ---- one token of each sequence -------------------------------------------------------
+    def _choose_all(self, seqs: list[Sequence], logits: np.ndarray) -> None:
+        """Each running sequence's next token from its row of logits (n, V). Rows that
+        only differ in temperature, top-k and top-p share those are sampled together, one
+        batched `process_logits` and `sample` (each row still draws from its own
+        generator), which gives every row exactly what it gets alone; rows with
+        penalties, a logit bias or a grammar go one by one."""
+        logits[:, self.invalid] = -np.inf
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(seqs):
+            if s.done:
+                continue
+            if s.plain:
+                p = s.params
+                groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+            else:
+                self._choose(s, logits[i])
+        for (temperature, top_k, top_p), rows in groups.items():
+            raw = logits[rows]  # (k, V)
+            work = raw
+            if temperature > 0:
+                none = np.zeros((len(rows), 0), np.int64)
+                work = process_logits(raw, none, temperature=temperature, top_k=top_k, top_p=top_p)
+            draws = _Draws([seqs[i].rng for i in rows])
+            tokens = sample(work, draws, greedy=temperature == 0)
+            for i, row, token in zip(rows, raw, tokens):
+                s = seqs[i]
+                p = s.params
+                entry = self._logprob_entry(row, int(token), p.top_logprobs) if p.logprobs else None
+                self._accept(s, int(token), entry)
+
     def _choose(self, s: Sequence, logits: np.ndarray) -> None:
         """Sample s's next token from its raw logits (V,) and report it."""
         p = s.params
@@ -316,7 +351,9 @@ class Engine:
         logp = z - np.log(np.exp(z).sum())
         out = self._token_logprob(token, logp[token])
         if top:
-            best = np.argsort(-logp, kind="stable")[:top]
+            top = min(top, logp.size)
+            best = np.argpartition(-logp, top - 1)[:top]  # the top ones, then in order
+            best = best[np.lexsort((best, -logp[best]))]
             out["top_logprobs"] = [self._token_logprob(int(t), logp[t]) for t in best]
         else:
             out["top_logprobs"] = []
@@ -368,6 +405,17 @@ class Engine:
         rest = s.text[s.sent :]
         s.sent = len(s.text)
         s.emit(Event(s.index, rest, entry, finish_reason=reason))
+
+
+class _Draws:
+    """`sample`'s generator for a batch of rows with generators of their own: row b's
+    uniform number comes from row b's generator, as when it is sampled alone."""
+
+    def __init__(self, rngs: list[np.random.Generator]) -> None:
+        self.rngs = rngs
+
+    def random(self, n: int) -> np.ndarray:
+        return np.array([r.random() for r in self.rngs])
 
 
 def _held_back(text: str, stops: list[str]) -> int:

@@ -37,7 +37,7 @@ def drain(engine: Engine) -> None:
 
 
 def sequence(index, prompt, max_tokens, seed, events, **kw):
-    params = SamplingParams(max_tokens=max_tokens, temperature=1.0, **kw)
+    params = SamplingParams(max_tokens=max_tokens, **{"temperature": 1.0, **kw})
     return Sequence(index, prompt, params, events.append, frozenset(), seed)
 
 
@@ -45,8 +45,15 @@ def test_rows_joining_and_leaving_get_what_generate_gives_each_alone(dec):
     engine = Engine(dec, TOK, max_batch=3)  # fewer rows than sequences: some wait
     rng = np.random.default_rng(1)
     jobs = [(list(rng.integers(0, 28, n)), m) for n, m in [(5, 30), (1, 4), (9, 12), (3, 20)]]
+    # rows 0 and 2 sample alike (one batched draw), 1 and 3 each their own way
+    how = [
+        dict(temperature=0.7, top_k=5),
+        dict(temperature=1.0, top_p=0.9),
+        dict(temperature=0.7, top_k=5),
+        dict(temperature=0.0),
+    ]
     events: list = []
-    seqs = [sequence(i, p, m, 100 + i, events) for i, (p, m) in enumerate(jobs)]
+    seqs = [sequence(i, p, m, 100 + i, events, **how[i]) for i, (p, m) in enumerate(jobs)]
     engine.submit(seqs[:2])
     engine._admit(engine._take())
     for _ in range(3):  # the first two run a few steps before the others arrive
@@ -56,7 +63,7 @@ def test_rows_joining_and_leaving_get_what_generate_gives_each_alone(dec):
     drain(engine)
     assert engine.steps[3] > 0 and engine.rows == []
     for s, (prompt, m) in zip(seqs, jobs):
-        want, _ = generate(dec, np.array(prompt), m, temperature=1.0, seed=100 + s.index)
+        want, _ = generate(dec, np.array(prompt), m, seed=100 + s.index, **how[s.index])
         assert s.ids == list(want) and s.finish_reason == "length"
         assert s.text == TOK.decode(want)
     # every choice's text arrived in pieces that add up, with one finish each
