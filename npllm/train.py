@@ -3,9 +3,9 @@ folder's handling in `npllm.runs`).
 
 One step (nanoGPT's train.py): random windows from the memmapped train tokens -> `GPT`
 forward/backward, `gradient_accumulation_steps` times -> `clip_grad_norm` -> AdamW at the
-warmup + cosine learning rate. Every `eval_interval`
-steps (and at the end) the mean loss over `eval_iters` batches of each split is logged and
-the `last` checkpoint written, plus `best` when val improved (`npllm.checkpoint`).
+warmup + cosine learning rate. Every `eval_interval` steps (and at the end) the mean loss
+over `eval_iters` batches of each split is logged and the `last` checkpoint written, plus
+`best` when val improved (`npllm.checkpoint`).
 
 Data-parallel over MPI (`mpiexec -n N npllm train ...`, `npllm.distributed`): the `world`
 hooks below split each global batch's rows over the ranks, sum the gradients in one flat
