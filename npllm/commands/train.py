@@ -8,7 +8,12 @@ model takes RUN's shape and weights (its vocabulary grown when the data's tokeni
 special tokens to RUN's, as `npllm prepare --tokenizer-from RUN` does), from step 0.
 
 A preset's warmup longer than a tenth of the run is shortened to that tenth, with a note
-(an explicit --warmup-iters is kept as given)."""
+(an explicit --warmup-iters is kept as given).
+
+`mpiexec -n N npllm train ...` (or `srun --mpi=pmi2`) trains one model on N processes,
+data-parallel (`npllm.distributed`): --batch-size is then the global batch, split over
+the ranks; rank 0 prepares a --corpus and alone prints and writes; `--zero1` shards
+AdamW's moments; an error in one rank stops them all."""
 
 from __future__ import annotations
 
