@@ -203,10 +203,13 @@ def shape_report(shape: str, runs: dict[str, list[dict]], ar: dict, ranks: int, 
     for m in NODES:
         moved = 2 * (m - 1) / m * size
         lat = 2 * (m - 1) * ar["buckets"] * args.latency_us * 1e-6
-        crossing = moved / max(t_c - lat, 1e-9)
+        if lat < t_c:
+            crossing = f"{moved / (t_c - lat) * 8 / 1e9:.2f} Gb/s"
+        else:
+            crossing = f"none: the latencies alone ({lat * 1e3:.1f} ms) exceed compute"
         effs = [t_c / (t_c + moved / bw + lat) for bw in LINKS.values()]
         lines.append(
-            f"| {m} | {moved / 1e6:.2f} MB | {crossing * 8 / 1e9:.2f} Gb/s | "
+            f"| {m} | {moved / 1e6:.2f} MB | {crossing} | "
             + " | ".join(f"{e:.2f}" for e in effs)
             + " |"
         )
