@@ -35,14 +35,42 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+SHM = Path("/dev/shm")
+
+
+def shm_segments() -> set[Path]:
+    return set(SHM.glob("mpich_shm_*")) if SHM.is_dir() else set()
+
+
+def drop_orphan_segments(before: set[Path]) -> None:
+    """A job ended by MPI_Abort leaves its shared-memory segment (2 MB) in /dev/shm: remove
+    those that appeared during the job and that no process maps any more."""
+    new = shm_segments() - before
+    if not new:
+        return
+    mapped = ""
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            mapped += maps.read_text()
+        except OSError:
+            continue
+    for seg in new:
+        if str(seg) not in mapped:
+            seg.unlink(missing_ok=True)
+
+
 @pytest.fixture
 def mpiexec():
     exe = find_mpiexec()
 
     def run(n: int, *argv: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
         cmd = [exe, "-n", str(n), *argv] if n > 0 else list(argv)
-        return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=clean_env(**env)
-        )
+        before = shm_segments()
+        try:
+            return subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout, env=clean_env(**env)
+            )
+        finally:
+            drop_orphan_segments(before)
 
     return run
