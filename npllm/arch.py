@@ -8,9 +8,9 @@ lives in the state dict, in one place that everything running or converting a mo
   training (`npllm.gpt`, `npllm.layers`) is built under these names, so its `state_dict()`
   carries them.
 - Linears: `linear_names(config)` lists the block weights `npllm.quant` converts.
-- Records: `inference_weights(config, weights)` gathers from a weights dict (float32 arrays
-  or `npllm.quant.Int8Weight`s by name) one `BlockWeights` per block and a `HeadWeights`:
-  the arrays the KV-cache decoder (`npllm.generate`) and the fused decode step
+- Records: `inference_weights(config, weights)` gathers from a weights dict (float32 arrays,
+  `npllm.quant.Int8Weight`s or `Int4Weight`s by name) one `BlockWeights` per block and a
+  `HeadWeights`: the arrays the KV-cache decoder (`npllm.generate`) and the fused decode step
   (`npllm.kernels.decode`) read. Projections that read the same input are fused into one
   matrix there (q, k, v; a SwiGLU's gate and up), so a decode step reads them in one pass;
   missing biases become zeros and float32 weights get scales of one, so the int8 and the
@@ -175,7 +175,9 @@ def spec(config: Any) -> Spec:
 
 class BlockWeights(NamedTuple):
     """One block's arrays for inference. Linears come as (w, s, b): w (out, in) float32 or
-    int8, s (out,) its per-row scales (ones for float32), b (out,) (zeros for none).
+    int8, s (out,) its per-row scales (ones for float32), or for int4 w (in / 2, out)
+    uint8 codes and s (2, blocks, out) scales and offsets (`npllm.kernels.int4`'s
+    layout); b (out,) (zeros for none). `s.shape[-1]` is the output count of all three.
     qkv: the q heads' rows, then k's, then v's; up: for SwiGLU the gate's rows, then up's."""
 
     norm_1_w: np.ndarray
@@ -216,23 +218,34 @@ class InferenceWeights:
 
 
 def _linear(weights: dict[str, Any], names: list[str]) -> tuple[np.ndarray, ...]:
-    """(w, s, b) of the Linears `names` (their '.weight' names) stacked by rows."""
-    from npllm.quant import Int8Weight
+    """(w, s, b) of the Linears `names` (their '.weight' names) stacked by rows. int4
+    weights give the int4 kernels' layout: codes (in / 2, out) and s (2, blocks, out),
+    scales then offsets (`npllm.kernels.int4`)."""
+    from npllm.kernels.int4 import kernel_layout
+    from npllm.quant import Int4Weight, Int8Weight
 
     ws = [weights[n] for n in names]
     rows = [w.shape[0] for w in ws]
-    quantized = [isinstance(w, Int8Weight) for w in ws]
-    if any(quantized) and not all(quantized):
-        raise ShapeError(f"{', '.join(names)} mix int8 and float32 weights; quantize all of them")
-    if all(quantized):
+    kinds = {type(w) if isinstance(w, (Int4Weight, Int8Weight)) else np.ndarray for w in ws}
+    groups = {w.group_size for w in ws if isinstance(w, Int4Weight)}
+    if len(kinds) > 1 or len(groups) > 1:
+        raise ShapeError(
+            f"{', '.join(names)} mix weight formats (float32, int8, int4 groups); quantize "
+            "all of them the same way"
+        )
+    if kinds == {Int8Weight}:
         w = _cat([q.q for q in ws])
         s = _cat([q.scale for q in ws])
+    elif kinds == {Int4Weight}:
+        w, s = kernel_layout(
+            _cat([q.q for q in ws]), _cat([q.scale for q in ws]), _cat([q.offsets() for q in ws])
+        )
     else:
         w = _cat([np.asarray(q, np.float32) for q in ws])
         s = np.ones(w.shape[0], np.float32)
     biases = [weights.get(n[: -len("weight")] + "bias") for n in names]
     if all(b is None for b in biases):
-        b = np.zeros(w.shape[0], np.float32)
+        b = np.zeros(s.shape[-1], np.float32)  # the output count, whatever the layout
     else:
         b = _cat([np.zeros(r, np.float32) if x is None else x for x, r in zip(biases, rows)])
     return w, s, b

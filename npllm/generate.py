@@ -6,9 +6,9 @@ autograd graph. Prompts (prefill) and recomputation run as NumPy array code on t
 kernels' NumPy references, BLAS doing the matmuls; a decode step (one new token per row)
 runs as one fused Numba call per block (`npllm.kernels.decode`), because at batch 1
 the per-op overhead of a framework dominates (docs/performance.md, "Dispatch cost").
-Linear weights may be float32 arrays or `npllm.quant.Int8Weight`s, which run through the
-int8 kernel. Under `npllm.kernels.use("numpy")` decode steps take the NumPy path too,
-which is the reference the fused step is tested against.
+Linear weights may be float32 arrays or `npllm.quant.Int8Weight`s or `Int4Weight`s, which
+run through the int8 and int4 kernels. Under `npllm.kernels.use("numpy")` decode steps
+take the NumPy path too, which is the reference the fused step is tested against.
 
 The KV cache (`KVCache`): per layer, keys and values preallocated as
 (B, n_kv_head, slots, hs). `Decoder.forward(idx, cache)` appends the keys and values of
@@ -44,9 +44,10 @@ from npllm import arch, kernels
 from npllm.constrain import Grammar, Guide, compile_grammar
 from npllm.errors import ConfigError, DataError, ShapeError
 from npllm.kernels.decode import PARALLEL, SERIAL, decode_block, decode_head
+from npllm.kernels.int4 import int4_linear
 from npllm.kernels.int8 import int8_linear
 from npllm.layers.rope import config_rope, rope_tables
-from npllm.quant import Int8Weight, load_weights
+from npllm.quant import load_weights
 from npllm.sampling import check_sampling_args, process_logits, sample
 
 # The NumPy forward (prompts, recomputation, the fused step's reference) runs on the
@@ -85,16 +86,18 @@ class KVCache:
 
 def _linear(x: np.ndarray, w: np.ndarray, s: np.ndarray, b: np.ndarray) -> np.ndarray:
     """x (N, in) @ w (out, in).T + b -> (N, out): float32 weights by BLAS (their scales
-    are ones), int8 ones through the int8 kernel."""
+    are ones), int8 and int4 ones through their kernels."""
     if w.dtype == np.int8:
         return int8_linear(x, w, s, b)
+    if w.dtype == np.uint8:
+        return int4_linear(x, w, s, b)
     y = x @ w.T
     y += b
     return y
 
 
 class Decoder:
-    """GPT inference on arrays. `weights`: name -> float32 array or `Int8Weight` under the
+    """GPT inference on arrays. `weights`: name -> float32 array or quantized weight under the
     model's state-dict names (`model.state_dict()`, or `npllm.quant.load_weights` of a
     quantized one); `npllm.arch` turns them into the per-block records this runs on."""
 
@@ -116,7 +119,9 @@ class Decoder:
         self._records = [tuple(r) for r in w.blocks]
         # the most weights of one product: the lm_head's or a block's largest
         products = [m for r in w.blocks for m in (r.qkv_w, r.out_w, r.up_w, r.down_w)]
-        self._biggest = max(a.size for a in [w.head.w, *products])
+        self._biggest = max(
+            a.size * (2 if a.dtype == np.uint8 else 1) for a in [w.head.w, *products]
+        )
         # The decode step's `par_min` (npllm.kernels.decode): None until the first decode
         # steps have timed SERIAL against PARALLEL, _TRIALS each, alternating; then the
         # faster. Set it to force one (tests, benchmarks); results are bitwise the same.
@@ -129,7 +134,7 @@ class Decoder:
     def _embed(self, idx: np.ndarray, start: int) -> np.ndarray:
         """Token (+ learned position) embeddings of idx (B, T) at positions start.. -> (B, T, C)."""
         emb = self.weights.embed
-        x = emb.rows(idx) if isinstance(emb, Int8Weight) else emb[idx]
+        x = emb[idx] if isinstance(emb, np.ndarray) else emb.rows(idx)  # quantized: rows()
         if self.weights.pos is not None:
             x = x + self.weights.pos[start : start + idx.shape[1]]
         return x
@@ -155,7 +160,7 @@ class Decoder:
                 rows.append(self.forward(ids[b : b + 1, None], row, last_only=True)[0])
             return np.stack(rows)
         emb = self.weights.embed
-        x = emb.rows(ids) if isinstance(emb, Int8Weight) else emb[ids]
+        x = emb[ids] if isinstance(emb, np.ndarray) else emb.rows(ids)  # quantized: rows()
         if self.weights.pos is not None:
             x = x + self.weights.pos[positions]
         x = np.ascontiguousarray(x, np.float32)  # (B, C)

@@ -119,7 +119,17 @@ def init_weights(run_dir: str | os.PathLike, model: Any, data_tokenizer: Any) ->
     return name
 
 
-QUANTIZED_NAME = "int8"  # the quantized checkpoint's name in a run folder (`npllm quantize`)
+# the quantized checkpoints' names in a run folder, by bits (`npllm quantize --bits`)
+QUANTIZED_NAMES = {8: "int8", 4: "int4"}
+QUANTIZED_NAME = QUANTIZED_NAMES[8]
+
+
+def quantized_name(run: str | os.PathLike) -> str:
+    """The quantized checkpoint `npllm quantize` wrote last in `run` ("int8" or "int4"),
+    or "int8" when there is none (its loading then names the fix)."""
+    records = [Path(run) / f"{n}.json" for n in QUANTIZED_NAMES.values()]
+    written = [r for r in records if r.is_file()]
+    return max(written, key=lambda r: r.stat().st_mtime_ns).stem if written else QUANTIZED_NAME
 
 
 @dataclass
@@ -135,14 +145,17 @@ class LoadedRun:
     name: str
 
 
-def load_run(run: str | os.PathLike, name: str = "best", quantized: bool = False) -> LoadedRun:
+def load_run(
+    run: str | os.PathLike, name: str = "best", quantized: bool | str = False
+) -> LoadedRun:
     """Load checkpoint `name` of run folder `run` (or, with `quantized`, the weights that
-    `npllm quantize` wrote), with its tokenizer. Errors name the problem and the fix."""
+    `npllm quantize` wrote last: int8 or int4; `quantized="int4"` asks for one), with its
+    tokenizer. Errors name the problem and the fix."""
     from npllm.gpt import GPT, GPTConfig
     from npllm.tokenizers import tokenizer_from_dict
 
     if quantized:
-        name = QUANTIZED_NAME
+        name = quantized if isinstance(quantized, str) else quantized_name(run)
         try:
             ck = load_checkpoint(run, name)
         except CheckpointError as e:

@@ -1,16 +1,25 @@
-"""`npllm quantize RUN`: write an int8 weight-only copy of a run's checkpoint (the `int8`
-checkpoint beside `best` and `last`, loaded by `npllm sample --quantized`), and report the
-weight bytes before and after and the val loss of both models on the same batches.
+"""`npllm quantize RUN [--bits 4 [--group-size 32] [--asymmetric]]`: write a weight-only
+quantized copy of a run's checkpoint (the `int8` or `int4` checkpoint beside `best` and
+`last`; `npllm sample/chat/serve --quantized` load the one written last), and report the
+weight bytes before and after, and on the same val batches the loss of both models and how
+often their most likely next tokens agree.
 
-The scheme is `npllm.quant`'s: per-output-channel symmetric int8 for every Linear of the
-blocks and (unless `--no-embedding`) the tied token embedding / lm_head; the rest stays
-float32. The checkpoint is written with `npllm.checkpoint`, so it is as crash-safe and
-pickle-free as the others.
+The schemes are `npllm.quant`'s: per-output-channel symmetric int8, or 4-bit blocks of
+`--group-size` inputs (llama.cpp's Q4_0 rule, or Q4_1's with `--asymmetric`), for every
+Linear of the blocks, and (unless `--no-embedding`) the tied token embedding / lm_head;
+the rest stays float32. With `--bits 4` the embedding / lm_head stays int8 unless
+`--embedding-bits 4`: it is both the input table and the output layer, whose error goes
+straight into the logits, and it is one matrix where the blocks have many (benchmarks/
+RESULTS.md, "Quantization": int4 there costs more val loss than all the blocks' int4
+Linears together, for a few percent of the bytes). The checkpoint is written with
+`npllm.checkpoint`, so it is as crash-safe and pickle-free as the others.
 """
 
 from __future__ import annotations
 
 import argparse
+
+GROUP_SIZES = (32, 64, 128)  # npllm.quant.GROUP_SIZES (not imported: it loads NumPy)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +29,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="best",
         choices=("best", "last"),
         help="which checkpoint to quantize (default best)",
+    )
+    p.add_argument(
+        "--bits",
+        type=int,
+        default=8,
+        choices=(8, 4),
+        help="8: int8 per output channel (default); 4: 4-bit blocks",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=32,
+        choices=GROUP_SIZES,
+        metavar="G",
+        help="with --bits 4: inputs per block sharing a scale, 32 (default), 64 or 128",
+    )
+    p.add_argument(
+        "--asymmetric",
+        action="store_true",
+        help="with --bits 4: a scale and a minimum per block (Q4_1-like) instead of a scale",
+    )
+    p.add_argument(
+        "--embedding-bits",
+        type=int,
+        default=8,
+        choices=(8, 4),
+        help="with --bits 4: the token embedding / lm_head in int8 (default) or int4",
     )
     p.add_argument(
         "--no-embedding",
@@ -44,8 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation batches")
 
 
-def val_loss(decoder, data, n_batches: int, batch_size: int, seed: int) -> float:
-    """Mean next-token cross-entropy of a `Decoder` over `n_batches` random val windows."""
+def evaluate(decoder, data, n_batches: int, batch_size: int, seed: int):
+    """(mean next-token cross-entropy, most likely next token at every position) of a
+    `Decoder` over `n_batches` random val windows (the same windows for the same seed)."""
     import numpy as np
 
     from npllm import kernels
@@ -53,7 +90,7 @@ def val_loss(decoder, data, n_batches: int, batch_size: int, seed: int) -> float
 
     rng = np.random.default_rng(seed)
     T = decoder.config.block_size
-    losses = []
+    losses, top = [], []
     for _ in range(n_batches):
         x, y = get_batch(data, batch_size, T, rng)
         logits = decoder.forward(x)  # (B, T, V)
@@ -61,7 +98,13 @@ def val_loss(decoder, data, n_batches: int, batch_size: int, seed: int) -> float
             np.ascontiguousarray(logits.reshape(-1, logits.shape[-1])), y.reshape(-1), -1
         )
         losses.append(float(loss))
-    return float(np.mean(losses))
+        top.append(logits.argmax(-1))
+    return float(np.mean(losses)), np.concatenate(top) if top else np.zeros(0, np.int64)
+
+
+def val_loss(decoder, data, n_batches: int, batch_size: int, seed: int) -> float:
+    """Mean next-token cross-entropy of a `Decoder` over `n_batches` random val windows."""
+    return evaluate(decoder, data, n_batches, batch_size, seed)[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,29 +115,45 @@ def run(args: argparse.Namespace) -> int:
     from npllm.generate import Decoder
     from npllm.gpt import GPTConfig
     from npllm.quant import load_weights, quantize_state_dict, weight_bytes
-    from npllm.runs import QUANTIZED_NAME
+    from npllm.runs import QUANTIZED_NAMES
 
     if args.eval_iters < 0 or args.batch_size < 1:
         raise ConfigError("--eval-iters must be >= 0 and --batch-size >= 1")
     ck = load_checkpoint(args.run, args.checkpoint)
     config = GPTConfig(**ck.info["model_config"])
-    qsd = quantize_state_dict(ck.model_state, embedding=args.embedding)
+    qsd = quantize_state_dict(
+        ck.model_state,
+        embedding=args.embedding,
+        bits=args.bits,
+        group_size=args.group_size,
+        symmetric=not args.asymmetric,
+        embedding_bits=args.embedding_bits,
+    )
     info = {
         k: v
         for k, v in ck.info.items()
         if k in ("model_config", "tokenizer", "data", "iter", "best_val_loss")
     }
+    if args.bits == 8:
+        scheme = "int8 per-output-channel symmetric, weight-only"
+    else:
+        rule = "asymmetric (scale and minimum)" if args.asymmetric else "symmetric (Q4_0)"
+        scheme = f"int4 blocks of {args.group_size}, {rule}, weight-only"
     info["quantization"] = {
-        "scheme": "int8 per-output-channel symmetric, weight-only",
+        "scheme": scheme,
+        "bits": args.bits,
+        "group_size": args.group_size if args.bits == 4 else None,
+        "symmetric": not args.asymmetric if args.bits == 4 else True,
         "embedding": args.embedding,
+        "embedding_bits": (args.embedding_bits if args.bits == 4 else 8) if args.embedding else 32,
         "source": args.checkpoint,
     }
-    path = save_checkpoint(args.run, QUANTIZED_NAME, qsd, None, info)
+    path = save_checkpoint(args.run, QUANTIZED_NAMES[args.bits], qsd, None, info)
 
     wf, wq = load_weights(ck.model_state), load_weights(qsd)
     lin_f, lin_q = weight_bytes(wf, linear_only=True), weight_bytes(wq, linear_only=True)
     all_f, all_q = weight_bytes(wf), weight_bytes(wq)
-    print(f"wrote {path}")
+    print(f"wrote {path} ({scheme})")
     print(
         f"quantized weights: {lin_f / 1e6:.2f} MB -> {lin_q / 1e6:.2f} MB "
         f"({lin_f / lin_q:.2f}x smaller); all weights {all_f / 1e6:.2f} MB -> "
@@ -106,11 +165,14 @@ def run(args: argparse.Namespace) -> int:
         from npllm.data import load_split
 
         val = load_split(data_dir, "val")
-        before = val_loss(Decoder(config, wf), val, args.eval_iters, args.batch_size, args.seed)
-        after = val_loss(Decoder(config, wq), val, args.eval_iters, args.batch_size, args.seed)
+        n, bs, seed = args.eval_iters, args.batch_size, args.seed
+        before, top_f = evaluate(Decoder(config, wf), val, n, bs, seed)
+        after, top_q = evaluate(Decoder(config, wq), val, n, bs, seed)
+        label = f"int{args.bits}"
         print(
-            f"val loss ({args.eval_iters} batches of {args.batch_size}): float32 "
-            f"{before:.4f}, int8 {after:.4f} ({after - before:+.4f})"
+            f"val loss ({n} batches of {bs}): float32 {before:.4f}, {label} {after:.4f} "
+            f"({after - before:+.4f}); most likely next token the same at "
+            f"{(top_f == top_q).mean():.1%} of {top_f.size} positions"
         )
     elif args.eval_iters:
         print(f"val loss not compared: the run's data folder {data_dir} has no val.bin")

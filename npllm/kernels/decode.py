@@ -26,20 +26,24 @@ piece is the serial kernel its family's training op runs (`kernels.layernorm._ln
 
 Every matrix-vector product goes through `npllm.kernels.int8`'s scaled matmul,
 y = scale * (x . w_row) + b, which takes int8 weights with their per-row scales or float32
-weights with scales of one: the same code serves both models. Products over at least
-`par_min` weights x rows run in parallel over output rows; each output is summed by one
-thread in the same order either way, so the choice never changes a bit of the result
-(`npllm.generate.Decoder` picks it by timing both). The NumPy reference is
-`npllm.generate.Decoder.forward` under `kernels.use("numpy")` (tests/generate).
+weights with scales of one: the same code serves both models; int4 weights (uint8 codes)
+go through `npllm.kernels.int4`'s register kernel instead, picked by type at compile
+time. Products over at least `par_min` weights x rows run in parallel over output rows;
+each output is summed by one thread in the same order either way, so the choice never
+changes a bit of the result (`npllm.generate.Decoder` picks it by timing both). The NumPy
+reference is `npllm.generate.Decoder.forward` under `kernels.use("numpy")` (tests/generate).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from npllm.arch import BlockWeights, HeadWeights, Spec
 from npllm.kernels._jit import jit
 from npllm.kernels.activations import _gelu_erf_fwd, _gelu_tanh_fwd, _relu_fwd
+from npllm.kernels.int4 import prepared_matmul
 from npllm.kernels.int8 import scaled_matmul, scaled_matmul_parallel
 from npllm.kernels.layernorm import _ln_fwd
 from npllm.kernels.rmsnorm import _rms_fwd
@@ -56,12 +60,29 @@ SERIAL = 1 << 62
 PARALLEL = 1 << 17
 
 
-@jit
 def _matvec(x, w, s, b, out, par_min):
-    if w.size * x.shape[0] >= par_min:
-        scaled_matmul_parallel(x, w, s, b, out)
-    else:
-        scaled_matmul(x, w, s, b, out)
+    """out = x @ W.T + b for the weight (w, s) of a record, in Numba code only: int8 or
+    float32 rows with per-row scales, or int4 codes with per-block scales and offsets."""
+    raise NotImplementedError("_matvec is callable from Numba kernels only")
+
+
+@overload(_matvec)
+def _matvec_impl(x, w, s, b, out, par_min):
+    # chosen by the weight's type when a decode step is compiled: one step serves all
+    if w.dtype == types.uint8:
+
+        def int4(x, w, s, b, out, par_min):
+            prepared_matmul(x, w, s, b, out, 2 * w.size * x.shape[0] >= par_min)
+
+        return int4
+
+    def scaled(x, w, s, b, out, par_min):
+        if w.size * x.shape[0] >= par_min:
+            scaled_matmul_parallel(x, w, s, b, out)
+        else:
+            scaled_matmul(x, w, s, b, out)
+
+    return scaled
 
 
 @jit
@@ -146,16 +167,17 @@ def decode_block(x, pos, w, k_cache, v_cache, cos, sin, spec, par_min):
     h = np.empty((B, C), dt)
     stats = np.empty((2, B), dt)
     _norm(x, w.norm_1_w, w.norm_1_b, spec, h, stats)
-    qkv = np.empty((B, w.qkv_w.shape[0]), dt)
+    qkv = np.empty((B, w.qkv_s.shape[-1]), dt)
     _matvec(h, w.qkv_w, w.qkv_s, w.qkv_b, qkv, par_min)
     y = np.empty((B, spec.n_head * k_cache.shape[3]), dt)
     _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec)
     _matvec(y, w.out_w, w.out_s, w.out_b, h, par_min)
     x += h
     _norm(x, w.norm_2_w, w.norm_2_b, spec, h, stats)
-    f = np.empty((B, w.up_w.shape[0]), dt)
+    f = np.empty((B, w.up_s.shape[-1]), dt)
     _matvec(h, w.up_w, w.up_s, w.up_b, f, par_min)
-    g = np.empty((B, w.down_w.shape[1]), dt)  # (B, hidden)
+    hidden = w.up_s.shape[-1] // 2 if spec.act == 3 else w.up_s.shape[-1]  # SwiGLU: gate, up
+    g = np.empty((B, hidden), dt)
     _activate(f, spec, g)
     _matvec(g, w.down_w, w.down_s, w.down_b, h, par_min)
     x += h
@@ -166,6 +188,6 @@ def decode_head(x, w, spec, par_min):
     w, spec = HeadWeights(*w), Spec(*spec)
     h = np.empty_like(x)
     _norm(x, w.norm_w, w.norm_b, spec, h, np.empty((2, x.shape[0]), x.dtype))
-    logits = np.empty((x.shape[0], w.w.shape[0]), x.dtype)
+    logits = np.empty((x.shape[0], w.s.shape[-1]), x.dtype)
     _matvec(h, w.w, w.s, w.b, logits, par_min)
     return logits

@@ -1,0 +1,258 @@
+"""Int4 linear layer: y = x @ dequant(W).T + b, with W in npllm.quant's 4-bit blocks,
+dequantized in registers (no float copy of W is made for a matrix-vector product).
+
+    int4_linear(x, qt, s, b) -> y
+        x (N, K) float32; qt (K / 2, M) uint8: the packed codes of npllm.quant (byte j of
+        a block of g holds its element j low, j + g / 2 high) transposed, so that row
+        c * g / 2 + j of qt is byte j of block c of every output; s (2, K / g, M) float32:
+        the blocks' scales, then their offsets (-8 * scale symmetric, the minimum
+        asymmetric); b (M,) float32 or None
+        y[n, m] = sum over blocks c of  s[0, c, m] * (x_c . codes_c[m]) + s[1, c, m] * sum(x_c)
+
+Why transposed. A block's scale multiplies the dot product of its 32 codes with x, so a
+kernel that runs along a row of W (as the int8 one does) must reduce every 32 products
+to one number before scaling: a horizontal sum every 32 weights, and loops of 16 bytes
+that LLVM does not vectorise well (5-10x slower than int8, measured). Along a column
+instead (all outputs at once, one byte row of qt at a time) the scale is a vector over
+outputs like the codes, nothing is reduced, and the inner loop runs over M contiguous
+bytes: y[m] accumulates x[k] * code[k, m] for four k at a time into a per-block sum
+(M floats, in L1), which is scaled into y once per block (`_columns`).
+
+Splitting a byte into its codes takes integer ops that Numba widens to 64 bits (half the
+vector width); instead the kernel reads the byte v as a float (v = lo + 16 hi) and uses
+    x_lo * lo + x_hi * hi = x_lo * v + (x_hi - 16 x_lo) * floor(v / 16)
+with x_lo and x_hi - 16 x_lo rearranged once per product (`_prepare`): per byte one
+conversion, one multiply, one floor and two FMAs, in 32-bit lanes.
+
+Kernels:
+- `q4_matmul` / `q4_matmul_parallel(xl, xd, sx, qt, s, b, out, acc)`: the register
+  kernel on prepared inputs, for matrix-vector products and small batches (decode steps:
+  npllm/kernels/decode.py calls `prepared_matmul`); the parallel one splits the outputs.
+- `_tiles`: larger batches (prompts) dequantize a tile of outputs into a small
+  per-thread buffer and multiply it by BLAS (`blas.gemm_block`), tiles in parallel: one
+  tile, never the whole matrix, is ever in float.
+`int4_linear_numpy` is the reference (it dequantizes the whole matrix); `int4_linear`
+picks the Numba path unless `npllm.kernels.use("numpy")` is active.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import get_num_threads, prange
+
+from npllm.errors import ShapeError
+from npllm.kernels._jit import jit
+from npllm.kernels.blas import NO_TRANS, gemm_block
+
+_F16 = np.float32(1 / 16)
+# From this many input rows a product dequantizes tiles and calls BLAS: from here BLAS's
+# blocking beats reading every code once per row.
+TILE_MIN_ROWS = 8
+_TILE = 64  # outputs a tile holds: K x 64 floats (96 KB at K = 384) stay in L2
+_PAR_MIN = 1 << 16  # weights x rows from which `int4_linear` runs in parallel
+
+
+def kernel_layout(q: np.ndarray, scale: np.ndarray, offset: np.ndarray):
+    """npllm.quant's (M, K / 2) codes and (M, K / g) scales / offsets -> the kernels'
+    (qt (K / 2, M), s (2, K / g, M) float32)."""
+    s = np.stack([np.asarray(scale, np.float32).T, np.asarray(offset, np.float32).T])
+    return np.ascontiguousarray(q.T), np.ascontiguousarray(s)
+
+
+def _check(x, qt, s, b) -> None:
+    if x.ndim != 2 or qt.ndim != 2 or x.shape[1] != 2 * qt.shape[0]:
+        raise ShapeError(
+            f"int4_linear needs x (N, K) and packed codes qt (K / 2, M), got x {x.shape} "
+            f"and qt {qt.shape}"
+        )
+    if qt.dtype != np.uint8:
+        raise ShapeError(f"int4_linear needs uint8 packed codes, got {qt.dtype}; quantize first")
+    M, K = qt.shape[1], x.shape[1]
+    if s.ndim != 3 or s.shape[0] != 2 or s.shape[2] != M or not s.shape[1] or K % (32 * s.shape[1]):
+        raise ShapeError(
+            f"int4_linear needs scales (2, K / group, {M}) with a group size that is a "
+            f"multiple of 32, got {s.shape} for K = {K}"
+        )
+    if b is not None and b.shape != (M,):
+        raise ShapeError(f"int4_linear needs a bias of shape ({M},), got {b.shape}")
+
+
+# ---- NumPy reference -------------------------------------------------------------------
+def dequantize_numpy(qt: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The float32 (M, K) matrix that qt (K / 2, M) and s (2, nb, M) stand for."""
+    nb, M = s.shape[1], s.shape[2]
+    blocks = qt.T.reshape(M, nb, -1)  # (M, nb, g / 2)
+    codes = np.concatenate([blocks & 15, blocks >> 4], axis=2).astype(np.float32)
+    return (codes * s[0].T[..., None] + s[1].T[..., None]).reshape(M, -1)
+
+
+def int4_linear_numpy(x, qt, s, b=None):
+    _check(x, qt, s, b)
+    y = x @ dequantize_numpy(qt, s).T
+    if b is not None:
+        y += b
+    return y
+
+
+# ---- Numba -----------------------------------------------------------------------------
+@jit
+def _prepare(x, nb, xl, xd, sx):
+    """Per row of x (N, K) and block c of g = K / nb inputs: xl = its first g / 2 inputs
+    (the low codes' partners), xd = its last g / 2 minus 16 times the first, sx = the
+    block's sum; xl, xd (N, K / 2), sx (N, nb)."""
+    n, k = x.shape
+    g = k // nb
+    h = g // 2
+    for i in range(n):
+        for c in range(nb):
+            lo, hi = x[i, c * g : c * g + h], x[i, c * g + h : (c + 1) * g]
+            a, d = xl[i, c * h : (c + 1) * h], xd[i, c * h : (c + 1) * h]
+            t = np.float32(0)
+            for j in range(h):
+                a[j] = lo[j]
+                d[j] = hi[j] - np.float32(16) * lo[j]
+                t += lo[j] + hi[j]
+            sx[i, c] = t
+
+
+@jit(inline=True)
+def _columns(xl, xd, sx, qt, s, b, out, acc, i, r0, r1):
+    """out[i, r0:r1] for input row i: per block, four byte rows of qt at a time into the
+    block's sums acc[r0:r1], then scaled and offset into out."""
+    nb = s.shape[1]
+    h = qt.shape[0] // nb  # bytes a block (a multiple of 16)
+    n = r1 - r0
+    o, a, bias = out[i, r0:r1], acc[r0:r1], b[r0:r1]
+    xli, xdi = xl[i], xd[i]
+    for r in range(n):
+        o[r] = bias[r]
+    for c in range(nb):
+        for r in range(n):
+            a[r] = 0
+        for j in range(c * h, (c + 1) * h, 4):
+            l0, l1, l2, l3 = xli[j], xli[j + 1], xli[j + 2], xli[j + 3]
+            d0, d1, d2, d3 = xdi[j], xdi[j + 1], xdi[j + 2], xdi[j + 3]
+            q0, q1 = qt[j, r0:r1], qt[j + 1, r0:r1]
+            q2, q3 = qt[j + 2, r0:r1], qt[j + 3, r0:r1]
+            for r in range(n):
+                v0 = np.float32(q0[r])
+                v1 = np.float32(q1[r])
+                v2 = np.float32(q2[r])
+                v3 = np.float32(q3[r])
+                a[r] += (
+                    (l0 * v0 + d0 * np.floor(v0 * _F16))
+                    + (l1 * v1 + d1 * np.floor(v1 * _F16))
+                    + (l2 * v2 + d2 * np.floor(v2 * _F16))
+                    + (l3 * v3 + d3 * np.floor(v3 * _F16))
+                )
+        sc, off, t = s[0, c, r0:r1], s[1, c, r0:r1], sx[i, c]
+        for r in range(n):
+            o[r] += sc[r] * a[r] + off[r] * t
+
+
+# out (N, M) = x @ dequant(qt, s).T + b on prepared x (`_prepare`), with acc (M,) float32
+# scratch; serial and parallel as in kernels/int8.py (a prange always launches the pool).
+@jit
+def q4_matmul(xl, xd, sx, qt, s, b, out, acc):
+    for i in range(out.shape[0]):
+        _columns(xl, xd, sx, qt, s, b, out, acc, i, 0, out.shape[1])
+
+
+@jit(parallel=True)
+def q4_matmul_parallel(xl, xd, sx, qt, s, b, out, acc):
+    m = out.shape[1]
+    # a fixed split (numba.get_num_threads inside a kernel would stop it being cached):
+    # up to 8 chunks of at least 128 outputs, handed to the threads in equal runs
+    chunks = min(8, max(1, m // 128))
+    step = ((m + chunks - 1) // chunks + 15) // 16 * 16  # whole vectors per chunk
+    for t in prange(chunks):
+        r0 = min(m, t * step)
+        r1 = min(m, r0 + step)
+        for i in range(out.shape[0]):
+            _columns(xl, xd, sx, qt, s, b, out, acc, i, r0, r1)
+
+
+@jit
+def prepared_matmul(x, qt, s, b, out, parallel):
+    """out = x @ dequant(qt, s).T + b through the register kernel (prepares x itself)."""
+    n, k = x.shape
+    nb = s.shape[1]
+    xl = np.empty((n, k // 2), np.float32)
+    xd = np.empty((n, k // 2), np.float32)
+    sx = np.empty((n, nb), np.float32)
+    acc = np.empty(qt.shape[1], np.float32)
+    _prepare(x, nb, xl, xd, sx)
+    if parallel:
+        q4_matmul_parallel(xl, xd, sx, qt, s, b, out, acc)
+    else:
+        q4_matmul(xl, xd, sx, qt, s, b, out, acc)
+
+
+@jit(inline=True)
+def _dequant_tile(qt, s, r0, r1, wt):
+    """wt[:, : r1 - r0] (K, _TILE) = the float columns r0..r1 of W.T (a tile)."""
+    nb = s.shape[1]
+    h = qt.shape[0] // nb
+    n = r1 - r0
+    for c in range(nb):
+        sc, off = s[0, c, r0:r1], s[1, c, r0:r1]
+        for j in range(h):
+            qj = qt[c * h + j, r0:r1]
+            lo, hi = wt[2 * c * h + j], wt[2 * c * h + h + j]
+            for r in range(n):
+                v = np.float32(qj[r])
+                u = np.floor(v * _F16)
+                lo[r] = (v - np.float32(16) * u) * sc[r] + off[r]
+                hi[r] = u * sc[r] + off[r]
+
+
+@jit(parallel=True)
+def _tiles(x, qt, s, b, out, chunks):
+    """out = x @ dequant(qt, s).T + b by tiles of _TILE outputs: `chunks` prange tasks,
+    each with its own buffer (allocated before the loop: an allocation inside a prange may
+    be hoisted out of it and shared), dequantize their tiles one at a time and multiply
+    each by BLAS into the tile's columns of out."""
+    n, k = x.shape
+    m = qt.shape[1]
+    n_tiles = (m + _TILE - 1) // _TILE
+    per = (n_tiles + chunks - 1) // chunks
+    buffers = np.empty((chunks, k, _TILE), np.float32)
+    for t in prange(chunks):
+        wt = buffers[t]
+        for tile in range(t * per, min(n_tiles, (t + 1) * per)):
+            r0 = tile * _TILE
+            r1 = min(m, r0 + _TILE)
+            _dequant_tile(qt, s, r0, r1, wt)
+            # out[:, r0:r1] = x @ wt[:, : r1 - r0]
+            gemm_block(
+                NO_TRANS, NO_TRANS, n, r1 - r0, k, 1.0, x, 0, k, wt, 0, _TILE, 0.0, out, r0, m
+            )
+            for i in range(n):
+                for r in range(r0, r1):
+                    out[i, r] += b[r]
+
+
+def int4_linear_numba(x, qt, s, b=None):
+    _check(x, qt, s, b)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    qt = np.ascontiguousarray(qt)
+    s = np.ascontiguousarray(s, dtype=np.float32)
+    b_ = np.zeros(qt.shape[1], np.float32) if b is None else np.ascontiguousarray(b, np.float32)
+    out = np.empty((x.shape[0], qt.shape[1]), np.float32)
+    if not out.size:
+        return out
+    if x.shape[0] >= TILE_MIN_ROWS:
+        _tiles(x, qt, s, b_, out, min(get_num_threads(), -(-qt.shape[1] // _TILE)))
+    else:
+        prepared_matmul(x, qt, s, b_, out, qt.size * 2 * x.shape[0] >= _PAR_MIN)
+    return out
+
+
+def int4_linear(x, qt, s, b=None):
+    """Dispatch on the kernel backend: NumPy reference under `kernels.use("numpy")`,
+    otherwise the Numba kernels."""
+    from npllm import kernels
+
+    if kernels.backend() == "numpy":
+        return int4_linear_numpy(x, qt, s, b)
+    return int4_linear_numba(x, qt, s, b)
