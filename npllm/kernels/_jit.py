@@ -1,5 +1,8 @@
 """What every Numba kernel shares: the `jit` decorator (cached, lazily compiled, fastmath
-without nnan/ninf) and vectorisable float32 versions of exp and erf.
+without nnan/ninf); the one parallel driver (`run`: a serial kernel over rows lo..hi, on
+chunks of rows in parallel above one threshold, `PAR_MIN`); the one register-blocked
+product (`scaled_matmul`, for the int8, decode and study GEMM kernels); `fmax`, and
+vectorisable float32 versions of exp and erf.
 
 Why the approximations: this Numba build has no SVML (`numba.config.USING_SVML` is
 False), so `np.exp`/`np.tanh` inside a loop are scalar library calls that stop LLVM from
@@ -14,10 +17,12 @@ tests/kernels/test_jit_math.py.
 from __future__ import annotations
 
 import math
+import types as pytypes
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 # fastmath without "nnan"/"ninf": causal masks use -inf and inputs may hold inf/nan,
@@ -44,18 +49,137 @@ def jit(fn=None, *, parallel: bool = False, fastmath: bool = True, inline: bool 
     return njit(**opts)(fn)
 
 
-# Below this many elements of work a kernel runs serially: a prange launch (a few
-# microseconds, more when the second thread has gone to sleep) costs more than the work;
-# KV-cache decoding (T = 1) calls the row kernels at a few hundred elements.
+# ---- the one parallel driver --------------------------------------------------------
+# Every kernel is a serial function `kernel(*args, lo, hi)` over rows lo..hi of its arrays
+# (elements, for the flat ones), and `run` calls it once over all rows, or on Numba's
+# pool in chunks of rows. Below PAR_MIN units of work (an element read and written, or a
+# multiply-add) it runs serially: a prange launch (a few microseconds, more when the second
+# thread has gone to sleep) costs more than the work (docs/performance.md, "Dispatch
+# cost"); KV-cache decoding (T = 1) calls the row kernels at a few hundred elements.
 PAR_MIN = 1 << 15
+MOST_CHUNKS = 8
 
 
-def n_chunks(rows: int, work: int) -> int:
-    """How many parallel tasks to split `rows` rows (of `work` elements in all) into;
-    0 means run serially."""
+def n_chunks(rows: int, work: int, most: int = MOST_CHUNKS) -> int:
+    """How many parallel tasks `run` splits `rows` rows (of `work` units in all) into;
+    0 means run serially. Eight at most, whatever the number of threads, so that partial
+    sums (one per chunk) and so the results do not depend on it; GEMM asks for one per
+    thread (blas.py: more was slower)."""
     if work < PAR_MIN or rows < 2:
         return 0
-    return min(rows, 8)
+    return min(rows, most)
+
+
+def _chunks(args, n, nchunks):
+    """The driver: kernel(*args, lo, hi) on `nchunks` slices of range(n), in parallel.
+    `kernel` is a global of each copy `parallel` makes, not an argument (see there)."""
+    for c in prange(nchunks):
+        kernel(*args, c * n // nchunks, (c + 1) * n // nchunks)  # noqa: F821
+
+
+_DRIVERS: dict[Any, Any] = {}
+
+
+def parallel(kernel: Any) -> Any:
+    """`_chunks` for one kernel: a copy of its code whose global `kernel` is that kernel,
+    jitted with parallel=True. Why not pass the kernel as an argument: Numba types a jitted
+    function argument by the function object of this process, so such a call would never
+    be found in the on-disk cache and would compile anew in every process (seconds of a
+    cold start). A copy per kernel, named after it, is cached like any other function, and
+    compiles only what it calls: a first step compiles the drivers of the kernels it uses."""
+    driver = _DRIVERS.get(kernel)
+    if driver is None:
+        code = _chunks.__code__
+        fn = pytypes.FunctionType(code, {**_chunks.__globals__, "kernel": kernel}, code.co_name)
+        # The cache files are named after the qualified name: one set per kernel.
+        fn.__qualname__ = f"_chunks.{kernel.__module__.rsplit('.', 1)[-1]}.{kernel.__name__}"
+        fn.__doc__ = _chunks.__doc__
+        driver = _DRIVERS[kernel] = jit(fn, parallel=True)
+    return driver
+
+
+def run(
+    kernel: Any, args: tuple, rows: int, work: int | None = None, most: int = MOST_CHUNKS
+) -> None:
+    """kernel(*args, lo, hi) over rows 0..rows (`work` units in all, default one a row):
+    serially, or in `n_chunks(rows, work, most)` chunks on Numba's pool; nothing when there
+    is no work (a kernel may read x[0] of each row)."""
+    work = rows if work is None else work
+    k = n_chunks(rows, work, most)
+    if k:
+        parallel(kernel)(args, rows, k)
+    elif rows and work:
+        kernel(*args, 0, rows)
+
+
+def partial_sums(rows: int, work: int, n: int, dtype: Any) -> np.ndarray:
+    """Zeros (chunks, n): a row of partial sums for each chunk `run(..., rows, work)` makes
+    (one when it runs serially), found by a kernel with `chunk_of`. Chunks never write the
+    same memory, and the reduction order does not depend on the number of threads."""
+    return np.zeros((max(n_chunks(rows, work), 1), n), dtype)
+
+
+@jit(inline=True)
+def chunk_of(lo, n, nchunks):
+    """Which of `nchunks` chunks of range(n) (as `run` cuts it: chunk c starts at
+    c * n // nchunks, and nchunks <= n) starts at row lo: the row of a (nchunks, ...) array
+    of partial sums that a kernel call may own (serially: 0)."""
+    return (lo * nchunks + n - 1) // n
+
+
+def flat(a: np.ndarray) -> np.ndarray:
+    """a as a C-contiguous 1-D array (a view when it already is contiguous)."""
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+# ---- the one register-blocked product ------------------------------------------------
+@jit(inline=True)
+def _block4(x, w, scale, b, out, j0):
+    """Output columns j0..j0+3 for every input row. Four weight rows share each load of
+    x and four independent sums keep the FMA units busy: 1.2-1.6x over one row at a time
+    for batch-1 products 128-768 wide, float32 and int8, measured on this machine."""
+    n, k = x.shape
+    t = x.dtype.type
+    w0, w1, w2, w3 = w[j0], w[j0 + 1], w[j0 + 2], w[j0 + 3]
+    for i in range(n):
+        xi = x[i]
+        a0 = t(0)
+        a1 = t(0)
+        a2 = t(0)
+        a3 = t(0)
+        for c in range(k):  # from 0 over whole rows: vectorises
+            xc = xi[c]
+            a0 += xc * t(w0[c])
+            a1 += xc * t(w1[c])
+            a2 += xc * t(w2[c])
+            a3 += xc * t(w3[c])
+        out[i, j0] = a0 * scale[j0] + b[j0]
+        out[i, j0 + 1] = a1 * scale[j0 + 1] + b[j0 + 1]
+        out[i, j0 + 2] = a2 * scale[j0 + 2] + b[j0 + 2]
+        out[i, j0 + 3] = a3 * scale[j0 + 3] + b[j0 + 3]
+
+
+@jit
+def scaled_matmul(x, w, scale, b, out, lo, hi):
+    """out = scale * (x @ w.T) + b, per output column j: out[:, j] = scale[j] (x . w[j]) + b[j];
+    x (N, K) float, w (M, K) int8 or float (with scales of one), out (N, M). Blocks lo..hi
+    of four output columns, of M // 4 + 1: the last block is the M % 4 leftover columns,
+    done one at a time. Run by `run(scaled_matmul, args, M // 4 + 1, N * M * K)`; callable
+    from Numba code (the decode step) serially with (0, M // 4 + 1), or through
+    `parallel(scaled_matmul)`. Each output is one thread's sum in one order either way."""
+    m4 = w.shape[0] // 4
+    t = x.dtype.type
+    for jb in range(lo, hi):
+        if jb < m4:
+            _block4(x, w, scale, b, out, 4 * jb)
+            continue
+        for j in range(4 * m4, w.shape[0]):
+            wj = w[j]
+            for i in range(x.shape[0]):
+                acc = t(0)
+                for c in range(x.shape[1]):
+                    acc += x[i, c] * t(wj[c])
+                out[i, j] = acc * scale[j] + b[j]
 
 
 @intrinsic
@@ -155,16 +279,21 @@ overload(fexp, inline="always")(_by_width(_exp_f32, _exp_f64))
 overload(ferf, inline="always")(_by_width(_erf_f32, _erf_f64))
 
 
-@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _map(fn_id, x, out):
-    """Apply one of the approximations elementwise (for tests of their error)."""
+@jit
+def _exp_map(x, out):
     for i in range(x.size):
-        out[i] = fexp(x[i]) if fn_id == 0 else ferf(x[i])
+        out[i] = fexp(x[i])
+
+
+@jit
+def _erf_map(x, out):
+    for i in range(x.size):
+        out[i] = ferf(x[i])
 
 
 def apply_math(name: str, x: np.ndarray) -> np.ndarray:
     """`fexp` or `ferf` over an array, so tests can measure their error."""
-    x = np.ascontiguousarray(x).reshape(-1)
+    x = flat(x)
     out = np.empty_like(x)
-    _map({"exp": 0, "erf": 1}[name], x, out)
+    {"exp": _exp_map, "erf": _erf_map}[name](x, out)
     return out

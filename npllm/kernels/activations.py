@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
 
-from npllm.kernels._jit import ferf, fexp, jit
+from npllm.kernels._jit import ferf, fexp, flat, jit, run
 
 KERNELS = ("relu_forward", "relu_backward", "gelu_forward", "gelu_backward")
 
@@ -27,10 +26,6 @@ _K = math.sqrt(2.0 / math.pi)
 _C = 0.044715
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-# Below this many elements a prange launch costs more than it saves (docs/performance.md,
-# "Dispatch cost").
-_PAR_MIN = 1 << 16
 
 
 def _erf_numpy(x: np.ndarray) -> np.ndarray:
@@ -70,21 +65,24 @@ def gelu_backward_numpy(dy, x, approximate="tanh"):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# Each kernel is a serial loop over a contiguous 1-D slice, starting at index 0 (a loop
-# over range(lo, hi) stayed scalar: docs/performance.md, "Numba habits"). Large arrays are
-# cut into chunks run by the `_PARALLEL` drivers; small ones run serially, since a prange
-# launch costs more than the work below ~64k elements. Constants are made in the input's dtype: a
-# Python literal would promote float32 math to float64 in Numba (and send fexp/ferf to
-# their scalar float64 branch).
+# Each kernel is a serial loop over elements lo..hi, run by `_jit.run` (in parallel chunks
+# for large arrays). The loop walks slices from index 0: a loop over range(lo, hi) stayed
+# scalar and ran 6-10x slower. Constants are made in the input's dtype: a Python literal
+# would promote float32 math to float64 in Numba (and send fexp/ferf to their scalar
+# float64 branch).
 @jit
-def _relu_fwd(x, _, out):
+def _relu_fwd(x, out, lo, hi):
+    # y = max(x, 0)
+    x, out = x[lo:hi], out[lo:hi]
     zero = x.dtype.type(0)
     for i in range(x.size):
         out[i] = max(x[i], zero)
 
 
 @jit
-def _relu_bwd(dy, y, dx):
+def _relu_bwd(dy, y, dx, lo, hi):
+    # y = max(x, 0)  =>  dx = dy * (y > 0)
+    dy, y, dx = dy[lo:hi], y[lo:hi], dx[lo:hi]
     zero = y.dtype.type(0)
     for i in range(y.size):
         dx[i] = dy[i] if y[i] > zero else zero
@@ -103,7 +101,9 @@ def _tanh_parts(u):
 
 
 @jit
-def _gelu_tanh_fwd(x, _, out):
+def _gelu_tanh_fwd(x, out, lo, hi):
+    # y = 0.5 x (1 + tanh(u)), u = k (x + c x^3)
+    x, out = x[lo:hi], out[lo:hi]
     t = x.dtype.type
     k_, c_, half = t(_K), t(_C), t(0.5)
     for i in range(x.size):
@@ -113,7 +113,10 @@ def _gelu_tanh_fwd(x, _, out):
 
 
 @jit
-def _gelu_tanh_bwd(dy, x, dx):
+def _gelu_tanh_bwd(dy, x, dx, lo, hi):
+    # y = 0.5 x (1 + tanh(u))  =>  dx = dy (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx),
+    # du/dx = k (1 + 3 c x^2)
+    dy, x, dx = dy[lo:hi], x[lo:hi], dx[lo:hi]
     t = x.dtype.type
     k_, c_, c3, half, one = t(_K), t(_C), t(3 * _C), t(0.5), t(1)
     for i in range(x.size):
@@ -124,7 +127,9 @@ def _gelu_tanh_bwd(dy, x, dx):
 
 
 @jit
-def _gelu_erf_fwd(x, _, out):
+def _gelu_erf_fwd(x, out, lo, hi):
+    # y = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2))
+    x, out = x[lo:hi], out[lo:hi]
     t = x.dtype.type
     s, half, one = t(_INV_SQRT2), t(0.5), t(1)
     for i in range(x.size):
@@ -133,7 +138,9 @@ def _gelu_erf_fwd(x, _, out):
 
 
 @jit
-def _gelu_erf_bwd(dy, x, dx):
+def _gelu_erf_bwd(dy, x, dx, lo, hi):
+    # y = x Phi(x)  =>  dx = dy (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+    dy, x, dx = dy[lo:hi], x[lo:hi], dx[lo:hi]
     t = x.dtype.type
     s, p, half, one = t(_INV_SQRT2), t(_INV_SQRT2PI), t(0.5), t(1)
     for i in range(x.size):
@@ -143,96 +150,26 @@ def _gelu_erf_bwd(dy, x, dx):
         dx[i] = dy[i] * (cdf + v * pdf)
 
 
-_SERIAL = (_relu_fwd, _relu_bwd, _gelu_tanh_fwd, _gelu_tanh_bwd, _gelu_erf_fwd, _gelu_erf_bwd)
-
-
-# One parallel driver per kernel, each cutting its arrays into `nchunks` slices. (A single
-# driver that took the kernel as an integer code compiled all six bodies on first use,
-# for one or two kernels used: docs/performance.md, "Cold start".)
-@jit(inline=True)
-def _span(n, nchunks, c):
-    per = (n + nchunks - 1) // nchunks
-    return c * per, min(n, (c + 1) * per)
-
-
-@jit(parallel=True)
-def _relu_fwd_par(a, b, out, nchunks):
-    for c in prange(nchunks):
-        lo, hi = _span(out.size, nchunks, c)
-        _relu_fwd(a[lo:hi], b[lo:hi], out[lo:hi])
-
-
-@jit(parallel=True)
-def _relu_bwd_par(a, b, out, nchunks):
-    for c in prange(nchunks):
-        lo, hi = _span(out.size, nchunks, c)
-        _relu_bwd(a[lo:hi], b[lo:hi], out[lo:hi])
-
-
-@jit(parallel=True)
-def _gelu_tanh_fwd_par(a, b, out, nchunks):
-    for c in prange(nchunks):
-        lo, hi = _span(out.size, nchunks, c)
-        _gelu_tanh_fwd(a[lo:hi], b[lo:hi], out[lo:hi])
-
-
-@jit(parallel=True)
-def _gelu_tanh_bwd_par(a, b, out, nchunks):
-    for c in prange(nchunks):
-        lo, hi = _span(out.size, nchunks, c)
-        _gelu_tanh_bwd(a[lo:hi], b[lo:hi], out[lo:hi])
-
-
-@jit(parallel=True)
-def _gelu_erf_fwd_par(a, b, out, nchunks):
-    for c in prange(nchunks):
-        lo, hi = _span(out.size, nchunks, c)
-        _gelu_erf_fwd(a[lo:hi], b[lo:hi], out[lo:hi])
-
-
-@jit(parallel=True)
-def _gelu_erf_bwd_par(a, b, out, nchunks):
-    for c in prange(nchunks):
-        lo, hi = _span(out.size, nchunks, c)
-        _gelu_erf_bwd(a[lo:hi], b[lo:hi], out[lo:hi])
-
-
-_PARALLEL = (
-    _relu_fwd_par,
-    _relu_bwd_par,
-    _gelu_tanh_fwd_par,
-    _gelu_tanh_bwd_par,
-    _gelu_erf_fwd_par,
-    _gelu_erf_bwd_par,
-)
-
-
-def _flat(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape(-1)
-
-
-def _run(kind: int, a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    out = np.empty_like(a)
-    if a.size < _PAR_MIN:
-        _SERIAL[kind](a, b, out)
-    else:
-        _PARALLEL[kind](a, b, out, 2 * min(8, a.size // _PAR_MIN))
-    return out.reshape(shape)
+def _map(kernel, *arrays: np.ndarray) -> np.ndarray:
+    """kernel(*arrays, out, lo, hi) over all elements; out is like arrays[0], in the shape
+    of the last array."""
+    flats = [flat(a) for a in arrays]
+    out = np.empty_like(flats[0])
+    run(kernel, (*flats, out), out.size)
+    return out.reshape(arrays[-1].shape)
 
 
 def relu_forward_numba(x):
-    xf = _flat(x)
-    return _run(0, xf, xf, x.shape)
+    return _map(_relu_fwd, x)
 
 
 def relu_backward_numba(dy, y):
-    return _run(1, _flat(dy), _flat(y), y.shape)
+    return _map(_relu_bwd, dy, y)
 
 
 def gelu_forward_numba(x, approximate="tanh"):
-    xf = _flat(x)
-    return _run(2 if approximate == "tanh" else 4, xf, xf, x.shape)
+    return _map(_gelu_tanh_fwd if approximate == "tanh" else _gelu_erf_fwd, x)
 
 
 def gelu_backward_numba(dy, x, approximate="tanh"):
-    return _run(3 if approximate == "tanh" else 5, _flat(dy), _flat(x), x.shape)
+    return _map(_gelu_tanh_bwd if approximate == "tanh" else _gelu_erf_bwd, dy, x)

@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
 
 from npllm.errors import ShapeError
-from npllm.kernels._jit import jit
+from npllm.kernels._jit import flat, jit, run
 
 KERNELS = ("adamw_update",)
 
@@ -61,13 +60,12 @@ def adamw_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, s
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# A serial loop from index 0 over contiguous slices (what vectorises), chunked across
-# threads for large buffers (see activations.py).
-_PAR_MIN = 1 << 15
-
-
+# A serial loop over elements lo..hi (slices walked from index 0: what vectorises), run by
+# `_jit.run` (chunks in parallel for large buffers).
 @jit
-def _adamw(p, g, m, v, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps):
+def _adamw(p, g, m, v, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps, lo, hi):
+    # the module docstring's four lines, fused: decay, m, v, then the bias-corrected step
+    p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
     for i in range(p.size):
         gi = g[i]
         mi = m[i] + b1c * (gi - m[i])
@@ -77,25 +75,13 @@ def _adamw(p, g, m, v, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps):
         v[i] = vi
 
 
-@jit(parallel=True)
-def _adamw_par(p, g, m, v, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps, nchunks):
-    n = p.size
-    per = (n + nchunks - 1) // nchunks
-    for c in prange(nchunks):
-        lo = c * per
-        hi = min(n, lo + per)
-        _adamw(
-            p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], decay, b1c, b2, b2c, step_size, bc2_sqrt, eps
-        )
-
-
 def adamw_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     _check(param, grad, m, v)
     t = param.dtype.type
     step_size, bc2_sqrt = _factors(lr, beta1, beta2, step)
     args = (
         param.reshape(-1),
-        np.ascontiguousarray(grad).reshape(-1),
+        flat(grad),
         m.reshape(-1),
         v.reshape(-1),
         t(1.0 - lr * weight_decay),
@@ -106,7 +92,4 @@ def adamw_update_numba(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, s
         t(bc2_sqrt),
         t(eps),
     )
-    if param.size < _PAR_MIN:
-        _adamw(*args)
-    else:
-        _adamw_par(*args, 2 * min(8, param.size // _PAR_MIN))
+    run(_adamw, args, param.size)

@@ -23,9 +23,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
 
-from npllm.kernels._jit import jit
+from npllm.kernels._jit import flat, jit, run
 from npllm.kernels.blas import NO_TRANS, TRANS, gemm_block
 from npllm.kernels.softmax import softmax_row
 
@@ -63,11 +62,11 @@ def attention_backward_numpy(dout, q, k, v, att, causal=True):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# One prange task per head (B*nh of them). The four products of a head go to BLAS
-# (`blas.gemm_block`: a single-threaded GEMM on that head's block, inside Numba's pool), and
-# what lies between them is fused in one pass over each row: the causal softmax (row i sees
-# keys 0..i+offset; the masked tail is written as 0) and, backward, the softmax's
-# Jacobian-vector product.
+# Kernels over heads lo..hi (of B*nh), run by `_jit.run` (chunks of heads in parallel).
+# The four products of a head go to BLAS (`blas.gemm_block`: a single-threaded GEMM on
+# that head's block, inside Numba's pool), and what lies between them is fused in one pass
+# over each row: the causal softmax (row i sees keys 0..i+offset; the masked tail is
+# written as 0) and, backward, the softmax's Jacobian-vector product.
 
 
 @jit
@@ -81,7 +80,7 @@ def _softmax_causal_rows(s, base, tq, tk, offset, window):
         lo = max(0, lim - window) if window > 0 else 0
         r = base + i * tk
         row = s[r + lo : r + lim]  # one array for in and out: LLVM then sees no aliasing
-        softmax_row(row, row, False)
+        softmax_row(row, row)
         for j in range(lo):
             s[r + j] = t(0)
         for j in range(lim, tk):
@@ -93,10 +92,11 @@ def _softmax_causal_rows(s, base, tq, tk, offset, window):
 _ROWS = 32
 
 
-@jit(parallel=True)
-def _attn_fwd(q, k, v, scale, offset, window, out, att, heads, tq, tk, hs):
-    """q, out (heads*tq*hs,), k, v (heads*tk*hs,), att (heads*tq*tk,), all flat."""
-    for h in prange(heads):
+@jit
+def _attn_fwd(q, k, v, scale, offset, window, out, att, tq, tk, hs, lo, hi):
+    """q, out (heads*tq*hs,), k, v (heads*tk*hs,), att (heads*tq*tk,), all flat.
+    att = softmax(q k^T * scale + mask), out = att v."""
+    for h in range(lo, hi):
         qo, ko, ao = h * tq * hs, h * tk * hs, h * tq * tk
         for r0 in range(0, tq, _ROWS):  # scores of the keys each block of rows can see
             n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
@@ -109,11 +109,11 @@ def _attn_fwd(q, k, v, scale, offset, window, out, att, heads, tq, tk, hs):
             gemm_block(NO_TRANS, NO_TRANS, n, hs, kend, 1.0, att, a, tk, v, ko, hs, 0.0, out, c, hs)
 
 
-@jit(parallel=True)
-def _attn_bwd(dout, q, k, v, att, scale, offset, dq, dk, dv, ds, heads, tq, tk, hs):
+@jit
+def _attn_bwd(dout, q, k, v, att, scale, offset, dq, dk, dv, ds, tq, tk, hs, lo, hi):
     """Flat like _attn_fwd; ds (heads*tq*tk,) is scratch for the score gradients."""
     t = q.dtype.type
-    for h in prange(heads):
+    for h in range(lo, hi):
         qo, ko, ao = h * tq * hs, h * tk * hs, h * tq * tk
         # out = att @ v  =>  dv = att^T @ dout, datt = dout @ v^T
         gemm_block(TRANS, NO_TRANS, tk, hs, tq, 1.0, att, ao, tk, dout, qo, hs, 0.0, dv, ko, hs)
@@ -134,10 +134,6 @@ def _attn_bwd(dout, q, k, v, att, scale, offset, dq, dk, dv, ds, heads, tq, tk, 
         gemm_block(TRANS, NO_TRANS, tk, hs, tq, 1.0, ds, ao, tk, q, qo, hs, 0.0, dk, ko, hs)
 
 
-def _flat(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape(-1)
-
-
 def attention_forward_numba(q, k, v, causal=True, window=0):
     b, nh, tq, hs = q.shape
     tk = k.shape[-2]
@@ -147,8 +143,8 @@ def attention_forward_numba(q, k, v, causal=True, window=0):
     if out.size and att.size:
         scale = 1.0 / math.sqrt(hs)
         win = window if causal else 0
-        args = (_flat(q), _flat(k), _flat(v), scale, offset, win, out.reshape(-1), att.reshape(-1))
-        _attn_fwd(*args, b * nh, tq, tk, hs)
+        args = (flat(q), flat(k), flat(v), scale, offset, win, out.reshape(-1), att.reshape(-1))
+        run(_attn_fwd, (*args, tq, tk, hs), b * nh, 2 * att.size * hs)
     elif out.size:
         out[...] = 0
     return out, att
@@ -162,10 +158,9 @@ def attention_backward_numba(dout, q, k, v, att, causal=True):
     if dq.size and att.size:
         ds = np.empty(b * nh * tq * tk, dtype=q.dtype)
         scale = q.dtype.type(1.0 / math.sqrt(hs))
-        _attn_bwd(
-            _flat(dout), _flat(q), _flat(k), _flat(v), _flat(att), scale, offset,
-            dq.reshape(-1), dk.reshape(-1), dv.reshape(-1), ds, b * nh, tq, tk, hs,
-        )  # fmt: skip
+        args = (flat(dout), flat(q), flat(k), flat(v), flat(att), scale, offset)
+        grads = (dq.reshape(-1), dk.reshape(-1), dv.reshape(-1), ds)
+        run(_attn_bwd, (*args, *grads, tq, tk, hs), b * nh, 4 * att.size * hs)
     else:
         for g in (dq, dk, dv):
             g[...] = 0

@@ -16,9 +16,8 @@ be in [0, V) or equal to ignore_index (checked by `F.cross_entropy`).
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from npllm.kernels._jit import fexp, fmax, jit, n_chunks
+from npllm.kernels._jit import fexp, fmax, jit, run
 
 KERNELS = ("cross_entropy_forward", "cross_entropy_backward")
 
@@ -51,9 +50,11 @@ def cross_entropy_backward_numpy(dloss, logits, targets, lse, ignore_index):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# A serial kernel over a range of rows, run on chunks of rows in parallel for large inputs.
+# Serial kernels over rows lo..hi, run by `_jit.run` (chunks of rows in parallel for large
+# inputs).
 @jit
 def _ce_fwd(logits, targets, ignore_index, lse, losses, lo, hi):
+    # lse = log(sum(exp(logits - mx))) + mx, loss_i = lse_i - logits[i, target_i]
     v = logits.shape[1]
     t = logits.dtype.type
     for i in range(lo, hi):
@@ -70,6 +71,8 @@ def _ce_fwd(logits, targets, ignore_index, lse, losses, lo, hi):
 
 @jit
 def _ce_bwd(logits, targets, ignore_index, lse, scale, d, lo, hi):
+    # loss = mean_kept(lse - logits[target])  =>  dlogits = (softmax - onehot(target)) * scale,
+    # scale = dloss / count, softmax = exp(logits - lse); ignored rows get zeros
     v = logits.shape[1]
     t = logits.dtype.type
     for i in range(lo, hi):
@@ -84,33 +87,13 @@ def _ce_bwd(logits, targets, ignore_index, lse, scale, d, lo, hi):
         d[i, tg] -= scale
 
 
-@jit(parallel=True)
-def _ce_fwd_par(logits, targets, ignore_index, lse, losses, nchunks):
-    n = logits.shape[0]
-    per = (n + nchunks - 1) // nchunks
-    for k in prange(nchunks):
-        _ce_fwd(logits, targets, ignore_index, lse, losses, k * per, min(n, (k + 1) * per))
-
-
-@jit(parallel=True)
-def _ce_bwd_par(logits, targets, ignore_index, lse, scale, d, nchunks):
-    n = logits.shape[0]
-    per = (n + nchunks - 1) // nchunks
-    for k in prange(nchunks):
-        _ce_bwd(logits, targets, ignore_index, lse, scale, d, k * per, min(n, (k + 1) * per))
-
-
 def cross_entropy_forward_numba(logits, targets, ignore_index):
     logits = np.ascontiguousarray(logits)
     targets = np.ascontiguousarray(targets, dtype=np.int64)
     n = logits.shape[0]
     lse = np.empty(n, logits.dtype)
     losses = np.empty(n, logits.dtype)
-    k = n_chunks(n, logits.size)
-    if k:
-        _ce_fwd_par(logits, targets, ignore_index, lse, losses, k)
-    elif logits.size:
-        _ce_fwd(logits, targets, ignore_index, lse, losses, 0, n)
+    run(_ce_fwd, (logits, targets, ignore_index, lse, losses), n, logits.size)
     count = int(np.count_nonzero(targets != ignore_index))
     if count == 0:
         return np.zeros((), logits.dtype), lse
@@ -126,9 +109,5 @@ def cross_entropy_backward_numba(dloss, logits, targets, lse, ignore_index):
     d = np.empty_like(logits)
     scale = logits.dtype.type(dloss) / logits.dtype.type(count)
     lse = np.ascontiguousarray(lse)
-    k = n_chunks(logits.shape[0], logits.size)
-    if k:
-        _ce_bwd_par(logits, targets, ignore_index, lse, scale, d, k)
-    else:
-        _ce_bwd(logits, targets, ignore_index, lse, scale, d, 0, logits.shape[0])
+    run(_ce_bwd, (logits, targets, ignore_index, lse, scale, d), logits.shape[0], logits.size)
     return d

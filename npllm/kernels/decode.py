@@ -24,7 +24,7 @@ Python, twice as slow a call (docs/performance.md, "Dispatch cost"). Each
 piece is the serial kernel its family's training op runs (`kernels.layernorm._ln_fwd`,
 `kernels.softmax._softmax_rows`, the activations' loops), not a copy of it.
 
-Every matrix-vector product goes through `npllm.kernels.int8`'s scaled matmul,
+Every matrix-vector product goes through `npllm.kernels._jit.scaled_matmul`,
 y = scale * (x . w_row) + b, which takes int8 weights with their per-row scales or float32
 weights with scales of one: the same code serves both models; int4 weights (uint8 codes)
 go through `npllm.kernels.int4`'s register kernel instead, picked by type at compile
@@ -41,10 +41,9 @@ from numba import types
 from numba.extending import overload
 
 from npllm.arch import BlockWeights, HeadWeights, Spec
-from npllm.kernels._jit import jit
+from npllm.kernels._jit import MOST_CHUNKS, jit, parallel, scaled_matmul
 from npllm.kernels.activations import _gelu_erf_fwd, _gelu_tanh_fwd, _relu_fwd
 from npllm.kernels.int4 import prepared_matmul
-from npllm.kernels.int8 import scaled_matmul, scaled_matmul_parallel
 from npllm.kernels.layernorm import _ln_fwd
 from npllm.kernels.rmsnorm import _rms_fwd
 from npllm.kernels.rope import rope_rows
@@ -58,6 +57,9 @@ from npllm.kernels.swiglu import _swiglu_fwd
 # "Dispatch cost"). The decoder times both and keeps the faster.
 SERIAL = 1 << 62
 PARALLEL = 1 << 17
+
+
+_scaled_matmul_chunks = parallel(scaled_matmul)
 
 
 def _matvec(x, w, s, b, out, par_min):
@@ -77,10 +79,11 @@ def _matvec_impl(x, w, s, b, out, par_min):
         return int4
 
     def scaled(x, w, s, b, out, par_min):
+        blocks = w.shape[0] // 4 + 1  # _jit.scaled_matmul's units: 4 outputs, then the rest
         if w.size * x.shape[0] >= par_min:
-            scaled_matmul_parallel(x, w, s, b, out)
+            _scaled_matmul_chunks((x, w, s, b, out), blocks, min(blocks, MOST_CHUNKS))
         else:
-            scaled_matmul(x, w, s, b, out)
+            scaled_matmul(x, w, s, b, out, 0, blocks)
 
     return scaled
 
@@ -104,13 +107,13 @@ def _activate(f, spec, out):
     if spec.act == 3:
         H = out.shape[1]
         for b in range(f.shape[0]):
-            _swiglu_fwd(f[b, :H], f[b, H:], out[b])
+            _swiglu_fwd(f[b, :H], f[b, H:], out[b], 0, H)
     elif spec.act == 0:
-        _gelu_tanh_fwd(a, a, o)
+        _gelu_tanh_fwd(a, o, 0, o.size)
     elif spec.act == 1:
-        _gelu_erf_fwd(a, a, o)
+        _gelu_erf_fwd(a, o, 0, o.size)
     else:
-        _relu_fwd(a, a, o)
+        _relu_fwd(a, o, 0, o.size)
 
 
 @jit
@@ -150,7 +153,7 @@ def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec):
                 for d in range(hs):
                     a += qkv[b, q0 + d] * kc[s, d]
                 att[0, s] = a * scale
-            _softmax_rows(att, p, False, 0, 1)
+            _softmax_rows(att, p, 0, 1)
             for d in range(hs):
                 y[b, q0 + d] = t(0)
             for s in range(S):

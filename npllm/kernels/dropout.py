@@ -10,9 +10,8 @@ caller's numpy Generator is the only source of randomness).
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from npllm.kernels._jit import jit
+from npllm.kernels._jit import flat, jit, run
 
 KERNELS = ("dropout_forward", "dropout_backward")
 
@@ -29,13 +28,12 @@ def dropout_backward_numpy(dy, keep, p):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# Serial loops from index 0 over contiguous slices (what vectorises), chunked across
-# threads only for large arrays (see activations.py).
-_PAR_MIN = 1 << 16
-
-
+# Serial loops over elements lo..hi (slices walked from index 0: what vectorises), run by
+# `_jit.run` (chunks in parallel for large arrays).
 @jit
-def _fwd(x, u, p, scale, out, keep):
+def _fwd(x, u, p, scale, out, keep, lo, hi):
+    # keep = u >= p, out = x * keep * scale, scale = 1 / (1 - p)
+    x, u, out, keep = x[lo:hi], u[lo:hi], out[lo:hi], keep[lo:hi]
     zero = x.dtype.type(0)
     for i in range(x.size):
         k = u[i] >= p
@@ -44,55 +42,25 @@ def _fwd(x, u, p, scale, out, keep):
 
 
 @jit
-def _bwd(dy, keep, scale, dx):
+def _bwd(dy, keep, scale, dx, lo, hi):
+    # out = x * keep * scale  =>  dx = dy * keep * scale
+    dy, keep, dx = dy[lo:hi], keep[lo:hi], dx[lo:hi]
     zero = dy.dtype.type(0)
     for i in range(dy.size):
         dx[i] = dy[i] * scale if keep[i] else zero
 
 
-@jit(parallel=True)
-def _fwd_par(x, u, p, scale, out, keep, nchunks):
-    n = x.size
-    per = (n + nchunks - 1) // nchunks
-    for c in prange(nchunks):
-        lo = c * per
-        hi = min(n, lo + per)
-        _fwd(x[lo:hi], u[lo:hi], p, scale, out[lo:hi], keep[lo:hi])
-
-
-@jit(parallel=True)
-def _bwd_par(dy, keep, scale, dx, nchunks):
-    n = dy.size
-    per = (n + nchunks - 1) // nchunks
-    for c in prange(nchunks):
-        lo = c * per
-        hi = min(n, lo + per)
-        _bwd(dy[lo:hi], keep[lo:hi], scale, dx[lo:hi])
-
-
-def _chunks(n: int) -> int:
-    return 2 * min(8, n // _PAR_MIN)
-
-
 def dropout_forward_numba(x, u, p):
-    xf = np.ascontiguousarray(x).reshape(-1)
-    uf = np.ascontiguousarray(u).reshape(-1)
+    xf = flat(x)
     out = np.empty_like(xf)
     keep = np.empty(xf.shape, dtype=np.bool_)
-    args = (xf, uf, u.dtype.type(p), x.dtype.type(1.0 / (1.0 - p)), out, keep)
-    if xf.size < _PAR_MIN:
-        _fwd(*args)
-    else:
-        _fwd_par(*args, _chunks(xf.size))
+    scale = x.dtype.type(1.0 / (1.0 - p))
+    run(_fwd, (xf, flat(u), u.dtype.type(p), scale, out, keep), xf.size)
     return out.reshape(x.shape), keep.reshape(x.shape)
 
 
 def dropout_backward_numba(dy, keep, p):
-    dyf = np.ascontiguousarray(dy).reshape(-1)
+    dyf = flat(dy)
     dx = np.empty_like(dyf)
-    args = (dyf, np.ascontiguousarray(keep).reshape(-1), dy.dtype.type(1.0 / (1.0 - p)), dx)
-    if dyf.size < _PAR_MIN:
-        _bwd(*args)
-    else:
-        _bwd_par(*args, _chunks(dyf.size))
+    run(_bwd, (dyf, flat(keep), dy.dtype.type(1.0 / (1.0 - p)), dx), dyf.size)
     return dx.reshape(dy.shape)

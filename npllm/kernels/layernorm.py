@@ -16,9 +16,8 @@ mean and rstd are (N,) arrays in the input dtype.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from npllm.kernels._jit import jit, n_chunks
+from npllm.kernels._jit import chunk_of, jit, partial_sums, run
 
 KERNELS = ("layernorm_forward", "layernorm_backward")
 
@@ -52,10 +51,11 @@ def layernorm_backward_numpy(dout, x, mean, rstd, w):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# A serial kernel over a range of rows, run on chunks of rows in parallel for large
-# inputs (serially below _jit.PAR_MIN, e.g. one token at a time when decoding).
+# Serial kernels over rows lo..hi, run by `_jit.run` (chunks of rows in parallel for large
+# inputs; serially below _jit.PAR_MIN, e.g. one token at a time when decoding).
 @jit
 def _ln_fwd(x, w, b, eps, out, mean, rstd, lo, hi):
+    # xhat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps), out = xhat * w + b
     c = x.shape[1]
     t = x.dtype.type
     inv_c = t(1) / t(c)
@@ -76,12 +76,16 @@ def _ln_fwd(x, w, b, eps, out, mean, rstd, lo, hi):
 
 
 @jit
-def _ln_bwd(dout, x, mean, rstd, w, dx, dw_row, db_row, lo, hi):
-    # dw/db of these rows are added into dw_row/db_row (one partial row per task, summed
-    # afterwards, so no two threads write the same memory)
+def _ln_bwd(dout, x, mean, rstd, w, dx, dw_part, db_part, lo, hi):
+    # out = xhat * w + b  =>  dxhat = dout * w,
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) (mean and rstd depend on
+    # x too: their terms are the two means), dw = sum_rows(dout * xhat), db = sum_rows(dout).
+    # dw, db of these rows go to this chunk's row of the partial sums (summed afterwards).
     c = x.shape[1]
     t = x.dtype.type
     inv_c = t(1) / t(c)
+    p = chunk_of(lo, x.shape[0], dw_part.shape[0])
+    dw_row, db_row = dw_part[p], db_part[p]
     for i in range(lo, hi):
         m = mean[i]
         r = rstd[i]
@@ -101,23 +105,6 @@ def _ln_bwd(dout, x, mean, rstd, w, dx, dw_row, db_row, lo, hi):
             dx[i, j] = r * (dout[i, j] * w[j] - s1 - xhat * s2)
 
 
-@jit(parallel=True)
-def _ln_fwd_par(x, w, b, eps, out, mean, rstd, nchunks):
-    n = x.shape[0]
-    per = (n + nchunks - 1) // nchunks
-    for k in prange(nchunks):
-        _ln_fwd(x, w, b, eps, out, mean, rstd, k * per, min(n, (k + 1) * per))
-
-
-@jit(parallel=True)
-def _ln_bwd_par(dout, x, mean, rstd, w, dx, dw_part, db_part):
-    n = x.shape[0]
-    nchunks = dw_part.shape[0]
-    per = (n + nchunks - 1) // nchunks
-    for k in prange(nchunks):
-        _ln_bwd(dout, x, mean, rstd, w, dx, dw_part[k], db_part[k], k * per, min(n, (k + 1) * per))
-
-
 def layernorm_forward_numba(x, w, b, eps):
     x = np.ascontiguousarray(x)
     n, c = x.shape
@@ -127,11 +114,7 @@ def layernorm_forward_numba(x, w, b, eps):
     out = np.empty_like(x)
     mean = np.empty(n, dt)
     rstd = np.empty(n, dt)
-    k = n_chunks(n, x.size)
-    if k:
-        _ln_fwd_par(x, w_, b_, dt.type(eps), out, mean, rstd, k)
-    elif x.size:
-        _ln_fwd(x, w_, b_, dt.type(eps), out, mean, rstd, 0, n)
+    run(_ln_fwd, (x, w_, b_, dt.type(eps), out, mean, rstd), n, x.size)
     return out, mean, rstd
 
 
@@ -141,13 +124,9 @@ def layernorm_backward_numba(dout, x, mean, rstd, w):
     n, c = x.shape
     dt = x.dtype
     w_ = np.ones(c, dt) if w is None else np.ascontiguousarray(w)
-    k = n_chunks(n, x.size)
-    dw_part = np.zeros((max(k, 1), c), dt)
-    db_part = np.zeros((max(k, 1), c), dt)
+    dw_part = partial_sums(n, x.size, c, dt)
+    db_part = partial_sums(n, x.size, c, dt)
     dx = np.empty_like(x)
-    if k:
-        _ln_bwd_par(dout, x, mean, rstd, w_, dx, dw_part, db_part)
-    elif x.size:
-        _ln_bwd(dout, x, mean, rstd, w_, dx, dw_part[0], db_part[0], 0, n)
+    run(_ln_bwd, (dout, x, mean, rstd, w_, dx, dw_part, db_part), n, x.size)
     dw = dw_part.sum(axis=0) if w is not None else None
     return dx, dw, db_part.sum(axis=0)

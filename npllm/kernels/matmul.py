@@ -1,30 +1,29 @@
 """The linear layer's matmuls, forward and backward (llm.c's matmul_forward/backward),
-and a tiled, parallel Numba GEMM kept for study and benchmarks.
+and a plain Numba GEMM kept for study.
 
 The Numba backend (the default) runs BLAS inside Numba's thread pool (`blas.gemm`: a
-private single-threaded OpenBLAS per prange task), so matmuls and the fused kernels share
-one pool; the reference is NumPy's `@`.
+private single-threaded OpenBLAS per chunk of rows), so matmuls and the fused kernels
+share one pool; the reference is NumPy's `@`.
 
     linear_forward(x, w, b) -> out          x (N, in), w (out, in), b (out,) or None
                                             out = x @ w.T + b
     linear_backward(dout, x, w, need_dx=True, need_dw=True, need_db=True) -> (dx, dw, db)
-                                            dx = dout @ w, dw = dout.T @ x, db = sum_N dout
-    gemm_numba(a, b) -> a @ b               the tiled kernel itself, (M, K) @ (K, N)
+        out = x @ w.T + b  =>  dx = dout @ w, dw = dout^T @ x, db = sum_N dout
+        (out_nj = sum_i x_ni w_ji + b_j: d/dx_ni picks w_ji, d/dw_ji picks x_ni)
+    gemm_numba(a, b) -> a @ b               Numba's register-blocked loop, (M, K) @ (K, N)
 
 The NumPy reference is NumPy's BLAS (`@` on 2-D arrays, transposes passed as flags; the
 weight gradient oriented to dodge an OpenBLAS threading stall, see `_weight_grad`).
-OpenBLAS runs several times faster than the hand-written tiled kernel
-(docs/performance.md, "Matmul belongs in BLAS"), which `benchmarks/kernels.py`
-re-measures. The tiled kernel computes A @ B as A times (B^T)-transposed, register-blocked
-(see `_gemm_nt`).
+OpenBLAS runs several times faster than a hand-written Numba GEMM (docs/performance.md,
+"Matmul belongs in BLAS"). `gemm_numba` is that hand-written loop: `_jit.scaled_matmul`,
+the int8 and decode kernels' product, four output columns at a time.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from npllm.kernels._jit import jit
+from npllm.kernels._jit import run, scaled_matmul
 from npllm.kernels.blas import gemm
 
 KERNELS = ("linear_forward", "linear_backward")
@@ -63,73 +62,17 @@ def linear_backward_numpy(dout, x, w, need_dx=True, need_dw=True, need_db=True):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-_MB = 32  # rows of A (and C) per parallel task
-_NB = 128  # rows of B^T per pass: 128 x K floats stay in L2 while all _MB rows use them
-
-
-@jit(parallel=True)
-def _gemm_nt(a, bt, c):
-    """c = a @ bt.T for C-contiguous a (M, K), bt (N, K), c (M, N).
-
-    Register-blocked: 4 rows of a against 2 rows of bt keep 8 running sums in registers
-    while one vectorised loop walks K (from 0: a loop from k0 > 0 stayed scalar,
-    docs/performance.md, "Numba habits"). Tasks of _MB rows of C run in parallel; within a
-    task bt is walked in panels of _NB rows so a panel is reused from cache by all the
-    task's rows."""
-    m, kdim = a.shape
-    n = bt.shape[0]
-    z = a.dtype.type(0)
-    for blk in prange((m + _MB - 1) // _MB):
-        i_lo = blk * _MB
-        i_hi = min(m, i_lo + _MB)
-        for j_lo in range(0, n, _NB):
-            j_hi = min(n, j_lo + _NB)
-            for i0 in range(i_lo, i_hi, 4):
-                if i0 + 4 <= i_hi:
-                    a0, a1, a2, a3 = a[i0], a[i0 + 1], a[i0 + 2], a[i0 + 3]
-                    j = j_lo
-                    while j + 2 <= j_hi:
-                        ba, bb = bt[j], bt[j + 1]
-                        s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = z
-                        for k in range(kdim):
-                            x, y = ba[k], bb[k]
-                            s0 += a0[k] * x
-                            s1 += a1[k] * x
-                            s2 += a2[k] * x
-                            s3 += a3[k] * x
-                            t0 += a0[k] * y
-                            t1 += a1[k] * y
-                            t2 += a2[k] * y
-                            t3 += a3[k] * y
-                        c[i0, j], c[i0 + 1, j], c[i0 + 2, j], c[i0 + 3, j] = s0, s1, s2, s3
-                        c[i0, j + 1], c[i0 + 1, j + 1] = t0, t1
-                        c[i0 + 2, j + 1], c[i0 + 3, j + 1] = t2, t3
-                        j += 2
-                    rows = 4
-                else:
-                    j = j_lo
-                    rows = i_hi - i0
-                for r in range(rows):  # leftover columns (and rows past the last 4)
-                    ar = a[i0 + r]
-                    for jj in range(j, j_hi):
-                        b_ = bt[jj]
-                        acc = z
-                        for k in range(kdim):
-                            acc += ar[k] * b_[k]
-                        c[i0 + r, jj] = acc
-
-
 def gemm_numba(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for 2-D arrays with the blocked Numba kernel (b is transposed to (N, K)
-    first, an N x K copy, so both operands are walked along contiguous rows)."""
+    """a @ b for 2-D arrays with Numba's register-blocked loop (`_jit.scaled_matmul`, with
+    scales of one and no bias): b is transposed to (N, K) first, an N x K copy, so both
+    operands are walked along contiguous rows."""
     dt = np.result_type(a, b)
     a = np.ascontiguousarray(a, dtype=dt)
     bt = np.ascontiguousarray(b.T, dtype=dt)
-    c = np.empty((a.shape[0], bt.shape[0]), dtype=dt)
-    if a.shape[1] == 0:
-        c[...] = 0
-    elif c.size:
-        _gemm_nt(a, bt, c)
+    m, n = a.shape[0], bt.shape[0]
+    c = np.empty((m, n), dtype=dt)
+    ones, zeros = np.ones(n, dt), np.zeros(n, dt)
+    run(scaled_matmul, (a, bt, ones, zeros, c), n // 4 + 1, m * n * max(a.shape[1], 1))
     return c
 
 

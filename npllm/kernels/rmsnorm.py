@@ -16,9 +16,8 @@ LayerNorm's rule without the mean(dxhat) term. `w` may be None (dw is then None)
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from npllm.kernels._jit import jit, n_chunks
+from npllm.kernels._jit import chunk_of, jit, partial_sums, run
 
 KERNELS = ("rmsnorm_forward", "rmsnorm_backward")
 
@@ -43,10 +42,11 @@ def rmsnorm_backward_numpy(dout, x, rstd, w):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# As layernorm.py: a serial kernel over a range of rows, chunks of rows in parallel for
-# large inputs; the decode step calls `_rms_fwd` directly.
+# As layernorm.py: serial kernels over rows lo..hi, run by `_jit.run`; the decode step
+# calls `_rms_fwd` directly.
 @jit
 def _rms_fwd(x, w, eps, out, rstd, lo, hi):
+    # rstd = 1 / sqrt(mean(x^2) + eps), out = x * rstd * w
     c = x.shape[1]
     t = x.dtype.type
     inv_c = t(1) / t(c)
@@ -61,10 +61,13 @@ def _rms_fwd(x, w, eps, out, rstd, lo, hi):
 
 
 @jit
-def _rms_bwd(dout, x, rstd, w, dx, dw_row, lo, hi):
+def _rms_bwd(dout, x, rstd, w, dx, dw_part, lo, hi):
+    # out = xhat * w, xhat = x * rstd  =>  dxhat = dout * w,
+    # dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), dw = sum_rows(dout * xhat)
     c = x.shape[1]
     t = x.dtype.type
     inv_c = t(1) / t(c)
+    dw_row = dw_part[chunk_of(lo, x.shape[0], dw_part.shape[0])]
     for i in range(lo, hi):
         r = rstd[i]
         s = t(0)
@@ -77,34 +80,13 @@ def _rms_bwd(dout, x, rstd, w, dx, dw_row, lo, hi):
             dx[i, j] = r * (dout[i, j] * w[j] - x[i, j] * r * s)
 
 
-@jit(parallel=True)
-def _rms_fwd_par(x, w, eps, out, rstd, nchunks):
-    n = x.shape[0]
-    per = (n + nchunks - 1) // nchunks
-    for k in prange(nchunks):
-        _rms_fwd(x, w, eps, out, rstd, k * per, min(n, (k + 1) * per))
-
-
-@jit(parallel=True)
-def _rms_bwd_par(dout, x, rstd, w, dx, dw_part):
-    n = x.shape[0]
-    nchunks = dw_part.shape[0]
-    per = (n + nchunks - 1) // nchunks
-    for k in prange(nchunks):
-        _rms_bwd(dout, x, rstd, w, dx, dw_part[k], k * per, min(n, (k + 1) * per))
-
-
 def rmsnorm_forward_numba(x, w, eps):
     x = np.ascontiguousarray(x)
     n, c = x.shape
     w_ = np.ones(c, x.dtype) if w is None else np.ascontiguousarray(w)
     out = np.empty_like(x)
     rstd = np.empty(n, x.dtype)
-    k = n_chunks(n, x.size)
-    if k:
-        _rms_fwd_par(x, w_, x.dtype.type(eps), out, rstd, k)
-    elif x.size:
-        _rms_fwd(x, w_, x.dtype.type(eps), out, rstd, 0, n)
+    run(_rms_fwd, (x, w_, x.dtype.type(eps), out, rstd), n, x.size)
     return out, rstd
 
 
@@ -112,11 +94,7 @@ def rmsnorm_backward_numba(dout, x, rstd, w):
     dout, x, rstd = np.ascontiguousarray(dout), np.ascontiguousarray(x), np.ascontiguousarray(rstd)
     n, c = x.shape
     w_ = np.ones(c, x.dtype) if w is None else np.ascontiguousarray(w)
-    k = n_chunks(n, x.size)
-    dw_part = np.zeros((max(k, 1), c), x.dtype)
+    dw_part = partial_sums(n, x.size, c, x.dtype)
     dx = np.empty_like(x)
-    if k:
-        _rms_bwd_par(dout, x, rstd, w_, dx, dw_part)
-    elif x.size:
-        _rms_bwd(dout, x, rstd, w_, dx, dw_part[0], 0, n)
+    run(_rms_bwd, (dout, x, rstd, w_, dx, dw_part), n, x.size)
     return dx, (dw_part.sum(axis=0) if w is not None else None)

@@ -17,9 +17,8 @@ hold for any cos and sin, the backward being the transpose of the forward's line
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from npllm.kernels._jit import jit, n_chunks
+from npllm.kernels._jit import jit, run
 
 KERNELS = ("rope_forward", "rope_backward")
 
@@ -52,9 +51,10 @@ def rope_rows(x, cos, sin, sign, out):
             out[t, d + h] = b * c[d] + a * sd
 
 
-@jit(parallel=True)
-def _rope_par(x, cos, sin, sign, out):
-    for n in prange(x.shape[0]):
+@jit
+def _rope_heads(x, cos, sin, sign, out, lo, hi):
+    # y = R x per pair; dx = R^T dy, the turn by -angle (sign -1)
+    for n in range(lo, hi):
         rope_rows(x[n], cos, sin, sign, out[n])
 
 
@@ -64,12 +64,7 @@ def _rope(x, cos, sin, sign):
     sin = np.ascontiguousarray(sin, x.dtype)
     out = np.empty_like(x)
     x3, o3 = x.reshape(-1, x.shape[-2], x.shape[-1]), out.reshape(-1, x.shape[-2], x.shape[-1])
-    t = x.dtype.type(sign)
-    if n_chunks(x3.shape[0], x.size):
-        _rope_par(x3, cos, sin, t, o3)
-    else:
-        for n in range(x3.shape[0]):
-            rope_rows(x3[n], cos, sin, t, o3[n])
+    run(_rope_heads, (x3, cos, sin, x.dtype.type(sign), o3), x3.shape[0], x.size)
     return out
 
 

@@ -12,9 +12,8 @@ Inputs may be non-contiguous; outputs are new C-contiguous arrays of the input d
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from npllm.kernels._jit import fexp, fmax, jit, n_chunks
+from npllm.kernels._jit import fexp, fmax, jit, run
 
 KERNELS = ("softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward")
 
@@ -42,108 +41,100 @@ def log_softmax_backward_numpy(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# Rows are independent: a serial kernel over a range of rows, run on chunks of rows in
-# parallel for large inputs (serially below _jit.PAR_MIN), a vectorised pass per row.
-# Every constant is made in the input's dtype (`t(0)`): in Numba a Python literal promotes
-# float32 math to float64, which halves the vector width and sends fexp to its float64
-# branch. The running max starts at x[i, 0], never a float64 -inf literal
-# (docs/performance.md, "Numba habits").
+# Rows are independent: a serial kernel over rows lo..hi, run by `_jit.run` (chunks of rows
+# in parallel for large inputs), a vectorised pass per row. Every constant is made in the
+# input's dtype (`t(0)`): in Numba a Python literal promotes float32 math to float64, which
+# halves the vector width and sends fexp to its float64 branch. The running max starts at
+# x[0] and goes through fmax, never a float64 -inf literal.
 @jit(inline=True)
-def softmax_row(x, out, log):
-    """One 1-D row: out = softmax(x) (or log_softmax); out may be x itself. Also the
-    attention kernel's softmax, on each row's visible keys."""
-    t = x.dtype.type
+def _exp_shifted(x, out):
+    """out = exp(x - max(x)) for one 1-D row; returns (max(x), sum(out))."""
     mx = x[0]
     for j in range(x.size):
         mx = fmax(mx, x[j])
-    s = t(0)
+    s = x.dtype.type(0)
     for j in range(x.size):
         e = fexp(x[j] - mx)
         out[j] = e
         s += e
-    if log:
-        lse = mx + np.log(s)
-        for j in range(x.size):
-            out[j] = x[j] - lse
-    else:
-        r = t(1) / s
-        for j in range(x.size):
-            out[j] *= r
+    return mx, s
+
+
+@jit(inline=True)
+def softmax_row(x, out):
+    """out = softmax(x) for one 1-D row; out may be x itself. Also the attention kernel's
+    softmax, on each row's visible keys."""
+    _, s = _exp_shifted(x, out)
+    r = x.dtype.type(1) / s
+    for j in range(x.size):
+        out[j] *= r
+
+
+@jit(inline=True)
+def log_softmax_row(x, out):
+    """out = log_softmax(x) = x - max - log(sum(exp(x - max))) for one 1-D row (out is
+    scratch for the exponentials first, so it may not be x)."""
+    mx, s = _exp_shifted(x, out)
+    lse = mx + np.log(s)
+    for j in range(x.size):
+        out[j] = x[j] - lse
 
 
 @jit
-def _softmax_rows(x, out, log, lo, hi):
+def _softmax_rows(x, out, lo, hi):
     for i in range(lo, hi):
-        softmax_row(x[i], out[i], log)
+        softmax_row(x[i], out[i])
 
 
 @jit
-def _softmax_bwd_rows(dy, y, dx, log, lo, hi):
-    m = y.shape[1]
+def _log_softmax_rows(x, out, lo, hi):
+    for i in range(lo, hi):
+        log_softmax_row(x[i], out[i])
+
+
+@jit
+def _softmax_bwd_rows(dy, y, dx, lo, hi):
+    # y = softmax(x)  =>  dx = y * (dy - sum(dy * y)), the Jacobian diag(y) - y y^T times dy
     t = y.dtype.type
     for i in range(lo, hi):
         s = t(0)
-        if log:
-            for j in range(m):
-                s += dy[i, j]
-            for j in range(m):
-                dx[i, j] = dy[i, j] - fexp(y[i, j]) * s
-        else:
-            for j in range(m):
-                s += dy[i, j] * y[i, j]
-            for j in range(m):
-                dx[i, j] = y[i, j] * (dy[i, j] - s)
+        for j in range(y.shape[1]):
+            s += dy[i, j] * y[i, j]
+        for j in range(y.shape[1]):
+            dx[i, j] = y[i, j] * (dy[i, j] - s)
 
 
-@jit(parallel=True)
-def _softmax_par(x, out, log, nchunks):
-    n = x.shape[0]
-    per = (n + nchunks - 1) // nchunks
-    for c in prange(nchunks):
-        _softmax_rows(x, out, log, c * per, min(n, (c + 1) * per))
+@jit
+def _log_softmax_bwd_rows(dy, y, dx, lo, hi):
+    # y = x - logsumexp(x)  =>  dx = dy - softmax(x) * sum(dy), softmax(x) = exp(y)
+    t = y.dtype.type
+    for i in range(lo, hi):
+        s = t(0)
+        for j in range(y.shape[1]):
+            s += dy[i, j]
+        for j in range(y.shape[1]):
+            dx[i, j] = dy[i, j] - fexp(y[i, j]) * s
 
 
-@jit(parallel=True)
-def _softmax_bwd_par(dy, y, dx, log, nchunks):
-    n = y.shape[0]
-    per = (n + nchunks - 1) // nchunks
-    for c in prange(nchunks):
-        _softmax_bwd_rows(dy, y, dx, log, c * per, min(n, (c + 1) * per))
-
-
-def _fwd(x: np.ndarray, log: bool) -> np.ndarray:
-    x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
-    k = n_chunks(x.shape[0], x.size)
-    if k:
-        _softmax_par(x, out, log, k)
-    elif x.size:
-        _softmax_rows(x, out, log, 0, x.shape[0])
+def _rows(kernel, *arrays: np.ndarray) -> np.ndarray:
+    """kernel(*arrays, out, lo, hi) over every row, out like the last array."""
+    arrays = tuple(np.ascontiguousarray(a) for a in arrays)
+    out = np.empty_like(arrays[-1])
+    run(kernel, (*arrays, out), out.shape[0], out.size)
     return out
 
 
-def _bwd(dy: np.ndarray, y: np.ndarray, log: bool) -> np.ndarray:
-    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
-    dx = np.empty_like(y)
-    k = n_chunks(y.shape[0], y.size)
-    if k:
-        _softmax_bwd_par(dy, y, dx, log, k)
-    elif y.size:
-        _softmax_bwd_rows(dy, y, dx, log, 0, y.shape[0])
-    return dx
-
-
 def softmax_forward_numba(x: np.ndarray) -> np.ndarray:
-    return _fwd(x, False)
+    return _rows(_softmax_rows, x)
 
 
 def softmax_backward_numba(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return _bwd(dy, y, False)
+    return _rows(_softmax_bwd_rows, dy, y)
 
 
 def log_softmax_forward_numba(x: np.ndarray) -> np.ndarray:
-    return _fwd(x, True)
+    return _rows(_log_softmax_rows, x)
 
 
 def log_softmax_backward_numba(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return _bwd(dy, y, True)
+    return _rows(_log_softmax_bwd_rows, dy, y)

@@ -13,14 +13,10 @@ The backward takes the inputs (as torch's autograd keeps them), so nothing else 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from npllm.kernels._jit import fexp, jit
+from npllm.kernels._jit import fexp, flat, jit, run
 
 KERNELS = ("swiglu_forward", "swiglu_backward")
-
-# Below this many elements a prange launch costs more than it saves (activations.py).
-_PAR_MIN = 1 << 16
 
 
 # ---- NumPy reference -------------------------------------------------------------------
@@ -43,9 +39,8 @@ def swiglu_backward_numpy(dy, g, u):
 
 
 # ---- Numba -----------------------------------------------------------------------------
-# Serial loops over flat arrays from index 0 (they vectorise: docs/performance.md, "Numba
-# habits"), cut into chunks
-# run in parallel for large arrays. The decode step calls `_swiglu_fwd` directly.
+# Serial loops over elements lo..hi (slices walked from index 0: what vectorises), run by
+# `_jit.run` (chunks in parallel for large arrays). The decode step calls `_swiglu_fwd`.
 @jit(inline=True)
 def _sig(v):
     t = type(v)
@@ -55,13 +50,17 @@ def _sig(v):
 
 
 @jit
-def _swiglu_fwd(g, u, out):
+def _swiglu_fwd(g, u, out, lo, hi):
+    # y = g * sigmoid(g) * u
+    g, u, out = g[lo:hi], u[lo:hi], out[lo:hi]
     for i in range(out.size):
         out[i] = g[i] * _sig(g[i]) * u[i]
 
 
 @jit
-def _swiglu_bwd(dy, g, u, dg, du):
+def _swiglu_bwd(dy, g, u, dg, du, lo, hi):
+    # y = silu(g) * u, s = sigmoid(g)  =>  du = dy * g * s, dg = dy * u * s * (1 + g (1 - s))
+    dy, g, u, dg, du = dy[lo:hi], g[lo:hi], u[lo:hi], dg[lo:hi], du[lo:hi]
     one = g.dtype.type(1)
     for i in range(g.size):
         s = _sig(g[i])
@@ -69,37 +68,15 @@ def _swiglu_bwd(dy, g, u, dg, du):
         dg[i] = dy[i] * u[i] * s * (one + g[i] * (one - s))
 
 
-@jit(parallel=True)
-def _swiglu_par(dy, g, u, out, dg, backward, nchunks):
-    n = g.size
-    per = (n + nchunks - 1) // nchunks
-    for c in prange(nchunks):
-        lo, hi = c * per, min(n, (c + 1) * per)
-        if backward:
-            _swiglu_bwd(dy[lo:hi], g[lo:hi], u[lo:hi], dg[lo:hi], out[lo:hi])
-        else:
-            _swiglu_fwd(g[lo:hi], u[lo:hi], out[lo:hi])
-
-
-def _flat(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape(-1)
-
-
 def swiglu_forward_numba(g, u):
-    gf, uf = _flat(g), _flat(u)
+    gf = flat(g)
     out = np.empty_like(gf)
-    if gf.size >= _PAR_MIN:
-        _swiglu_par(gf, gf, uf, out, out, False, 2 * min(8, gf.size // _PAR_MIN))
-    else:
-        _swiglu_fwd(gf, uf, out)
+    run(_swiglu_fwd, (gf, flat(u), out), gf.size)
     return out.reshape(g.shape)
 
 
 def swiglu_backward_numba(dy, g, u):
-    dyf, gf, uf = _flat(dy), _flat(g), _flat(u)
+    gf = flat(g)
     dg, du = np.empty_like(gf), np.empty_like(gf)
-    if gf.size >= _PAR_MIN:
-        _swiglu_par(dyf, gf, uf, du, dg, True, 2 * min(8, gf.size // _PAR_MIN))
-    else:
-        _swiglu_bwd(dyf, gf, uf, dg, du)
+    run(_swiglu_bwd, (flat(dy), gf, flat(u), dg, du), gf.size)
     return dg.reshape(g.shape), du.reshape(g.shape)

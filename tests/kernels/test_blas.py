@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npllm.kernels import blas
+from npllm.kernels._jit import PAR_MIN
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 
@@ -51,10 +52,10 @@ def test_gemm_matches_numpy(m, k, n, trans_a, trans_b, dtype, beta, seed):
 
 
 def test_large_product_is_split_across_threads_and_still_exact():
-    # big enough that gemm splits the rows into several prange tasks
+    # big enough that gemm splits the rows into parallel chunks
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((301, 257)), rng.standard_normal((257, 129))
-    assert a.shape[0] * b.shape[1] * a.shape[1] >= blas._SPLIT_MIN
+    assert a.shape[0] * b.shape[1] * a.shape[1] >= PAR_MIN
     np.testing.assert_allclose(blas.gemm(a, b), a @ b, rtol=1e-12, atol=1e-12)
 
 
