@@ -1,7 +1,7 @@
 """Kernels, one module per family, each a Numba version beside a plain-NumPy reference
 with the same signature, and the backend switch that picks between them.
 
-Families: `matmul` (linear layer forward/backward; BLAS reference, tiled Numba kernel),
+Families: `matmul` (linear layer forward/backward; BLAS reference, BLAS in Numba's pool),
 `softmax` (softmax, log-softmax), `layernorm`, `activations` (ReLU, GELU tanh/erf),
 `crossentropy` (fused softmax + cross-entropy), `attention` (causal SDPA), `embedding`,
 `dropout` and `adamw` (the fused optimizer update); for the Llama family `rmsnorm`,
@@ -16,6 +16,10 @@ Backend switch:
 - The environment variable `NPLLM_KERNELS` ("numba", "numpy" or "auto") sets the starting mode.
 - `use` also works as a context manager that restores the previous mode:
   `with kernels.use("numpy"): ...`.
+- `use` binds each kernel's name in this module to its active implementation, so
+  `kernels.layernorm_forward` is `layernorm.layernorm_forward_numba` (or `_numpy`): no
+  dispatcher between a caller and the kernel. Call kernels as `kernels.<name>(...)`;
+  `from npllm.kernels import <name>` would keep the binding of import time.
 
 Numba kernels compile lazily, on first call, and are cached on disk (`cache=True`), so
 `import npllm.kernels` stays fast and only the first run after a change pays the compile.
@@ -147,26 +151,31 @@ def _resolve(mode: str) -> dict[str, Callable[..., Any]]:
     }
 
 
+def _bind(mode: str) -> None:
+    """Make `mode` current: every kernel name of this module becomes its implementation."""
+    global _mode, _active
+    _mode, _active = mode, _resolve(mode)
+    globals().update(_active)
+
+
 class use:
     """Select the kernel backend: "numba", "numpy" or "auto" (per-kernel `DEFAULTS`).
     Takes effect at once; as a context manager it restores the previous mode on exit."""
 
     def __init__(self, mode: str) -> None:
-        global _mode, _active
         if mode not in MODES:
             raise ConfigError(
                 f"unknown kernel backend {mode!r}; use one of {', '.join(MODES)} "
                 "(in code via npllm.kernels.use, or the NPLLM_KERNELS environment variable)"
             )
         self._previous = _mode
-        _mode, _active = mode, _resolve(mode)
+        _bind(mode)
 
     def __enter__(self) -> use:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        global _mode, _active
-        _mode, _active = self._previous, _resolve(self._previous)
+        _bind(self._previous)
 
 
 def backend() -> str:
@@ -188,46 +197,7 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
-def _dispatcher(name: str) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return _active[name](*args, **kwargs)
-
-    impl = _REGISTRY[name]["numpy"]
-    call.__name__ = call.__qualname__ = name
-    call.__doc__ = impl.__doc__
-    return call
-
-
 use(os.environ.get("NPLLM_KERNELS", "auto").strip().lower() or "auto")
-
-# Module-level dispatchers: `kernels.softmax_forward(x)` runs the active backend's version.
-linear_forward = _dispatcher("linear_forward")
-linear_backward = _dispatcher("linear_backward")
-softmax_forward = _dispatcher("softmax_forward")
-softmax_backward = _dispatcher("softmax_backward")
-log_softmax_forward = _dispatcher("log_softmax_forward")
-log_softmax_backward = _dispatcher("log_softmax_backward")
-layernorm_forward = _dispatcher("layernorm_forward")
-layernorm_backward = _dispatcher("layernorm_backward")
-relu_forward = _dispatcher("relu_forward")
-relu_backward = _dispatcher("relu_backward")
-gelu_forward = _dispatcher("gelu_forward")
-gelu_backward = _dispatcher("gelu_backward")
-cross_entropy_forward = _dispatcher("cross_entropy_forward")
-cross_entropy_backward = _dispatcher("cross_entropy_backward")
-attention_forward = _dispatcher("attention_forward")
-attention_backward = _dispatcher("attention_backward")
-embedding_forward = _dispatcher("embedding_forward")
-embedding_backward = _dispatcher("embedding_backward")
-dropout_forward = _dispatcher("dropout_forward")
-dropout_backward = _dispatcher("dropout_backward")
-adamw_update = _dispatcher("adamw_update")
-rmsnorm_forward = _dispatcher("rmsnorm_forward")
-rmsnorm_backward = _dispatcher("rmsnorm_backward")
-swiglu_forward = _dispatcher("swiglu_forward")
-swiglu_backward = _dispatcher("swiglu_backward")
-rope_forward = _dispatcher("rope_forward")
-rope_backward = _dispatcher("rope_backward")
 
 __all__ = [
     "BACKENDS",

@@ -3,6 +3,7 @@ mode, and the NPLLM_KERNELS environment variable."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -18,6 +19,17 @@ def test_every_kernel_has_both_backends():
     for name in K.names():
         assert callable(K.get(name, "numpy")) and callable(K.get(name, "numba"))
         assert callable(getattr(K, name))
+
+
+def test_each_kernel_name_is_its_active_implementation():
+    # no dispatcher in between: `K.layernorm_forward` is the function `grep "def
+    # layernorm_forward"` finds (layernorm_forward_numpy or _numba), rebound by `use`
+    for mode in ("numpy", "numba"):
+        with K.use(mode):
+            for name in K.names():
+                impl = getattr(K, name)
+                assert impl is K.get(name, mode) and impl.__name__ == f"{name}_{mode}"
+                assert f"def {name}_{mode}(" in inspect.getsource(inspect.getmodule(impl))
 
 
 def test_use_switches_and_restores():
