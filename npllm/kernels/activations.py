@@ -40,7 +40,7 @@ def relu_forward_numpy(x):
 
 
 def relu_backward_numpy(dy, y):
-    # y = max(x, 0)
+    # y = max(x, 0)  =>  dx = dy * (y > 0): slope 1 where x > 0, 0 elsewhere (0 at x = 0)
     return dy * (y > 0)
 
 
@@ -54,11 +54,12 @@ def gelu_forward_numpy(x, approximate="tanh"):
 def gelu_backward_numpy(dy, x, approximate="tanh"):
     t = x.dtype.type
     if approximate == "tanh":
-        # y = 0.5 x (1 + tanh(u)), u = k (x + c x^3)
+        # y = 0.5 x (1 + tanh(u)), u = k (x + c x^3)  =>  product and chain rule:
+        # dx = dy (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx), du/dx = k (1 + 3 c x^2)
         th = np.tanh(t(_K) * (x + t(_C) * x * x * x))
         du = t(_K) * (1 + t(3 * _C) * x * x)
         return dy * (t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * du)
-    # y = x Phi(x)
+    # y = x Phi(x)  =>  dx = dy (Phi(x) + x phi(x)), Phi' = phi the normal density
     cdf = t(0.5) * (1 + _erf_numpy(x * t(_INV_SQRT2)))
     pdf = np.exp(t(-0.5) * x * x) * t(_INV_SQRT2PI)
     return dy * (cdf + x * pdf)

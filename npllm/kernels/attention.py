@@ -52,7 +52,9 @@ def attention_forward_numpy(q, k, v, causal=True, window=0):
 
 
 def attention_backward_numpy(dout, q, k, v, att, causal=True):
-    # out = att @ v, att = softmax(q @ k^T * scale)
+    # out = att @ v, att = softmax(s), s = q @ k^T * scale  =>  dv = att^T @ dout,
+    # datt = dout @ v^T, ds = att * (datt - rowsum(datt * att)) (softmax's rule per row),
+    # dq = ds @ k * scale, dk = ds^T @ q * scale; masked entries (att = 0) pass nothing
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     dv = _t(att) @ dout
     datt = dout @ _t(v)

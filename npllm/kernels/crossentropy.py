@@ -36,7 +36,8 @@ def cross_entropy_forward_numpy(logits, targets, ignore_index):
 
 
 def cross_entropy_backward_numpy(dloss, logits, targets, lse, ignore_index):
-    # loss = mean(lse - logits[target])  =>  (softmax - onehot) / count
+    # loss = mean(lse - logits[target]), d lse / d logits = softmax(logits)
+    #   =>  dlogits = dloss * (softmax - onehot(target)) / count, 0 on ignored rows
     keep = targets != ignore_index
     count = int(keep.sum())
     if count == 0:

@@ -23,7 +23,7 @@ def dropout_forward_numpy(x, u, p):
 
 
 def dropout_backward_numpy(dy, keep, p):
-    # out = x * keep / (1 - p)
+    # out = x * keep / (1 - p), linear in x  =>  dx = dy * keep / (1 - p)
     return dy * keep * dy.dtype.type(1.0 / (1.0 - p))
 
 

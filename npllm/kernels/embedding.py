@@ -22,7 +22,8 @@ def embedding_forward_numpy(idx, w):
 
 
 def embedding_backward_numpy(dout, idx, num_embeddings):
-    # out = w[idx]  =>  scatter-add, repeated indices accumulate
+    # out[n] = w[idx[n]]  =>  dw[v] = sum of dout[n] over the n with idx[n] = v: a
+    # scatter-add, repeated indices accumulate
     dw = np.zeros((num_embeddings, dout.shape[-1]), dtype=dout.dtype)
     np.add.at(dw, idx, dout)
     return dw

@@ -37,7 +37,9 @@ def layernorm_forward_numpy(x, w, b, eps):
 
 
 def layernorm_backward_numpy(dout, x, mean, rstd, w):
-    # out = xhat * w + b, xhat = (x - mean) * rstd
+    # out = xhat * w + b, xhat = (x - mean) * rstd  =>  dxhat = dout * w,
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) (the two means: through
+    # mean and rstd), dw = sum_rows(dout * xhat), db = sum_rows(dout)
     xhat = (x - mean[:, None]) * rstd[:, None]
     dxhat = dout * w if w is not None else dout
     dx = rstd[:, None] * (

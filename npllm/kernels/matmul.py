@@ -54,7 +54,7 @@ def _weight_grad(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def linear_backward_numpy(dout, x, w, need_dx=True, need_dw=True, need_db=True):
-    # out = x @ w.T + b
+    # out = x @ w.T + b  =>  dx = dout @ w, dw = dout^T @ x, db = sum_rows(dout)
     dx = dout @ w if need_dx else None
     dw = _weight_grad(dout, x) if need_dw else None
     db = dout.sum(axis=0) if need_db else None
@@ -82,7 +82,7 @@ def linear_forward_numba(x, w, b):
 
 
 def linear_backward_numba(dout, x, w, need_dx=True, need_dw=True, need_db=True):
-    # out = x @ w.T + b
+    # out = x @ w.T + b  =>  dx = dout @ w, dw = dout^T @ x, db = sum_rows(dout)
     dx = gemm(dout, w) if need_dx else None  # (N, out) @ (out, in)
     dw = gemm(dout, x, trans_a=True) if need_dw else None  # (N, out)^T @ (N, in)
     db = dout.sum(axis=0) if need_db else None

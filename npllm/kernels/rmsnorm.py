@@ -33,7 +33,8 @@ def rmsnorm_forward_numpy(x, w, eps):
 
 
 def rmsnorm_backward_numpy(dout, x, rstd, w):
-    # out = xhat * w, xhat = x * rstd
+    # out = xhat * w, xhat = x * rstd  =>  dxhat = dout * w,
+    # dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), dw = sum_rows(dout * xhat)
     xhat = x * rstd[:, None]
     dxhat = dout * w if w is not None else dout
     dx = rstd[:, None] * (dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))

@@ -31,7 +31,8 @@ def rope_forward_numpy(x, cos, sin):
 
 
 def rope_backward_numpy(dy, cos, sin):
-    # y = [x1 cos - x2 sin, x2 cos + x1 sin]
+    # y = R x, R a rotation per pair  =>  dx = R^T dy, the turn by -angle:
+    # dx = [dy1 cos + dy2 sin, dy2 cos - dy1 sin]
     return rope_forward_numpy(dy, cos, -sin)
 
 

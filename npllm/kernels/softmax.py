@@ -26,7 +26,7 @@ def softmax_forward_numpy(x: np.ndarray) -> np.ndarray:
 
 
 def softmax_backward_numpy(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    # y = softmax(x)  =>  dx = y * (dy - <dy, y>)
+    # y = softmax(x), dy_i/dx_j = y_i (delta_ij - y_j)  =>  dx = y * (dy - <dy, y>)
     return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
 
 
@@ -36,7 +36,8 @@ def log_softmax_forward_numpy(x: np.ndarray) -> np.ndarray:
 
 
 def log_softmax_backward_numpy(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    # y = x - logsumexp(x)  =>  dx = dy - softmax(x) * sum(dy)
+    # y = x - logsumexp(x), d logsumexp / dx = softmax(x) = exp(y)
+    #   =>  dx = dy - exp(y) * sum(dy)
     return dy - np.exp(y) * dy.sum(axis=-1, keepdims=True)
 
 

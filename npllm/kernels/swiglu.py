@@ -31,7 +31,8 @@ def swiglu_forward_numpy(g, u):
 
 
 def swiglu_backward_numpy(dy, g, u):
-    # y = g * sigmoid(g) * u
+    # y = silu(g) * u, silu(g) = g s, s = sigmoid(g), s' = s (1 - s)  =>
+    # du = dy * g * s, dg = dy * u * (s + g s (1 - s)) = dy * u * s * (1 + g (1 - s))
     s = _sigmoid(g)
     du = dy * g * s
     dg = dy * u * s * (1 + g * (1 - s))
