@@ -93,14 +93,20 @@ def _log_softmax_rows(x, out, lo, hi):
         log_softmax_row(x[i], out[i])
 
 
+@jit(inline=True)
+def _row_sum(a, b):
+    """sum(a * b) over one 1-D row, or sum(a) when b is None."""
+    s = a.dtype.type(0)
+    for j in range(a.size):
+        s += a[j] if b is None else a[j] * b[j]
+    return s
+
+
 @jit
 def _softmax_bwd_rows(dy, y, dx, lo, hi):
     # y = softmax(x)  =>  dx = y * (dy - sum(dy * y)), the Jacobian diag(y) - y y^T times dy
-    t = y.dtype.type
     for i in range(lo, hi):
-        s = t(0)
-        for j in range(y.shape[1]):
-            s += dy[i, j] * y[i, j]
+        s = _row_sum(dy[i], y[i])
         for j in range(y.shape[1]):
             dx[i, j] = y[i, j] * (dy[i, j] - s)
 
@@ -108,11 +114,8 @@ def _softmax_bwd_rows(dy, y, dx, lo, hi):
 @jit
 def _log_softmax_bwd_rows(dy, y, dx, lo, hi):
     # y = x - logsumexp(x)  =>  dx = dy - softmax(x) * sum(dy), softmax(x) = exp(y)
-    t = y.dtype.type
     for i in range(lo, hi):
-        s = t(0)
-        for j in range(y.shape[1]):
-            s += dy[i, j]
+        s = _row_sum(dy[i], None)
         for j in range(y.shape[1]):
             dx[i, j] = dy[i, j] - fexp(y[i, j]) * s
 
