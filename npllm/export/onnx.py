@@ -2,11 +2,15 @@
 batch x sequence x vocab), built node by node with the `onnx` package's helpers (no
 PyTorch in the path), opset 17, both axes dynamic (sequence up to block_size).
 
-The graph is the GPT-2 forward as `npllm.gpt` computes it: token + position embeddings;
-per block LayerNormalization, the fused q/k/v projection split into heads, scaled scores
-plus a causal mask (a block_size x block_size constant sliced to the sequence), Softmax,
-the output projection, the residual; the MLP with GELU (tanh or erf, written out in
-primitive ops) or ReLU; the final LayerNorm and the tied (or untied) head.
+The graph is the forward `npllm.gpt` computes. GPT-2 family: token + position
+embeddings; per block LayerNormalization, the fused q/k/v projection split into heads,
+scaled scores plus a causal mask (a block_size x block_size constant sliced to the
+sequence), Softmax, the output projection, the residual; the MLP with GELU (tanh or erf,
+written out in primitive ops) or ReLU; the final LayerNorm and the tied (or untied) head.
+Llama family: RMSNorm in primitive ops, separate q/k/v projections, RoPE as transformers
+rotates (the cos/sin tables npllm makes, any of its scalings, sliced to the sequence),
+grouped-query attention by grouping the query heads under their key/value head (MatMul
+broadcasts the shared keys), a sliding window in the mask, and the SwiGLU MLP.
 
 With `int8=True` the weights `npllm quantize` converts (every block Linear, the token
 embedding / head) are stored as npllm's int8 (`npllm.quant`: per-row symmetric, one
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from npllm import arch
+from npllm.errors import ConfigError
 from npllm.export import gpt2_family, require
 from npllm.export.hf import gpt2_tensors
 from npllm.io import write_bytes_atomic
@@ -72,7 +77,8 @@ def _weight(g: _Graph, name: str, tensors: dict[str, np.ndarray], q: dict[str, A
 
 def _linear(g: _Graph, x: str, prefix: str, tensors, q) -> str:
     y = g.op("MatMul", x, _weight(g, f"{prefix}.weight", tensors, q))
-    return g.op("Add", y, g.const(f"{prefix}.bias", tensors[f"{prefix}.bias"]))
+    bias = tensors.get(f"{prefix}.bias")
+    return y if bias is None else g.op("Add", y, g.const(f"{prefix}.bias", bias))
 
 
 def _activation(g: _Graph, x: str, kind: str) -> str:
@@ -92,22 +98,48 @@ def _activation(g: _Graph, x: str, kind: str) -> str:
     return g.op("Mul", half_x, g.op("Add", inner, c(1.0)))
 
 
+def _rope(g: _Graph, x: str, cos: str, sin: str, halves: str) -> str:
+    """transformers' rotate-half RoPE on x (B, h, T, hs): [x1 cos - x2 sin, x2 cos + x1 sin]."""
+    x1, x2 = g.op("Split", x, halves, outputs=2, axis=-1)
+    y1 = g.op("Sub", g.op("Mul", x1, cos), g.op("Mul", x2, sin))
+    y2 = g.op("Add", g.op("Mul", x2, cos), g.op("Mul", x1, sin))
+    return g.op("Concat", y1, y2, axis=-1)
+
+
+def _check(config: Any) -> None:
+    if config.pos_embedding != "rope":
+        gpt2_family(config, "ONNX")
+    elif config.norm != "rmsnorm" or arch.activation(config) != "swiglu":
+        raise ConfigError(
+            "cannot export this RoPE model to ONNX: only the GPT-2 family and Llama-shaped "
+            "models (RMSNorm, SwiGLU) are exported"
+        )
+
+
 def build_onnx(config: Any, state: dict[str, np.ndarray], int8: bool = False):
     """The onnx ModelProto of the model (see the module docstring)."""
+    from npllm.layers.rope import config_rope, rope_tables
     from npllm.quant import is_quantized_name, quantize
 
-    gpt2_family(config, "ONNX")
+    _check(config)
     onnx = require("onnx", "ONNX")
     TensorProto, helper = onnx.TensorProto, onnx.helper
-    tensors = gpt2_tensors(config, state)
+    rope = config.pos_embedding == "rope"
+    if rope:
+        drop = "lm_head.weight" if config.tie_embeddings else None
+        tensors = {k: np.asarray(v, np.float32) for k, v in state.items() if k != drop}
+    else:
+        tensors = gpt2_tensors(config, state)
     q = {k: quantize(v) for k, v in tensors.items() if int8 and is_quantized_name(k)}
     n = arch.naming(config)
-    C, nh = config.n_embd, config.n_head
+    C, nh, B = config.n_embd, config.n_head, config.block_size
     hs = C // nh
+    nkv = config.n_kv_head or nh
     g = _Graph()
     i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
 
     T = g.op("Shape", "input_ids", start=1, end=2)  # (1,): the sequence length
+    start, rows = g.const("start", i64(0)), g.const("rows", i64(0))
     embed = n.top("embed")
     if embed in q:  # one dequantized (V, C) table serves the lookup and the tied head
         wte = g.op(
@@ -120,37 +152,74 @@ def build_onnx(config: Any, state: dict[str, np.ndarray], int8: bool = False):
     else:
         wte = g.const(embed, tensors[embed])
     x = g.op("Gather", wte, "input_ids")  # (B, T, C)
-    start = g.const("start", i64(0))
-    rows = g.const("rows", i64(0))
-    wpe = g.const(n.top("pos"), tensors[n.top("pos")])
-    x = g.op("Add", x, g.op("Slice", wpe, start, T, rows))  # + positions 0..T-1
-    causal = np.triu(np.full((config.block_size,) * 2, -np.inf, np.float32), 1)
-    mask = g.op("Slice", g.const("causal", causal), start, T, rows)
+    if rope:  # (T, hs/2) tables of positions 0..T-1, as npllm.layers.rope makes them
+        freqs, attention = config_rope(config)
+        tables = rope_tables(np.arange(B), freqs, attention)
+        cos, sin = (
+            g.op("Slice", g.const(name, t.astype(np.float32)), start, T, rows)
+            for name, t in zip(("rope_cos", "rope_sin"), tables)
+        )
+    else:
+        wpe = g.const(n.top("pos"), tensors[n.top("pos")])
+        x = g.op("Add", x, g.op("Slice", wpe, start, T, rows))  # + positions 0..T-1
+    i, j = np.arange(B)[:, None], np.arange(B)[None, :]
+    hidden = j > i
+    if config.sliding_window:  # the last `window` positions only
+        hidden |= j <= i - config.sliding_window
+    mask = g.op(
+        "Slice", g.const("mask", np.where(hidden, -np.inf, 0).astype(np.float32)), start, T, rows
+    )
     mask = g.op("Slice", mask, start, T, g.const("cols", i64(1)))  # (T, T)
-    heads = g.const("heads", i64(0, 0, nh, hs))
-    merged = g.const("merged", i64(0, 0, C))
     scale = g.const("scale", np.array(1 / math.sqrt(hs), np.float32))
-    act = arch.activation(config)
+    grouped = g.const("grouped", i64(0, nkv, nh // nkv, -1, hs))  # q heads by kv head
+    ungrouped = g.const("ungrouped", i64(0, nh, -1, hs))
+    merged = g.const("merged", i64(0, 0, C))
+    axis2 = g.const("axis2", i64(2))
 
     def norm(x: str, prefix: str) -> str:
-        w, b = (g.const(f"{prefix}.{k}", tensors[f"{prefix}.{k}"]) for k in ("weight", "bias"))
+        w = g.const(f"{prefix}.weight", tensors[f"{prefix}.weight"])
+        if config.norm == "rmsnorm":  # x / sqrt(mean(x^2) + eps) * w
+            ms = g.op("ReduceMean", g.op("Mul", x, x), axes=[-1], keepdims=1)
+            eps = g.const(f"{prefix}.eps", np.array(config.norm_eps, np.float32))
+            return g.op("Mul", g.op("Div", x, g.op("Sqrt", g.op("Add", ms, eps))), w)
+        b = g.const(f"{prefix}.bias", tensors[f"{prefix}.bias"])
         return g.op("LayerNormalization", x, w, b, axis=-1, epsilon=config.norm_eps)
 
-    for i in range(config.n_layer):
-        b = n.block(i)
+    shapes = {h: g.const(f"heads{h}", i64(0, 0, h, hs)) for h in {nh, nkv}}
+    halves = g.const("halves", i64(hs // 2, hs // 2))
+
+    def heads(x: str, h: int) -> str:  # (B, T, h * hs) -> (B, h, T, hs)
+        return g.op("Transpose", g.op("Reshape", x, shapes[h]), perm=[0, 2, 1, 3])
+
+    for layer in range(config.n_layer):
+        b = n.block(layer)
+        a = f"{b}.{n.attn}"
         h = norm(x, f"{b}.{n.norm_1}")
-        qkv = _linear(g, h, f"{b}.{n.attn}.{n.qkv[0]}", tensors, q)  # (B, T, 3C)
-        parts = g.op("Split", qkv, g.const(f"split{i}", i64(C, C, C)), outputs=3, axis=-1)
-        qh, kh, vh = (g.op("Reshape", p, heads) for p in parts)  # (B, T, nh, hs)
-        qh = g.op("Transpose", qh, perm=[0, 2, 1, 3])  # (B, nh, T, hs)
-        kt = g.op("Transpose", kh, perm=[0, 2, 3, 1])  # (B, nh, hs, T)
-        vh = g.op("Transpose", vh, perm=[0, 2, 1, 3])  # (B, nh, T, hs)
-        att = g.op("Add", g.op("Mul", g.op("MatMul", qh, kt), scale), mask)  # (B, nh, T, T)
-        y = g.op("MatMul", g.op("Softmax", att, axis=-1), vh)  # (B, nh, T, hs)
-        y = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), merged)  # (B, T, C)
-        x = g.op("Add", x, _linear(g, y, f"{b}.{n.attn}.{n.attn_out}", tensors, q))
-        h = _linear(g, norm(x, f"{b}.{n.norm_2}"), f"{b}.{n.mlp}.{n.up}", tensors, q)
-        x = g.op("Add", x, _linear(g, _activation(g, h, act), f"{b}.{n.mlp}.{n.down}", tensors, q))
+        if len(n.qkv) == 1:  # GPT-2: one fused projection, split
+            qkv = _linear(g, h, f"{a}.{n.qkv[0]}", tensors, q)  # (B, T, 3C)
+            sizes = g.const(f"split{layer}", i64(C, C, C))
+            qh, kh, vh = g.op("Split", qkv, sizes, outputs=3, axis=-1)
+        else:
+            qh, kh, vh = (_linear(g, h, f"{a}.{p}", tensors, q) for p in n.qkv)
+        qh, kh, vh = heads(qh, nh), heads(kh, nkv), heads(vh, nkv)
+        if rope:
+            qh, kh = _rope(g, qh, cos, sin, halves), _rope(g, kh, cos, sin, halves)
+        qg = g.op("Reshape", qh, grouped)  # (B, nkv, nh/nkv, T, hs)
+        kt = g.op("Unsqueeze", g.op("Transpose", kh, perm=[0, 1, 3, 2]), axis2)  # (B,nkv,1,hs,T)
+        vg = g.op("Unsqueeze", vh, axis2)  # (B, nkv, 1, T, hs)
+        att = g.op("Add", g.op("Mul", g.op("MatMul", qg, kt), scale), mask)  # (.., T, T)
+        y = g.op("MatMul", g.op("Softmax", att, axis=-1), vg)  # (B, nkv, nh/nkv, T, hs)
+        y = g.op("Transpose", g.op("Reshape", y, ungrouped), perm=[0, 2, 1, 3])  # (B,T,nh,hs)
+        x = g.op("Add", x, _linear(g, g.op("Reshape", y, merged), f"{a}.{n.attn_out}", tensors, q))
+        h = norm(x, f"{b}.{n.norm_2}")
+        m = f"{b}.{n.mlp}"
+        up = _linear(g, h, f"{m}.{n.up}", tensors, q)
+        if rope:  # SwiGLU: silu(gate) * up
+            gate = _linear(g, h, f"{m}.{n.gate}", tensors, q)
+            inner = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
+        else:
+            inner = _activation(g, up, arch.activation(config))
+        x = g.op("Add", x, _linear(g, inner, f"{m}.{n.down}", tensors, q))
     x = norm(x, f"{n.root}.{n.norm_f}")
     if config.tie_embeddings:
         head = g.op("Transpose", wte, perm=[1, 0])  # (C, V)
@@ -160,7 +229,7 @@ def build_onnx(config: Any, state: dict[str, np.ndarray], int8: bool = False):
     g.nodes[-1].output[0] = "logits"
     graph = helper.make_graph(
         g.nodes,
-        "npllm-gpt2",
+        "npllm",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
         [
             helper.make_tensor_value_info(
@@ -180,8 +249,6 @@ def write_onnx(
     config: Any, state: dict[str, np.ndarray], out: str | os.PathLike, int8: bool = False
 ) -> Path:
     """Write the ONNX file `out` (checked by onnx.checker first); returns its path."""
-    from npllm.errors import ConfigError
-
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; pass the path of the .onnx file to write")

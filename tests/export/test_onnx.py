@@ -31,12 +31,15 @@ def run(sess: ort.InferenceSession, ids: np.ndarray) -> np.ndarray:
     return sess.run(["logits"], {"input_ids": ids.astype(np.int64)})[0]
 
 
+LLAMA = dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", bias=False, mlp_hidden=40)
 OPTIONS = [
     {},
     {"activation": "gelu_exact", "tie_embeddings": False},
     {"activation": "relu", "bias": False, "mlp_hidden": 48},
+    {**LLAMA, "n_kv_head": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+    {**LLAMA, "n_kv_head": 1, "bias": True, "tie_embeddings": False, "sliding_window": 5},
 ]
-IDS = ["gelu-tanh", "gelu-exact-untied", "relu-nobias"]
+IDS = ["gelu-tanh", "gelu-exact-untied", "relu-nobias", "llama-gqa-yarn", "mistral-mqa-window"]
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=IDS)
