@@ -112,11 +112,15 @@ def run(
         kernel(*args, 0, rows)
 
 
-def partial_sums(rows: int, work: int, n: int, dtype: Any) -> np.ndarray:
-    """Zeros (chunks, n): a row of partial sums for each chunk `run(..., rows, work)` makes
-    (one when it runs serially), found by a kernel with `chunk_of`. Chunks never write the
-    same memory, and the reduction order does not depend on the number of threads."""
-    return np.zeros((max(n_chunks(rows, work), 1), n), dtype)
+def per_chunk(
+    rows: int, work: int, shape: int | tuple, dtype: Any, most: int = MOST_CHUNKS
+) -> np.ndarray:
+    """Zeros (chunks, *shape): one buffer (partial sums, or scratch) for each chunk that
+    `run(..., rows, work, most)` makes (one when it runs serially), found by a kernel
+    with `chunk_of`. Chunks never write the same memory, and partial sums are reduced in
+    an order that does not depend on the number of threads."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    return np.zeros((max(n_chunks(rows, work, most), 1), *shape), dtype)
 
 
 @jit(inline=True)

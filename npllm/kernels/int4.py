@@ -25,12 +25,14 @@ with x_lo and x_hi - 16 x_lo rearranged once per product (`_prepare`): per byte 
 conversion, one multiply, one floor and two FMAs, in 32-bit lanes.
 
 Kernels:
-- `q4_matmul` / `q4_matmul_parallel(xl, xd, sx, qt, s, b, out, acc)`: the register
-  kernel on prepared inputs, for matrix-vector products and small batches (decode steps:
-  npllm/kernels/decode.py calls `prepared_matmul`); the parallel one splits the outputs.
+- `q4_matmul(xl, xd, sx, qt, s, b, out, acc, lo, hi)`: the register kernel on prepared
+  inputs, for matrix-vector products and small batches, over outputs 16 * lo..16 * hi
+  (decode steps: npllm/kernels/decode.py calls `prepared_matmul`, which runs it serially
+  or on chunks of at least 128 outputs through `_jit`'s parallel driver).
 - `_tiles`: larger batches (prompts) dequantize a tile of outputs into a small
-  per-thread buffer and multiply it by BLAS (`blas.gemm_block`), tiles in parallel: one
-  tile, never the whole matrix, is ever in float.
+  per-chunk buffer and multiply it by BLAS (`blas.gemm_block`), chunks of tiles in
+  parallel (`_jit.run`, one chunk per thread): one tile, never the whole matrix, is ever
+  in float.
 `int4_linear_numpy` is the reference (it dequantizes the whole matrix); `int4_linear`
 picks the Numba path unless `npllm.kernels.use("numpy")` is active.
 """
@@ -38,10 +40,10 @@ picks the Numba path unless `npllm.kernels.use("numpy")` is active.
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads, prange
+from numba import get_num_threads
 
 from npllm.errors import ShapeError
-from npllm.kernels._jit import jit
+from npllm.kernels._jit import MOST_CHUNKS, PAR_MIN, chunk_of, jit, parallel, per_chunk, run
 from npllm.kernels.blas import NO_TRANS, gemm_block
 
 _F16 = np.float32(1 / 16)
@@ -49,7 +51,8 @@ _F16 = np.float32(1 / 16)
 # blocking beats reading every code once per row.
 TILE_MIN_ROWS = 8
 _TILE = 64  # outputs a tile holds: K x 64 floats (96 KB at K = 384) stay in L2
-_PAR_MIN = 1 << 16  # weights x rows from which `int4_linear` runs in parallel
+_VEC = 16  # the register kernel's outputs come in units of whole vectors
+_CHUNK_MIN = 128  # and a parallel task takes at least this many
 
 
 def kernel_layout(q: np.ndarray, scale: np.ndarray, offset: np.ndarray):
@@ -150,42 +153,36 @@ def _columns(xl, xd, sx, qt, s, b, out, acc, i, r0, r1):
             o[r] += sc[r] * a[r] + off[r] * t
 
 
-# out (N, M) = x @ dequant(qt, s).T + b on prepared x (`_prepare`), with acc (M,) float32
-# scratch; serial and parallel as in kernels/int8.py (a prange always launches the pool).
 @jit
-def q4_matmul(xl, xd, sx, qt, s, b, out, acc):
+def q4_matmul(xl, xd, sx, qt, s, b, out, acc, lo, hi):
+    """out[:, 16 lo : 16 hi] of out (N, M) = x @ dequant(qt, s).T + b on prepared x
+    (`_prepare`), with acc (M,) float32 scratch (each call its own outputs' part)."""
+    r0, r1 = lo * _VEC, min(out.shape[1], hi * _VEC)
     for i in range(out.shape[0]):
-        _columns(xl, xd, sx, qt, s, b, out, acc, i, 0, out.shape[1])
+        _columns(xl, xd, sx, qt, s, b, out, acc, i, r0, r1)
 
 
-@jit(parallel=True)
-def q4_matmul_parallel(xl, xd, sx, qt, s, b, out, acc):
-    m = out.shape[1]
-    # a fixed split (numba.get_num_threads inside a kernel would stop it being cached):
-    # up to 8 chunks of at least 128 outputs, handed to the threads in equal runs
-    chunks = min(8, max(1, m // 128))
-    step = ((m + chunks - 1) // chunks + 15) // 16 * 16  # whole vectors per chunk
-    for t in prange(chunks):
-        r0 = min(m, t * step)
-        r1 = min(m, r0 + step)
-        for i in range(out.shape[0]):
-            _columns(xl, xd, sx, qt, s, b, out, acc, i, r0, r1)
+_q4_chunks = parallel(q4_matmul)
 
 
 @jit
-def prepared_matmul(x, qt, s, b, out, parallel):
-    """out = x @ dequant(qt, s).T + b through the register kernel (prepares x itself)."""
+def prepared_matmul(x, qt, s, b, out, in_parallel):
+    """out = x @ dequant(qt, s).T + b through the register kernel (prepares x itself);
+    in parallel: up to 8 chunks of at least 128 outputs, in whole vectors."""
     n, k = x.shape
     nb = s.shape[1]
+    m = qt.shape[1]
     xl = np.empty((n, k // 2), np.float32)
     xd = np.empty((n, k // 2), np.float32)
     sx = np.empty((n, nb), np.float32)
-    acc = np.empty(qt.shape[1], np.float32)
+    acc = np.empty(m, np.float32)
     _prepare(x, nb, xl, xd, sx)
-    if parallel:
-        q4_matmul_parallel(xl, xd, sx, qt, s, b, out, acc)
+    units = (m + _VEC - 1) // _VEC
+    args = (xl, xd, sx, qt, s, b, out, acc)
+    if in_parallel:
+        _q4_chunks(args, units, min(MOST_CHUNKS, max(1, m // _CHUNK_MIN), units))
     else:
-        q4_matmul(xl, xd, sx, qt, s, b, out, acc)
+        q4_matmul(*args, 0, units)
 
 
 @jit(inline=True)
@@ -206,30 +203,23 @@ def _dequant_tile(qt, s, r0, r1, wt):
                 hi[r] = u * sc[r] + off[r]
 
 
-@jit(parallel=True)
-def _tiles(x, qt, s, b, out, chunks):
-    """out = x @ dequant(qt, s).T + b by tiles of _TILE outputs: `chunks` prange tasks,
-    each with its own buffer (allocated before the loop: an allocation inside a prange may
-    be hoisted out of it and shared), dequantize their tiles one at a time and multiply
-    each by BLAS into the tile's columns of out."""
+@jit
+def _tiles(x, qt, s, b, out, buffers, lo, hi):
+    """Tiles lo..hi of _TILE outputs of out = x @ dequant(qt, s).T + b: each dequantized
+    into this chunk's buffer (K, _TILE) of `buffers` in turn and multiplied by BLAS into
+    the tile's columns of out."""
     n, k = x.shape
     m = qt.shape[1]
-    n_tiles = (m + _TILE - 1) // _TILE
-    per = (n_tiles + chunks - 1) // chunks
-    buffers = np.empty((chunks, k, _TILE), np.float32)
-    for t in prange(chunks):
-        wt = buffers[t]
-        for tile in range(t * per, min(n_tiles, (t + 1) * per)):
-            r0 = tile * _TILE
-            r1 = min(m, r0 + _TILE)
-            _dequant_tile(qt, s, r0, r1, wt)
-            # out[:, r0:r1] = x @ wt[:, : r1 - r0]
-            gemm_block(
-                NO_TRANS, NO_TRANS, n, r1 - r0, k, 1.0, x, 0, k, wt, 0, _TILE, 0.0, out, r0, m
-            )
-            for i in range(n):
-                for r in range(r0, r1):
-                    out[i, r] += b[r]
+    wt = buffers[chunk_of(lo, (m + _TILE - 1) // _TILE, buffers.shape[0])]
+    for tile in range(lo, hi):
+        r0 = tile * _TILE
+        r1 = min(m, r0 + _TILE)
+        _dequant_tile(qt, s, r0, r1, wt)
+        # out[:, r0:r1] = x @ wt[:, : r1 - r0]
+        gemm_block(NO_TRANS, NO_TRANS, n, r1 - r0, k, 1.0, x, 0, k, wt, 0, _TILE, 0.0, out, r0, m)
+        for i in range(n):
+            for r in range(r0, r1):
+                out[i, r] += b[r]
 
 
 def int4_linear_numba(x, qt, s, b=None):
@@ -241,10 +231,13 @@ def int4_linear_numba(x, qt, s, b=None):
     out = np.empty((x.shape[0], qt.shape[1]), np.float32)
     if not out.size:
         return out
+    work = out.size * x.shape[1]  # multiply-adds
     if x.shape[0] >= TILE_MIN_ROWS:
-        _tiles(x, qt, s, b_, out, min(get_num_threads(), -(-qt.shape[1] // _TILE)))
+        tiles, threads = -(-qt.shape[1] // _TILE), get_num_threads()
+        buffers = per_chunk(tiles, work, (x.shape[1], _TILE), np.float32, threads)
+        run(_tiles, (x, qt, s, b_, out, buffers), tiles, work, threads)
     else:
-        prepared_matmul(x, qt, s, b_, out, qt.size * 2 * x.shape[0] >= _PAR_MIN)
+        prepared_matmul(x, qt, s, b_, out, work >= PAR_MIN)
     return out
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npllm.kernels._jit import chunk_of, jit, partial_sums, run
+from npllm.kernels._jit import chunk_of, jit, per_chunk, run
 
 KERNELS = ("layernorm_forward", "layernorm_backward")
 
@@ -126,8 +126,8 @@ def layernorm_backward_numba(dout, x, mean, rstd, w):
     n, c = x.shape
     dt = x.dtype
     w_ = np.ones(c, dt) if w is None else np.ascontiguousarray(w)
-    dw_part = partial_sums(n, x.size, c, dt)
-    db_part = partial_sums(n, x.size, c, dt)
+    dw_part = per_chunk(n, x.size, c, dt)
+    db_part = per_chunk(n, x.size, c, dt)
     dx = np.empty_like(x)
     run(_ln_bwd, (dout, x, mean, rstd, w_, dx, dw_part, db_part), n, x.size)
     dw = dw_part.sum(axis=0) if w is not None else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npllm.kernels._jit import chunk_of, jit, partial_sums, run
+from npllm.kernels._jit import chunk_of, jit, per_chunk, run
 
 KERNELS = ("rmsnorm_forward", "rmsnorm_backward")
 
@@ -95,7 +95,7 @@ def rmsnorm_backward_numba(dout, x, rstd, w):
     dout, x, rstd = np.ascontiguousarray(dout), np.ascontiguousarray(x), np.ascontiguousarray(rstd)
     n, c = x.shape
     w_ = np.ones(c, x.dtype) if w is None else np.ascontiguousarray(w)
-    dw_part = partial_sums(n, x.size, c, x.dtype)
+    dw_part = per_chunk(n, x.size, c, x.dtype)
     dx = np.empty_like(x)
     run(_rms_bwd, (dout, x, rstd, w_, dx, dw_part), n, x.size)
     return dx, (dw_part.sum(axis=0) if w is not None else None)

@@ -15,13 +15,11 @@ from npllm.errors import ShapeError
 from npllm.generate import Decoder, generate
 from npllm.gpt import GPT, GPTConfig
 from npllm.kernels.int4 import (
-    _prepare,
     dequantize_numpy,
     int4_linear_numba,
     int4_linear_numpy,
     kernel_layout,
-    q4_matmul,
-    q4_matmul_parallel,
+    prepared_matmul,
 )
 from npllm.quant import load_weights, quantize_int4, quantize_state_dict
 
@@ -56,17 +54,14 @@ def test_numba_int4_linear_equals_its_numpy_reference(n, m, gk, sym, bias, seed)
     np.testing.assert_allclose(dequantize_numpy(q, s), q4.dequantize(), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("kernel", [q4_matmul, q4_matmul_parallel])
-def test_register_kernel_serial_and_parallel_at_the_guppy_shape(kernel):
+@pytest.mark.parametrize("in_parallel", [False, True])
+def test_register_kernel_serial_and_parallel_at_the_guppy_shape(in_parallel):
     rng = np.random.default_rng(0)
     q4, q, s = _weight(rng, 1152, 384, 32, True)
     x = rng.standard_normal((2, 384)).astype(np.float32)
     b = rng.standard_normal(1152).astype(np.float32)
-    xl, xd = np.empty((2, 192), np.float32), np.empty((2, 192), np.float32)
-    sx = np.empty((2, 12), np.float32)
-    _prepare(x, 12, xl, xd, sx)
     out = np.empty((2, 1152), np.float32)
-    kernel(xl, xd, sx, q, s, b, out, np.empty(1152, np.float32))
+    prepared_matmul(x, q, s, b, out, in_parallel)
     # float32 sums of 384 products in another order: relative to the sum of magnitudes
     scale = np.abs(x) @ np.abs(q4.dequantize()).T + 1
     np.testing.assert_array_less(np.abs(out - int4_linear_numpy(x, q, s, b)), 2e-6 * scale)
