@@ -44,8 +44,6 @@ from npllm import arch, kernels
 from npllm.constrain import Grammar, Guide, compile_grammar
 from npllm.errors import ConfigError, DataError, ShapeError
 from npllm.kernels.decode import PARALLEL, SERIAL, decode_block, decode_head
-from npllm.kernels.int4 import int4_linear
-from npllm.kernels.int8 import int8_linear
 from npllm.layers.rope import config_rope, rope_tables
 from npllm.quant import load_weights
 from npllm.sampling import check_sampling_args, process_logits, sample
@@ -88,9 +86,9 @@ def _linear(x: np.ndarray, w: np.ndarray, s: np.ndarray, b: np.ndarray) -> np.nd
     """x (N, in) @ w (out, in).T + b -> (N, out): float32 weights by BLAS (their scales
     are ones), int8 and int4 ones through their kernels."""
     if w.dtype == np.int8:
-        return int8_linear(x, w, s, b)
+        return kernels.int8_linear(x, w, s, b)
     if w.dtype == np.uint8:
-        return int4_linear(x, w, s, b)
+        return kernels.int4_linear(x, w, s, b)
     y = x @ w.T
     y += b
     return y

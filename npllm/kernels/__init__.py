@@ -5,9 +5,10 @@ Families: `matmul` (linear layer forward/backward; BLAS reference, BLAS in Numba
 `softmax` (softmax, log-softmax), `layernorm`, `activations` (ReLU, GELU tanh/erf),
 `crossentropy` (fused softmax + cross-entropy), `attention` (causal SDPA), `embedding`,
 `dropout` and `adamw` (the fused optimizer update); for the Llama family `rmsnorm`,
-`swiglu` and `rope`. `decode` (the fused KV-cache decode step) and `int8` sit beside them
-outside the switch, built from these families' serial loops. `npllm.functional` calls every kernel
-through the names exported here, e.g. `kernels.softmax_forward(x)`.
+`swiglu` and `rope`; the quantized linear layers `int8` and `int4`. `decode` (the fused
+KV-cache decode step) sits beside them outside the switch, built from their serial loops.
+`npllm.functional` calls every kernel through the names exported here, e.g.
+`kernels.softmax_forward(x)`.
 
 Backend switch:
 - `use("numba")` / `use("numpy")` forces every kernel onto one backend (used by the tests
@@ -101,6 +102,8 @@ from npllm.kernels import (  # noqa: E402
     crossentropy,
     dropout,
     embedding,
+    int4,
+    int8,
     layernorm,
     matmul,
     rmsnorm,
@@ -125,6 +128,8 @@ _FAMILIES = (
     rmsnorm,
     swiglu,
     rope,
+    int8,
+    int4,
 )
 
 # Kernel name -> {"numpy": fn, "numba": fn}, collected from each family's `KERNELS` tuple:

@@ -33,8 +33,8 @@ Kernels:
   per-chunk buffer and multiply it by BLAS (`blas.gemm_block`), chunks of tiles in
   parallel (`_jit.run`, one chunk per thread): one tile, never the whole matrix, is ever
   in float.
-`int4_linear_numpy` is the reference (it dequantizes the whole matrix); `int4_linear`
-picks the Numba path unless `npllm.kernels.use("numpy")` is active.
+`int4_linear_numpy` is the reference (it dequantizes the whole matrix);
+`kernels.int4_linear` is the one the backend switch makes active.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from numba import get_num_threads
 from npllm.errors import ShapeError
 from npllm.kernels._jit import MOST_CHUNKS, PAR_MIN, chunk_of, jit, parallel, per_chunk, run
 from npllm.kernels.blas import NO_TRANS, gemm_block
+
+KERNELS = ("int4_linear",)
 
 _F16 = np.float32(1 / 16)
 # From this many input rows a product dequantizes tiles and calls BLAS: from here BLAS's
@@ -239,13 +241,3 @@ def int4_linear_numba(x, qt, s, b=None):
     else:
         prepared_matmul(x, qt, s, b_, out, work >= PAR_MIN)
     return out
-
-
-def int4_linear(x, qt, s, b=None):
-    """Dispatch on the kernel backend: NumPy reference under `kernels.use("numpy")`,
-    otherwise the Numba kernels."""
-    from npllm import kernels
-
-    if kernels.backend() == "numpy":
-        return int4_linear_numpy(x, qt, s, b)
-    return int4_linear_numba(x, qt, s, b)

@@ -12,7 +12,7 @@ matrix-vector product bound by reading the weights, and int8 reads 4x fewer byte
 `int8_linear_numpy` is the reference (it does build the float32 matrix); `int8_linear_numba`
 runs `_jit.scaled_matmul`: output rows four at a time (in parallel above `_jit.PAR_MIN`
 multiply-adds) and, inside, the N inputs, so each weight row is loaded once.
-`int8_linear` picks the Numba version unless `npllm.kernels.use("numpy")` is active.
+`kernels.int8_linear` is the one the backend switch makes active.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import numpy as np
 
 from npllm.errors import ShapeError
 from npllm.kernels._jit import run, scaled_matmul
+
+KERNELS = ("int8_linear",)
 
 
 def _check(x: np.ndarray, wq: np.ndarray, scale: np.ndarray, b: np.ndarray | None) -> None:
@@ -61,13 +63,3 @@ def int8_linear_numba(x, wq, scale, b=None):
     work = out.size * max(x.shape[1], 1)  # multiply-adds (K = 0 still writes the bias)
     run(scaled_matmul, (x, wq, scale_, b_, out), wq.shape[0] // 4 + 1, work)
     return out
-
-
-def int8_linear(x, wq, scale, b=None):
-    """Dispatch on the kernel backend: NumPy reference under `kernels.use("numpy")`,
-    otherwise the Numba kernel."""
-    from npllm import kernels
-
-    if kernels.backend() == "numpy":
-        return int8_linear_numpy(x, wq, scale, b)
-    return int8_linear_numba(x, wq, scale, b)
