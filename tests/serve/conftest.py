@@ -106,7 +106,7 @@ def long_server():
     """A random text model with a long context: generations that last a while, to watch
     batching, disconnects and /health while it works."""
     tok = CharTokenizer.from_text("abcdefghij klmnopqrstuvwxyz.\n")
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=2048, n_layer=2, n_head=4, n_embd=128)
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=2048, n_layer=3, n_head=4, n_embd=128)
     srv = Running(build_app(GPT(config, seed=1), tok, model_name="long", max_batch=8))
     yield srv
     srv.stop()

@@ -41,7 +41,9 @@ def prompt_tokens(tok, messages) -> int:
 @pytest.mark.parametrize("question", sorted(EXCHANGES))
 def test_chat_replies_are_the_trained_text_with_exact_usage(chat_server, tok, question):
     c = client(chat_server)
-    r = c.chat.completions.create(model="tiny-chat", messages=user(question), temperature=0)
+    r = c.chat.completions.create(
+        model="tiny-chat", messages=user(question), temperature=0, user="someone", metadata={}
+    )  # user and metadata are accepted and ignored
     choice = r.choices[0]
     assert choice.message.role == "assistant"
     assert choice.message.content == EXCHANGES[question]
