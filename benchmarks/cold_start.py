@@ -58,7 +58,8 @@ def cold_worker(spec: dict) -> dict:
 
     import npllm  # noqa: F401
     from benchmarks.train_step import model_config, shape_config
-    from npllm.generate import Decoder, generate
+    from npllm.decoder import Decoder
+    from npllm.generate import generate
     from npllm.gpt import GPT, GPTConfig
     from npllm.optim import clip_grad_norm
 

@@ -103,7 +103,8 @@ def decode_worker(spec: dict) -> dict:
 
     from benchmarks.train_step import model_config, shape_config
     from npllm.constrain import schema_grammar
-    from npllm.generate import Decoder, generate
+    from npllm.decoder import Decoder
+    from npllm.generate import generate
     from npllm.gpt import GPT, GPTConfig
 
     try:  # the decode kernels may move under npllm.kernels

@@ -148,7 +148,8 @@ def npllm_runs(config: dict, weights: dict, recompute: bool) -> tuple[dict, dict
     """name -> function returning the greedy ids; and facts about the decoders."""
     import numpy as np
 
-    from npllm.generate import Decoder, generate
+    from npllm.decoder import Decoder
+    from npllm.generate import generate
     from npllm.gpt import GPTConfig
     from npllm.quant import load_weights, quantize_state_dict, weight_bytes
 
@@ -244,7 +245,7 @@ def int8_val_worker(spec: dict) -> dict:
     from npllm.checkpoint import load_checkpoint
     from npllm.commands.quantize import val_loss
     from npllm.data import load_split
-    from npllm.generate import Decoder
+    from npllm.decoder import Decoder
     from npllm.gpt import GPTConfig
     from npllm.quant import load_weights, quantize_state_dict, weight_bytes
 

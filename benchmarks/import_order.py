@@ -85,7 +85,8 @@ def npllm_worker(spec: dict) -> dict:
     import numpy as np
 
     import npllm  # noqa: F401
-    from npllm.generate import Decoder, generate
+    from npllm.decoder import Decoder
+    from npllm.generate import generate
     from npllm.gpt import GPTConfig
     from npllm.quant import load_weights
 

@@ -1,5 +1,5 @@
 """Decoding at batch 1 beside llama.cpp: the same random weights run by npllm (float32 and
-int8, `npllm.generate.Decoder`) and by llama.cpp through llama-cpp-python (GGUF F32 and
+int8, `npllm.decoder.Decoder`) and by llama.cpp through llama-cpp-python (GGUF F32 and
 Q8_0, written by `npllm export`'s writer), each in processes of its own, alternating, with
 the same thread count (the machine's cores: npllm's Numba pool by default, llama.cpp's
 n_threads and n_threads_batch set to it). Prompt processing (one call over the prompt)
@@ -90,7 +90,7 @@ def npllm_worker(spec: dict) -> dict:
     import numpy as np
 
     import npllm  # noqa: F401
-    from npllm.generate import Decoder
+    from npllm.decoder import Decoder
     from npllm.gpt import GPTConfig
     from npllm.quant import load_weights, quantize_state_dict
 

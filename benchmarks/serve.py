@@ -88,7 +88,8 @@ def tokenizer_worker(spec: dict) -> None:
 
 def sample_worker(spec: dict) -> dict:
     """`npllm sample`'s loop (generate.stream, batch 1) on the benchmark's model."""
-    from npllm.generate import Decoder, stream
+    from npllm.decoder import Decoder
+    from npllm.generate import stream
 
     model, tok = load(spec)
     dec = Decoder.from_model(model)

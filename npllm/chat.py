@@ -128,7 +128,7 @@ class ChatSession:
         max_new_tokens: int = 256,
         **sampling: Any,
     ) -> None:
-        from npllm.generate import as_decoder
+        from npllm.decoder import as_decoder
 
         require_chat_tokens(tokenizer)
         # one decoder for the whole session (it settles its threading on the first reply)
@@ -226,7 +226,8 @@ def stop_rate(
 ) -> dict[str, Any]:
     """Greedy replies to the first user turn of each conversation: how many end with
     `<|im_end|>` before `max_new_tokens`, and each (prompt, reply, reference)."""
-    from npllm.generate import as_decoder, generate
+    from npllm.decoder import as_decoder
+    from npllm.generate import generate
 
     model = as_decoder(model)
     end = tokenizer.special_id(IM_END)

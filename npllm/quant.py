@@ -241,7 +241,7 @@ def quantize_state_dict(
 
 def load_weights(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray | Int8Weight | Int4Weight]:
     """A state dict (float, or quantized as `quantize_state_dict` writes it) -> name ->
-    float32 array, `Int8Weight` or `Int4Weight`, the form `npllm.generate.Decoder` runs on."""
+    float32 array, `Int8Weight` or `Int4Weight`, the form `npllm.decoder.Decoder` runs on."""
     out: dict[str, np.ndarray | Int8Weight | Int4Weight] = {}
     for name, w in sd.items():
         if name.endswith((SCALE_SUFFIX, MIN_SUFFIX)) and name[: name.rindex("_")] in sd:

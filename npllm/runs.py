@@ -173,7 +173,7 @@ def load_run(
             f"the {name} checkpoint in {run} lacks {e}; it is corrupt; {fix}"
         ) from None
     if quantized:
-        from npllm.generate import Decoder
+        from npllm.decoder import Decoder
         from npllm.quant import load_weights
 
         model = Decoder(config, load_weights(ck.model_state))

@@ -154,7 +154,7 @@ def attention_maps(model: Any, ids: Sequence[int]) -> list[np.ndarray]:
     """The attention probabilities of every layer for the token ids of one prompt: a list
     of n_layer arrays (n_head, T, T), row t the distribution of query t over the keys.
     `model` is a `GPT` or a `Decoder` (`npllm.runs.load_run(run).model`)."""
-    from npllm.generate import as_decoder
+    from npllm.decoder import as_decoder
 
     decoder = as_decoder(model)
     idx = decoder.check_idx(np.asarray([list(ids)]))

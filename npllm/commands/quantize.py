@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from npllm.checkpoint import load_checkpoint, save_checkpoint
+    from npllm.decoder import Decoder
     from npllm.errors import ConfigError
-    from npllm.generate import Decoder
     from npllm.gpt import GPTConfig
     from npllm.quant import load_weights, quantize_state_dict, weight_bytes
     from npllm.runs import QUANTIZED_NAMES

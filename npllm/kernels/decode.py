@@ -30,8 +30,8 @@ weights with scales of one: the same code serves both models; int4 weights (uint
 go through `npllm.kernels.int4`'s register kernel instead, picked by type at compile
 time. Products over at least `par_min` weights x rows run in parallel over output rows;
 each output is summed by one thread in the same order either way, so the choice never
-changes a bit of the result (`npllm.generate.Decoder` picks it by timing both). The NumPy
-reference is `npllm.generate.Decoder.forward` under `kernels.use("numpy")` (tests/generate).
+changes a bit of the result (`npllm.decoder.Decoder` picks it by timing both). The NumPy
+reference is `npllm.decoder.Decoder.forward` under `kernels.use("numpy")` (tests/generate).
 """
 
 from __future__ import annotations

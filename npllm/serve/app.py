@@ -429,7 +429,7 @@ def build_app(
     starts and stops with the app (ASGI lifespan); `app.state.server` is the `Server`."""
     from contextlib import asynccontextmanager
 
-    from npllm.generate import as_decoder
+    from npllm.decoder import as_decoder
 
     engine = Engine(as_decoder(model), tokenizer, max_batch=max_batch)
     server = Server(engine, tokenizer, model_name, api_key, max_body_bytes)

@@ -41,7 +41,7 @@ import numpy as np
 
 from npllm.constrain import Grammar
 from npllm.constrain.index import vocabulary_bytes
-from npllm.generate import Decoder, KVCache
+from npllm.decoder import Decoder, KVCache
 from npllm.kernels.decode import PARALLEL, SERIAL
 from npllm.sampling import process_logits, sample
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from npllm.generate import Decoder
+from npllm.decoder import Decoder
 from npllm.gpt import GPT, GPTConfig
 from npllm.tokenizers import BPETokenizer, CharTokenizer
 

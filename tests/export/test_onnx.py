@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from npllm.cli import main
+from npllm.decoder import Decoder
 from npllm.export.onnx import write_onnx
-from npllm.generate import Decoder
 from npllm.quant import load_weights, quantize_state_dict
 from tests.export.conftest import perturbed, save_run, tiny_config
 

@@ -10,8 +10,9 @@ import pytest
 
 from npllm import kernels
 from npllm.autograd import no_grad
+from npllm.decoder import _TRIALS, Decoder
 from npllm.errors import ConfigError, DataError, NpllmError
-from npllm.generate import _TRIALS, Decoder, generate, stream
+from npllm.generate import generate, stream
 from npllm.gpt import GPT, GPTConfig
 from npllm.kernels.decode import PARALLEL, SERIAL
 from npllm.quant import load_weights, quantize_state_dict

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from npllm import arch
+from npllm.decoder import Decoder
 from npllm.errors import ShapeError
-from npllm.generate import Decoder
 from npllm.gpt import GPT
 from npllm.quant import is_quantized_name, quantize_state_dict
 from tests.model.helpers import tiny_config

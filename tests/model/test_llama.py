@@ -13,8 +13,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralFo
 
 from npllm import kernels
 from npllm.autograd import no_grad
+from npllm.decoder import Decoder
 from npllm.errors import ConfigError
-from npllm.generate import Decoder, generate
+from npllm.generate import generate
 from npllm.gpt import GPT, GPTConfig
 from npllm.quant import load_weights, quantize_state_dict
 from tests.model.helpers import perturbed

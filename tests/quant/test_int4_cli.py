@@ -10,7 +10,7 @@ import pytest
 from npllm import cli
 from npllm.checkpoint import load_checkpoint
 from npllm.data import prepare
-from npllm.generate import Decoder
+from npllm.decoder import Decoder
 from npllm.quant import Int4Weight, Int8Weight
 from npllm.runs import load_run
 from tests.cli.conftest import TINY

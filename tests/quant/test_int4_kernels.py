@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npllm import kernels
+from npllm.decoder import Decoder
 from npllm.errors import ShapeError
-from npllm.generate import Decoder, generate
+from npllm.generate import generate
 from npllm.gpt import GPT, GPTConfig
 from npllm.kernels.int4 import (
     dequantize_numpy,

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npllm.generate import Decoder, generate
+from npllm.decoder import Decoder
+from npllm.generate import generate
 from npllm.gpt import GPT, GPTConfig
 from npllm.serve.engine import Engine, SamplingParams, Sequence, _held_back
 from npllm.tokenizers import CharTokenizer
@@ -128,7 +129,7 @@ def test_the_text_that_could_start_a_stop_string_is_held_back(text, stops, held)
 
 
 def test_each_batch_size_class_times_its_own_threading():
-    from npllm.generate import _TRIALS
+    from npllm.decoder import _TRIALS
     from npllm.kernels.decode import PARALLEL, SERIAL
 
     # wide enough that the decode step's products can take their parallel path

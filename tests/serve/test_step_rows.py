@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from npllm import kernels
-from npllm.generate import Decoder, KVCache
+from npllm.decoder import Decoder, KVCache
 from npllm.gpt import GPT, GPTConfig
 from npllm.quant import load_weights, quantize_state_dict
 
