@@ -200,6 +200,18 @@ def quantize_int4(w: np.ndarray, group_size: int = 32, symmetric: bool = True) -
     return Int4Weight(pack_nibbles(q), d, m)
 
 
+def q4_0_blocks(w: np.ndarray) -> np.ndarray:
+    """A float32 (rows, cols) matrix, cols a multiple of 32, as llama.cpp's Q4_0 blocks
+    (ggml's block_q4_0): uint8 (rows, cols / 32 * 18), each block its float16 scale then
+    its 16 bytes of codes. These are the bytes of `quantize_int4(w, 32)` as they are (the
+    same rule, scale and nibble order), so a Q4_0 file holds npllm's int4 weights exactly."""
+    q4 = quantize_int4(w, 32, symmetric=True)
+    rows, nb = q4.scale.shape
+    d = q4.scale.astype("<f2").view(np.uint8).reshape(rows, nb, 2)
+    out = np.concatenate([d, q4.q.reshape(rows, nb, 16)], axis=2)
+    return out.reshape(rows, nb * 18)
+
+
 def is_quantized_name(name: str, embedding: bool = True) -> bool:
     """Whether `quantize_state_dict` converts the parameter called `name`."""
     return arch.is_block_linear(name) or (embedding and (arch.is_embedding(name) or name == _HEAD))

@@ -1,6 +1,7 @@
-"""`npllm export RUN --format hf|gguf|onnx --out PATH [--quantize q8_0|int8]`: write a
+"""`npllm export RUN --format hf|gguf|onnx --out PATH [--quantize q8_0|q4_0|int8]`: write a
 run's model for another program (`npllm.export`): a Hugging Face folder for
-`transformers`, a GGUF file for llama.cpp (F32, or Q8_0 with `--quantize q8_0`), or an
+`transformers`, a GGUF file for llama.cpp (F32, or Q8_0 / Q4_0 with `--quantize q8_0` /
+`q4_0`, the latter npllm's int4 weights of `npllm quantize --bits 4`), or an
 ONNX file for ONNX Runtime (float32, or int8 weights with `--quantize int8`)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 
 FORMATS = ("hf", "gguf", "onnx")
 # the --quantize values each format takes (None: float32)
-QUANTIZE = {"hf": (None,), "gguf": (None, "f32", "q8_0"), "onnx": (None, "int8")}
+QUANTIZE = {"hf": (None,), "gguf": (None, "f32", "q8_0", "q4_0"), "onnx": (None, "int8")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--quantize",
         default=None,
         metavar="TYPE",
-        help="weight type: q8_0 for gguf (llama.cpp's 8-bit blocks), int8 for onnx "
+        help="weight type: q8_0 or q4_0 for gguf (llama.cpp's 8- and 4-bit blocks), int8 "
+        "for onnx "
         "(default: float32)",
     )
     p.add_argument(

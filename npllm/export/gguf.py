@@ -1,7 +1,8 @@
 """A run as one GGUF file for llama.cpp's `gpt2` architecture (a Llama-family run: its
 `llama` architecture), written with the `gguf` package: the hyperparameters, the
 tokenizer (byte-level BPE tokens and merges, the specials as control tokens, the `gpt-2`
-pre-tokenizer, the ChatML template of a chat model) and the tensors, as F32 or Q8_0.
+pre-tokenizer, the ChatML template of a chat model) and the tensors, as F32, Q8_0 or Q4_0
+(`npllm.quant.q4_0_blocks`: npllm's int4 bytes).
 
 Tensor types go through `TENSOR_TYPES`: a name (`--quantize`) -> the GGML type and the
 function that packs a float32 (rows, cols) matrix into its blocks. Only the matmul
@@ -44,6 +45,7 @@ from npllm.errors import ConfigError
 from npllm.export import gpt2_family, require
 from npllm.export.hf import CHATML_TEMPLATE, gpt2_tensors, has_chat, special_roles
 from npllm.export.tokenizer import bpe_vocab_and_merges
+from npllm.quant import q4_0_blocks
 from npllm.tokenizers import GPT2_SPLIT_PATTERN, BPETokenizer
 
 QK8_0 = 32  # weights per Q8_0 block
@@ -76,10 +78,11 @@ def _types() -> dict[str, tuple[Any, int, Callable[[np.ndarray], np.ndarray] | N
     return {
         "f32": (T.F32, FT.ALL_F32, None),
         "q8_0": (T.Q8_0, FT.MOSTLY_Q8_0, q8_0_blocks),
+        "q4_0": (T.Q4_0, FT.MOSTLY_Q4_0, q4_0_blocks),  # npllm's int4 bytes (npllm.quant)
     }
 
 
-TENSOR_TYPES = ("f32", "q8_0")
+TENSOR_TYPES = ("f32", "q8_0", "q4_0")
 
 
 def gguf_name(name: str, config: Any) -> str:
