@@ -124,7 +124,7 @@ def llama_cpp_worker(spec: dict) -> dict:
     from llama_cpp import Llama
 
     threads = os.cpu_count() or 1
-    amx_q8 = spec["weights"] == "q8_0" and "AMX" in cpu_isa()
+    amx_q8 = spec["weights"] in ("q8_0", "q4_0") and "AMX" in cpu_isa()  # Q4_0 crashes too
     plain = amx_q8 and not spec.get("repacked")
     one_by_one = bool(amx_q8 and spec.get("repacked"))  # a batched prompt would crash
     if plain:  # see the module docstring: the AMX repack path crashes in Q8_0 prefill

@@ -174,7 +174,9 @@ class Int4Weight:
         """Dequantized rows `idx` (an embedding lookup): float32 idx.shape + (K,)."""
         q = unpack_nibbles(self.q[idx].reshape(-1, self.q.shape[1]), self.group_size)
         s = self.scale[idx].reshape(q.shape[:2]).astype(np.float32)[..., None]
-        off = self.offsets()[idx].reshape(q.shape[:2])[..., None]
+        # the rows' offsets only (a decode step looks up one row of a large table)
+        m = -8 * s if self.min is None else self.min[idx].reshape(q.shape[:2])[..., None]
+        off = np.asarray(m, np.float32)
         w = q.astype(np.float32) * s + off
         return w.reshape(*np.shape(self.q[idx])[:-1], self.shape[1])
 

@@ -81,8 +81,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def evaluate(decoder, data, n_batches: int, batch_size: int, seed: int):
-    """(mean next-token cross-entropy, most likely next token at every position) of a
-    `Decoder` over `n_batches` random val windows (the same windows for the same seed)."""
+    """(mean next-token cross-entropy, most likely next token at every position counted)
+    of a `Decoder` over `n_batches` random val windows (the same for the same seed).
+    `data` is a token array, or a chat split (tokens, mask, starts) of
+    `npllm.chat_data.load_chat_split`: then windows start at conversations and only the
+    assistant's tokens count, as in training's val loss."""
     import numpy as np
 
     from npllm import kernels
@@ -90,15 +93,28 @@ def evaluate(decoder, data, n_batches: int, batch_size: int, seed: int):
 
     rng = np.random.default_rng(seed)
     T = decoder.config.block_size
+    if isinstance(data, tuple):
+        from npllm.chat_data import get_chat_batch, window_starts
+
+        tokens, mask, starts = data
+        starts = window_starts(tokens, starts, T, "val")
+
+        def batch():
+            return get_chat_batch(tokens, mask, starts, batch_size, T, rng)
+    else:
+
+        def batch():
+            return get_batch(data, batch_size, T, rng)
+
     losses, top = [], []
     for _ in range(n_batches):
-        x, y = get_batch(data, batch_size, T, rng)
+        x, y = batch()
         logits = decoder.forward(x)  # (B, T, V)
         loss, _ = kernels.cross_entropy_forward(
             np.ascontiguousarray(logits.reshape(-1, logits.shape[-1])), y.reshape(-1), -1
         )
         losses.append(float(loss))
-        top.append(logits.argmax(-1))
+        top.append(logits.argmax(-1)[y >= 0])
     return float(np.mean(losses)), np.concatenate(top) if top else np.zeros(0, np.int64)
 
 
@@ -162,17 +178,21 @@ def run(args: argparse.Namespace) -> int:
 
     data_dir = Path(ck.info.get("data", {}).get("dir", ""))
     if args.eval_iters and (data_dir / "val.bin").exists():
+        from npllm.chat_data import load_chat_split
         from npllm.data import load_split
 
-        val = load_split(data_dir, "val")
+        chat = (data_dir / "val_mask.bin").exists()  # chat data: assistant tokens only
+        val = load_chat_split(data_dir, "val") if chat else load_split(data_dir, "val")
         n, bs, seed = args.eval_iters, args.batch_size, args.seed
         before, top_f = evaluate(Decoder(config, wf), val, n, bs, seed)
         after, top_q = evaluate(Decoder(config, wq), val, n, bs, seed)
         label = f"int{args.bits}"
+        what = "assistant-token val loss" if chat else "val loss"
         print(
-            f"val loss ({n} batches of {bs}): float32 {before:.4f}, {label} {after:.4f} "
+            f"{what} ({n} batches of {bs}): float32 {before:.4f}, {label} {after:.4f} "
             f"({after - before:+.4f}); most likely next token the same at "
-            f"{(top_f == top_q).mean():.1%} of {top_f.size} positions"
+            f"{(top_f == top_q).mean():.1%} of {top_f.size} {'assistant ' if chat else ''}"
+            "positions"
         )
     elif args.eval_iters:
         print(f"val loss not compared: the run's data folder {data_dir} has no val.bin")
