@@ -30,11 +30,19 @@ from numba.extending import intrinsic, overload
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-def jit(fn=None, *, parallel: bool = False, fastmath: bool = True, inline: bool = False):
+def jit(
+    fn=None,
+    *,
+    parallel: bool = False,
+    fastmath: bool = True,
+    inline: bool = False,
+    cache: bool = True,
+):
     """`@njit(cache=True)` with npllm's fastmath flags; compiled on first call.
-    `inline=True` makes a helper that is inlined into its callers (Numba IR inlining)."""
+    `inline=True` makes a helper that is inlined into its callers (Numba IR inlining);
+    `cache=False` is for the in-kernel copies of `in_kernels`."""
     opts = {
-        "cache": True,
+        "cache": cache,
         "parallel": parallel,
         "fastmath": FASTMATH if fastmath else False,
         # Python's error model checks every float division for zero to raise
@@ -80,22 +88,44 @@ def _chunks(args, n, nchunks):
 _DRIVERS: dict[Any, Any] = {}
 
 
-def parallel(kernel: Any) -> Any:
+def _copy(fn: Any, name: str, **globals_: Any) -> Any:
+    """A new Python function with `fn`'s code, named `name`, some globals replaced."""
+    code = fn.__code__
+    out = pytypes.FunctionType(code, {**fn.__globals__, **globals_}, code.co_name)
+    out.__qualname__, out.__doc__ = name, fn.__doc__  # cache files are named after it
+    return out
+
+
+def parallel(kernel: Any, cache: bool = True) -> Any:
     """`_chunks` for one kernel: a copy of its code whose global `kernel` is that kernel,
     jitted with parallel=True. Why not pass the kernel as an argument: Numba types a jitted
     function argument by the function object of this process, so such a call would never
     be found in the on-disk cache and would compile anew in every process (seconds of a
     cold start). A copy per kernel, named after it, is cached like any other function, and
     compiles only what it calls: a first step compiles the drivers of the kernels it uses."""
-    driver = _DRIVERS.get(kernel)
+    driver = _DRIVERS.get((kernel, cache))
     if driver is None:
-        code = _chunks.__code__
-        fn = pytypes.FunctionType(code, {**_chunks.__globals__, "kernel": kernel}, code.co_name)
-        # The cache files are named after the qualified name: one set per kernel.
-        fn.__qualname__ = f"_chunks.{kernel.__module__.rsplit('.', 1)[-1]}.{kernel.__name__}"
-        fn.__doc__ = _chunks.__doc__
-        driver = _DRIVERS[kernel] = jit(fn, parallel=True)
+        name = f"_chunks.{kernel.__module__.rsplit('.', 1)[-1]}.{kernel.__name__}"
+        fn = _copy(_chunks, name if cache else name + ".in_kernel", kernel=kernel)
+        driver = _DRIVERS[kernel, cache] = jit(fn, parallel=True, cache=cache)
     return driver
+
+
+def in_kernels(dispatcher: Any, **callees: Any) -> Any:
+    """An uncached copy of a jitted function (`callees` replacing some of the functions it
+    calls), for calling from inside other cached kernels when it holds a prange loop.
+
+    Why: Numba (0.68) links a parallel function that it loaded from the on-disk cache into
+    a new caller without the parallel region's code, so the caller, once cached in its
+    turn, crashes (a call through a null pointer) in the next process that loads it. That
+    happened to the decode step: a process decoding with int8 weights cached the step and
+    the parallel product; a float32 decode in a second process compiled the float32 step
+    over the cached product; a third float32 process segfaulted. An uncached copy is
+    compiled from source whenever a caller compiles, so it is always linked whole
+    (tests/kernels/test_cache_processes.py)."""
+    py = dispatcher.py_func
+    fn = _copy(py, py.__qualname__ + ".in_kernel", **callees)
+    return jit(fn, parallel=dispatcher.targetoptions.get("parallel", False), cache=False)
 
 
 def run(

@@ -43,7 +43,7 @@ from numba.extending import overload
 from npllm.arch import BlockWeights, HeadWeights, Spec
 from npllm.kernels._jit import MOST_CHUNKS, jit, parallel, scaled_matmul
 from npllm.kernels.activations import _gelu_erf_fwd, _gelu_tanh_fwd, _relu_fwd
-from npllm.kernels.int4 import prepared_matmul
+from npllm.kernels.int4 import prepared_matmul_in_kernels
 from npllm.kernels.layernorm import _ln_fwd
 from npllm.kernels.rmsnorm import _rms_fwd
 from npllm.kernels.rope import rope_rows
@@ -59,7 +59,8 @@ SERIAL = 1 << 62
 PARALLEL = 1 << 17
 
 
-_scaled_matmul_chunks = parallel(scaled_matmul)
+# uncached copies of the parallel products, for use inside the step (see _jit.in_kernels)
+_scaled_matmul_chunks = parallel(scaled_matmul, cache=False)
 
 
 def _matvec(x, w, s, b, out, par_min):
@@ -74,7 +75,7 @@ def _matvec_impl(x, w, s, b, out, par_min):
     if w.dtype == types.uint8:
 
         def int4(x, w, s, b, out, par_min):
-            prepared_matmul(x, w, s, b, out, 2 * w.size * x.shape[0] >= par_min)
+            prepared_matmul_in_kernels(x, w, s, b, out, 2 * w.size * x.shape[0] >= par_min)
 
         return int4
 

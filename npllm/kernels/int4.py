@@ -43,7 +43,16 @@ import numpy as np
 from numba import get_num_threads
 
 from npllm.errors import ShapeError
-from npllm.kernels._jit import MOST_CHUNKS, PAR_MIN, chunk_of, jit, parallel, per_chunk, run
+from npllm.kernels._jit import (
+    MOST_CHUNKS,
+    PAR_MIN,
+    chunk_of,
+    in_kernels,
+    jit,
+    parallel,
+    per_chunk,
+    run,
+)
 from npllm.kernels.blas import NO_TRANS, gemm_block
 
 KERNELS = ("int4_linear",)
@@ -185,6 +194,12 @@ def prepared_matmul(x, qt, s, b, out, in_parallel):
         _q4_chunks(args, units, min(MOST_CHUNKS, max(1, m // _CHUNK_MIN), units))
     else:
         q4_matmul(*args, 0, units)
+
+
+# for the decode step (npllm.kernels.decode), which calls it from inside a cached kernel
+prepared_matmul_in_kernels = in_kernels(
+    prepared_matmul, _q4_chunks=parallel(q4_matmul, cache=False)
+)
 
 
 @jit(inline=True)
