@@ -37,12 +37,15 @@ def jit(
     fastmath: bool = True,
     inline: bool = False,
     cache: bool = True,
+    nogil: bool = False,
 ):
     """`@njit(cache=True)` with npllm's fastmath flags; compiled on first call.
     `inline=True` makes a helper that is inlined into its callers (Numba IR inlining);
-    `cache=False` is for the in-kernel copies of `in_kernels`."""
+    `cache=False` is for the in-kernel copies of `in_kernels`; `nogil=True` releases the
+    GIL while the kernel runs (the decode step: a server's other threads go on meanwhile)."""
     opts = {
         "cache": cache,
+        "nogil": nogil,
         "parallel": parallel,
         "fastmath": FASTMATH if fastmath else False,
         # Python's error model checks every float division for zero to raise

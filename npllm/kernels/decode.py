@@ -163,7 +163,7 @@ def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec):
                     y[b, q0 + d] += ps * vc[s, d]
 
 
-@jit
+@jit(nogil=True)
 def decode_block(x, pos, w, k_cache, v_cache, cos, sin, spec, par_min):
     w, spec = BlockWeights(*w), Spec(*spec)
     B, C = x.shape
@@ -187,7 +187,7 @@ def decode_block(x, pos, w, k_cache, v_cache, cos, sin, spec, par_min):
     x += h
 
 
-@jit
+@jit(nogil=True)
 def decode_head(x, w, spec, par_min):
     w, spec = HeadWeights(*w), Spec(*spec)
     h = np.empty_like(x)

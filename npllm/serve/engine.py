@@ -193,9 +193,10 @@ class Engine:
                 self._leave()
                 if self.rows:
                     self._step()
-                # The kernels hold the GIL; letting go of it here gives the event loop its
-                # turn to send this step's tokens, instead of every few steps (the
-                # interpreter's 5 ms switch interval), so streams flow token by token.
+                # The decode kernels let go of the GIL while they run, but the Python
+                # around them holds it; yielding here gives the event loop its turn to
+                # send this step's tokens, instead of every few steps (the interpreter's
+                # 5 ms switch interval), so streams flow token by token.
                 time.sleep(0)
             except Exception as e:  # a server fault: fail what was running, keep serving
                 log.exception("the decode loop failed")
