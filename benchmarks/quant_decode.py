@@ -15,7 +15,8 @@ only by llama.cpp's rounding of the activations to 8 bits.
 On CPUs with AMX, llama-cpp-python 0.3.36 crashes in batched prompt processing of
 repacked Q8_0 and Q4_0 weights: there those rows load with `use_extra_bufts=False`, and
 "..., repacked" rows keep the default (repacked) buffers and feed the prompt one token a
-call (llama_cpp_decode.py's docstring).
+call (llama_cpp_decode.py's docstring); npllm's generation is compared with those rows
+(generation is one token a call anyway, and repacked weights are llama.cpp's default).
 
     python benchmarks/quant_decode.py                          # guppy, 3 rounds
     python benchmarks/quant_decode.py --rounds 5 --write       # + benchmarks/RESULTS.md
@@ -170,7 +171,10 @@ def report(shape: str, meta: dict, results: dict[str, list[dict]]) -> str:
         "|---|---|---|---|---|",
     ]
     for label, (pp, tg) in rows.items():
-        other = rows.get(VERSUS.get(label, ""), (None, None))[1]
+        # llama.cpp's default (repacked) buffers where a row has them: its generation is
+        # token by token in both rows, and the repacked kernels are what users run
+        ref = VERSUS.get(label, "")
+        other = rows.get(f"{ref}, repacked", rows.get(ref, (None, None)))[1]
         vs = f"{tg.median / other.median:.2f}x" if other is not None else ""
         facts = results[label][0].get("facts", {})
         size = f"{facts['bytes'] / 1e6:.2f} MB" if "bytes" in facts else ""
