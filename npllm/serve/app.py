@@ -9,12 +9,13 @@
 
 Requests are checked by `npllm.serve.protocol` (400 naming the parameter), then each
 choice becomes an engine `Sequence`; the handler awaits the events the engine thread
-hands over through the event loop (`call_soon_threadsafe`) and answers with one JSON body
-or, with `"stream": true`, with server-sent events: `data: {chunk}\\n\\n` per token (the
-first chunk of a chat choice carries the role, the last its finish_reason), the usage
-chunk when `stream_options.include_usage` asks, then `data: [DONE]`. A client that goes
-away cancels its sequences: streaming through Starlette cancelling the response, a plain
-request by polling for the disconnect while it waits.
+hands over through the event loop (`call_soon_threadsafe`) and answers (the bodies and
+chunks built by `npllm.serve.answer`) with one JSON body or, with `"stream": true`, with
+server-sent events: `data: {chunk}\\n\\n` per token (the first chunk of a chat choice
+carries the role, the last its finish_reason), the usage chunk when
+`stream_options.include_usage` asks, then `data: [DONE]`. A client that goes away cancels
+its sequences: streaming through Starlette cancelling the response, a plain request by
+polling for the disconnect while it waits.
 
 Errors all have OpenAI's shape: 400 for a bad parameter or a prompt too long for the
 context window (saying by how much), 401 without the right API key (`--api-key`, sent as
@@ -29,7 +30,6 @@ import dataclasses
 import hmac
 import json
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,8 +46,10 @@ from npllm.chat import IM_START, encode_chat
 from npllm.constrain import compile_grammar
 from npllm.constrain.index import end_ids
 from npllm.errors import NpllmError
-from npllm.serve.engine import Engine, Event, Sequence
+from npllm.serve.answer import Answer, sse
+from npllm.serve.engine import Engine
 from npllm.serve.protocol import APIError, bad, parse_chat, parse_completion, parse_json
+from npllm.serve.sequence import Event, Sequence
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20
@@ -277,142 +279,6 @@ class Server:
         finally:
             if not answer.finished:  # the client went away: free its rows now
                 self.engine.cancel(answer.seqs)
-
-
-def sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
-
-
-class Answer:
-    """Gathers one request's events into OpenAI's response body or stream chunks."""
-
-    def __init__(self, server: Server, req: Any, prompts: list[list[int]], seqs: list) -> None:
-        self.server, self.req, self.prompts, self.seqs = server, req, prompts, seqs
-        self.chat = req.kind == "chat"
-        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
-        self.created = int(time.time())
-        self.object = "chat.completion" if self.chat else "text_completion"
-        n = len(seqs)
-        self.texts = [""] * n
-        self.logprobs: list[list[dict]] = [[] for _ in range(n)]
-        self.reasons: list[str | None] = [None] * n
-        self.error: str | None = None
-        self.open = n
-
-    @property
-    def finished(self) -> bool:
-        return self.open == 0
-
-    def usage(self) -> dict:
-        prompt = sum(len(p) for p in self.prompts)  # once per prompt, as OpenAI counts
-        completion = sum(len(s.ids) for s in self.seqs)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-
-    def echo(self, index: int) -> str:
-        if self.chat or not self.req.echo:
-            return ""
-        return self.req.prompt_texts[index // self.req.n]
-
-    def add(self, event: Event) -> list[dict]:
-        """Record one event; the stream chunks it makes."""
-        i = event.index
-        self.texts[i] += event.text
-        if event.logprob is not None:
-            self.logprobs[i].append(event.logprob)
-        chunks = []
-        if event.text or event.logprob is not None:
-            chunks.append(self.chunk(i, event.text, event.logprob, None))
-        if event.finish_reason is not None:
-            self.open -= 1
-            if event.finish_reason == "error":
-                self.error = event.error or "the decode loop failed"
-                self.open = 0
-                return chunks
-            self.reasons[i] = event.finish_reason
-            chunks.append(self.chunk(i, None, None, event.finish_reason))
-        return chunks
-
-    def base(self, obj: str) -> dict:
-        name = self.server.model_name
-        return {"id": self.id, "object": obj, "created": self.created, "model": name}
-
-    def chunk(self, i: int, text: str | None, logprob: dict | None, reason: str | None) -> dict:
-        out = self.base("chat.completion.chunk" if self.chat else "text_completion")
-        if self.chat:
-            delta = {} if text is None else {"content": text}
-            lp = None if logprob is None else {"content": [logprob], "refusal": None}
-            choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}
-        else:
-            offset = len(self.echo(i)) + len(self.texts[i]) - len(text or "")
-            lp = None if logprob is None else legacy_logprobs([logprob], offset)
-            choice = {"index": i, "text": text or "", "logprobs": lp, "finish_reason": reason}
-        out["choices"] = [choice]
-        if self.req.include_usage:
-            out["usage"] = None
-        return out
-
-    def first_chunks(self) -> list[dict]:
-        """The role (chat) or the echoed prompt (completions) of each choice."""
-        out = []
-        for i in range(len(self.seqs)):
-            if self.chat:
-                c = self.chunk(i, "", None, None)
-                c["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-                out.append(c)
-            elif self.echo(i):
-                out.append(self.chunk(i, self.echo(i), None, None))
-        return out
-
-    def usage_chunk(self) -> dict:
-        out = self.base("chat.completion.chunk" if self.chat else "text_completion")
-        out["choices"] = []
-        out["usage"] = self.usage()
-        return out
-
-    def body(self) -> dict:
-        out = self.base(self.object)
-        choices = []
-        for i in range(len(self.seqs)):
-            entries = self.logprobs[i] if self.req.params.logprobs else None
-            if self.chat:
-                lp = None if entries is None else {"content": entries, "refusal": None}
-                message = {"role": "assistant", "content": self.texts[i], "refusal": None}
-                reason = self.reasons[i]
-                choices.append(
-                    {"index": i, "message": message, "logprobs": lp, "finish_reason": reason}
-                )
-            else:
-                echo = self.echo(i)
-                lp = None if entries is None else legacy_logprobs(entries, len(echo))
-                choices.append(
-                    {
-                        "index": i,
-                        "text": echo + self.texts[i],
-                        "logprobs": lp,
-                        "finish_reason": self.reasons[i],
-                    }
-                )
-        out["choices"] = choices
-        out["usage"] = self.usage()
-        return out
-
-
-def legacy_logprobs(entries: list[dict], offset: int) -> dict:
-    """/v1/completions' logprobs: parallel lists, and the top ones as {token: logprob}."""
-    offsets = []
-    for e in entries:
-        offsets.append(offset)
-        offset += len(e["token"])
-    return {
-        "tokens": [e["token"] for e in entries],
-        "token_logprobs": [e["logprob"] for e in entries],
-        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
-        "text_offset": offsets,
-    }
 
 
 def build_app(

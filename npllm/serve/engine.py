@@ -21,10 +21,7 @@ inside the loop fails the sequences involved (the server answers them with a 500
 loop carries on. Each row's logits depend only on that row (the fused products sum each
 output row by itself), so a seeded request gives the same tokens whatever else runs.
 
-Text: the generated ids are decoded as a whole after each token, so a BPE token that ends
-inside a UTF-8 character shows once it is complete (U+FFFD is held back), and text that
-could be the start of a stop string is held back until it is known not to be one. A stop
-string ends the choice ("stop") and is not returned; so do the end-of-turn special tokens.
+The choices themselves, their text and stop strings: `npllm.serve.sequence`.
 """
 
 from __future__ import annotations
@@ -33,94 +30,18 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from npllm.constrain import Grammar
 from npllm.constrain.index import vocabulary_bytes
 from npllm.decoder import Decoder, KVCache
 from npllm.kernels.decode import PARALLEL, SERIAL
 from npllm.sampling import process_logits, sample
+from npllm.serve.sequence import Event, Sequence
 
 log = logging.getLogger("npllm.serve")
 _NO_CONTEXT = np.zeros((1, 0), np.int64)  # no repetition penalty: no context needed
-
-
-@dataclass
-class SamplingParams:
-    """What one choice is generated with (validated by `npllm.serve.protocol`)."""
-
-    max_tokens: int  # already clipped to what fits the context window
-    temperature: float = 1.0
-    top_p: float | None = None
-    top_k: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    logprobs: bool = False
-    top_logprobs: int = 0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: Grammar | None = None
-
-
-@dataclass
-class Event:
-    """What a sequence reports after a token: new text (maybe empty), the token's
-    log-probability entry (when asked), and its finish reason once it is done ("stop",
-    "length", or "error" with `error` saying what failed)."""
-
-    index: int
-    text: str = ""
-    logprob: dict | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-
-
-class Sequence:
-    """One choice being generated. `emit(Event)` is called from the engine's thread."""
-
-    def __init__(
-        self,
-        index: int,
-        prompt: list[int],
-        params: SamplingParams,
-        emit: Callable[[Event], None],
-        stop_ids: frozenset[int],
-        rng_seed: Any = None,
-    ) -> None:
-        self.index, self.prompt, self.params, self.emit = index, prompt, params, emit
-        self.stop_ids = stop_ids
-        self.rng = np.random.default_rng(rng_seed)
-        self.guide = None if params.grammar is None else params.grammar.guide(1, params.max_tokens)
-        self.ids: list[int] = []  # every generated token, end-of-turn included
-        self.data = bytearray()  # the bytes of the shown tokens
-        self.text = ""  # their text
-        self.sent = 0  # characters of text already emitted
-        self.finish_reason: str | None = None
-        self.cancelled = False
-        self.last = -1  # the token to feed at the next step
-        self.penalised = params.presence_penalty != 0 or params.frequency_penalty != 0
-        # sampled with temperature, top-k and top-p only (batched with its like)
-        self.plain = (
-            self.guide is None
-            and not self.penalised
-            and params.repetition_penalty == 1.0
-            and not params.logit_bias
-        )
-
-    @property
-    def position(self) -> int:
-        """The position of `last` in the context."""
-        return len(self.prompt) + len(self.ids) - 1
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None or self.cancelled
 
 
 class Engine:
@@ -308,7 +229,7 @@ class Engine:
                 s = seqs[i]
                 p = s.params
                 entry = self._logprob_entry(row, int(token), p.top_logprobs) if p.logprobs else None
-                self._accept(s, int(token), entry)
+                s.accept(int(token), self.token_bytes[int(token)], entry, self.block_size)
 
     def _choose(self, s: Sequence, logits: np.ndarray) -> None:
         """Sample s's next token from its raw logits (V,) and report it."""
@@ -341,7 +262,7 @@ class Engine:
             )
         token = int(sample(work, s.rng, greedy=greedy)[0])
         entry = self._logprob_entry(raw, token, p.top_logprobs) if p.logprobs else None
-        self._accept(s, token, entry)
+        s.accept(token, self.token_bytes[token], entry, self.block_size)
 
     def _logprob_entry(self, logits: np.ndarray, token: int, top: int) -> dict:
         """OpenAI's entry for one token: the model's log-probability of it (its own
@@ -368,45 +289,6 @@ class Engine:
             "bytes": list(data),
         }
 
-    def _accept(self, s: Sequence, token: int, entry: dict | None) -> None:
-        p = s.params
-        s.ids.append(token)
-        s.last = token
-        finished = False
-        if s.guide is not None:
-            finished = bool(s.guide.advance(np.array([token]))[0])
-        if token in s.stop_ids:
-            self._finish(s, "stop", entry=None)
-            return
-        # the whole text again each time: a token may complete a character cut before
-        s.data += self.token_bytes[token]
-        text = s.data.decode("utf-8", errors="replace")
-        for stop in p.stop:
-            at = text.find(stop, max(0, s.sent - len(stop)))
-            if at >= 0:
-                text = text[:at]
-                s.text = text
-                self._finish(s, "stop", entry)
-                return
-        s.text = text
-        if finished:
-            self._finish(s, "stop", entry)
-        elif len(s.ids) >= p.max_tokens or len(s.prompt) + len(s.ids) >= self.block_size:
-            self._finish(s, "length", entry)
-        else:
-            ready = len(text.rstrip("\ufffd"))
-            ready -= _held_back(text[:ready], p.stop)
-            new = text[s.sent : ready] if ready > s.sent else ""
-            s.sent = max(s.sent, ready)
-            if new or entry is not None:
-                s.emit(Event(s.index, new, entry))
-
-    def _finish(self, s: Sequence, reason: str, entry: dict | None) -> None:
-        s.finish_reason = reason
-        rest = s.text[s.sent :]
-        s.sent = len(s.text)
-        s.emit(Event(s.index, rest, entry, finish_reason=reason))
-
 
 class _Draws:
     """`sample`'s generator for a batch of rows with generators of their own: row b's
@@ -417,14 +299,3 @@ class _Draws:
 
     def random(self, n: int) -> np.ndarray:
         return np.array([r.random() for r in self.rngs])
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """How many characters at the end of `text` could be the start of a stop string."""
-    hold = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), hold, -1):
-            if text.endswith(stop[:k]):
-                hold = k
-                break
-    return hold

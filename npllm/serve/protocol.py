@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from npllm.serve.engine import SamplingParams
+from npllm.serve.sequence import SamplingParams
 
 # parameters accepted and ignored (bookkeeping that does not change the output)
 IGNORED = {

@@ -11,7 +11,8 @@ import pytest
 from npllm.decoder import Decoder
 from npllm.generate import generate
 from npllm.gpt import GPT, GPTConfig
-from npllm.serve.engine import Engine, SamplingParams, Sequence, _held_back
+from npllm.serve.engine import Engine
+from npllm.serve.sequence import SamplingParams, Sequence, _held_back
 from npllm.tokenizers import CharTokenizer
 
 TOK = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .")
