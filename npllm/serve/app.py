@@ -29,6 +29,7 @@ import asyncio
 import dataclasses
 import hmac
 import json
+import mimetypes
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -52,6 +53,9 @@ from npllm.serve.protocol import APIError, bad, parse_chat, parse_completion, pa
 from npllm.serve.sequence import Event, Sequence
 
 STATIC = Path(__file__).parent / "static"
+# The page's scripts are ES modules, which browsers run only when served with a JavaScript
+# type; some systems' tables (the Windows registry) map .js to text/plain.
+mimetypes.add_type("text/javascript", ".js")
 MAX_BODY_BYTES = 1 << 20
 DISCONNECT_POLL = 0.25  # seconds between checks that a plain request's client is still there
 GRAMMAR_CACHE = 32  # compiled response_format grammars kept (compiling costs 0.05-0.2 s)

@@ -8,12 +8,14 @@ decode loop answered with a 500 and survived."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
 import httpx
 import pytest
 
+from npllm.serve.app import STATIC
 from tests.serve.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -145,6 +147,24 @@ def test_unknown_models_and_paths_are_404s(chat_server):
     check_error(httpx.get(chat_server.url + "/v1/nothing"), 404)
     check_error(httpx.get(chat_server.url + CHAT), 405)
     assert chat_server.healthy()
+
+
+def test_the_page_and_every_script_it_imports_are_served_with_their_types(chat_server):
+    page = httpx.get(chat_server.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    todo, seen = re.findall(r'<script type="module" src="([\w.]+)"', page.text), set()
+    assert todo == ["app.js"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        r = httpx.get(f"{chat_server.url}/{name}")
+        assert r.status_code == 200, name
+        # browsers run an ES module only when it comes with a JavaScript type
+        assert r.headers["content-type"].split(";")[0] == "text/javascript", name
+        todo += re.findall(r'^import [^;]* from "\./([\w.]+)";$', r.text, re.M)
+    assert seen == {p.name for p in STATIC.glob("*.js")}  # every script is reached
 
 
 def test_a_body_over_the_limit_is_a_413_even_without_a_length(text_server):
