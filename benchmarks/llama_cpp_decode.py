@@ -64,7 +64,8 @@ RUNS = {
 
 
 def prepare(spec: dict) -> dict:
-    """npllm process: random weights of the shape as .npz and as GGUF F32 and Q8_0."""
+    """npllm process: random weights of the shape as .npz and as GGUF files of the types in
+    spec["gguf"] (F32 and Q8_0 unless said)."""
     import dataclasses
 
     import numpy as np
@@ -79,7 +80,7 @@ def prepare(spec: dict) -> dict:
     folder = Path(spec["dir"])
     np.savez(folder / "weights.npz", **sd)
     (folder / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
-    for q in ("f32", "q8_0"):
+    for q in spec.get("gguf", ("f32", "q8_0")):
         write_gguf(config, sd, BPETokenizer([(116, 104)]), folder / f"{q}.gguf", q)
     P, n = LENGTHS[spec["shape"]]
     prompt = np.random.default_rng(0).integers(0, 256, P).tolist()
@@ -100,7 +101,14 @@ def npllm_worker(spec: dict) -> dict:
         sd = {k: z[k] for k in z.files}
     if spec["weights"] == "int8":
         sd = quantize_state_dict(sd, embedding=True)
-    dec = Decoder(config, load_weights(sd))
+    return decode_timed(Decoder(config, load_weights(sd)), spec)
+
+
+def decode_timed(dec, spec: dict) -> dict:
+    """`timed` over one call of `dec`: the prompt in one forward, then spec["n"] greedy
+    tokens one per forward, with their ids."""
+    import numpy as np
+
     prompt = np.array([spec["prompt"]])
 
     def call() -> tuple[float, float, list[int]]:

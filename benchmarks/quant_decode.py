@@ -28,7 +28,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +46,12 @@ from benchmarks.common import (  # noqa: E402
     stats,
     write_section,
 )
-from benchmarks.llama_cpp_decode import LENGTHS, SHAPES, llama_cpp_worker, timed  # noqa: E402
+from benchmarks.llama_cpp_decode import (  # noqa: E402
+    SHAPES,
+    decode_timed,
+    llama_cpp_worker,
+    prepare,
+)
 
 # label -> (worker, weights)
 RUNS = {
@@ -60,34 +64,11 @@ RUNS = {
 VERSUS = {"npllm int4": "llama.cpp Q4_0", "npllm int8": "llama.cpp Q8_0"}
 
 
-def prepare(spec: dict) -> dict:
-    """npllm process: random weights of the shape as .npz and as GGUF Q8_0 and Q4_0."""
-    import dataclasses
-
-    import numpy as np
-
-    from npllm.export.gguf import write_gguf
-    from npllm.gpt import GPT, GPTConfig
-    from npllm.tokenizers import BPETokenizer
-
-    config = GPTConfig(**SHAPES[spec["shape"]], activation="gelu")
-    model = GPT(config, seed=0)
-    sd = model.state_dict()
-    folder = Path(spec["dir"])
-    np.savez(folder / "weights.npz", **sd)
-    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
-    for q in ("q8_0", "q4_0"):
-        write_gguf(config, sd, BPETokenizer([(116, 104)]), folder / f"{q}.gguf", q)
-    P, n = LENGTHS[spec["shape"]]
-    prompt = np.random.default_rng(0).integers(0, 256, P).tolist()
-    return {"samples": {}, "prompt": prompt, "n": n, "params": model.num_params(False)}
-
-
 def npllm_worker(spec: dict) -> dict:
     import numpy as np
 
     import npllm  # noqa: F401
-    from npllm.generate import Decoder
+    from npllm.decoder import Decoder
     from npllm.gpt import GPTConfig
     from npllm.quant import load_weights, quantize_state_dict, weight_bytes
 
@@ -102,21 +83,7 @@ def npllm_worker(spec: dict) -> dict:
         sd = quantize_state_dict(sd, bits=4, embedding_bits=8 if kind == "int4-emb8" else 4)
     weights = load_weights(sd)
     dec = Decoder(config, weights)
-    prompt = np.array([spec["prompt"]])
-
-    def call() -> tuple[float, float, list[int]]:
-        cache = dec.new_cache(1)
-        t0 = time.perf_counter()
-        logits = dec.forward(prompt, cache, last_only=True)  # (1, V)
-        t1 = time.perf_counter()
-        ids = []
-        for _ in range(spec["n"]):
-            token = int(np.argmax(logits[0]))
-            ids.append(token)
-            logits = dec.forward(np.array([[token]]), cache, last_only=True)
-        return t1 - t0, time.perf_counter() - t1, ids
-
-    out = timed(call, spec)
+    out = decode_timed(dec, spec)
     out["facts"] = {"bytes": weight_bytes(weights), "par_min": dec.par_min}
     return out
 
@@ -126,7 +93,11 @@ WORKERS = {"prepare": prepare, "npllm": npllm_worker, "llama.cpp": llama_cpp_wor
 
 def measure(shape: str, args, folder: str, cache: str) -> tuple[dict, dict[str, list[dict]]]:
     script = Path(__file__)
-    prep = Job("prepare", "prepare", {"framework": "npllm", "shape": shape, "dir": folder})
+    prep = Job(
+        "prepare",
+        "prepare",
+        {"framework": "npllm", "shape": shape, "dir": folder, "gguf": ["q8_0", "q4_0"]},
+    )
     meta = alternate(script, [prep], 1, echo=lambda _: None)["prepare"][0]
     base = {
         "dir": folder,
