@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,9 @@ from npllm.errors import ConfigError, NpllmError
 
 # Set by the launchers for the processes they start: MPICH's and Intel MPI's hydra and
 # SLURM's pmi2 plugin (PMI_*), PMIx (srun --mpi=pmix), Open MPI.
+# Seconds a failing rank waits after writing its error before MPI_Abort (see fail_together).
+ABORT_GRACE = 1.0
+
 LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE")
 
 
@@ -186,15 +190,22 @@ class World:
         except BaseException as e:
             if self.size == 1 or isinstance(e, SystemExit):
                 raise
-            if not isinstance(e, (NpllmError, KeyboardInterrupt)):
-                traceback.print_exc()
             what = str(e) or type(e).__name__
-            print(
+            report = (
                 f"npllm {command}: error: rank {self.rank} of {self.size} failed: {what}; "
-                "stopping every rank",
-                file=sys.stderr,
-                flush=True,
+                "stopping every rank\n"
             )
+            if not isinstance(e, (NpllmError, KeyboardInterrupt)):
+                report += "".join(traceback.format_exception(e))
+            # One write, the one-line error first, then a moment for the launcher to pass
+            # it on: MPI_Abort kills every process at once, and output still in the
+            # launcher's pipes when it does is lost.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            data = report.encode(errors="replace")
+            while data:
+                data = data[os.write(sys.stderr.fileno(), data) :]
+            time.sleep(ABORT_GRACE)
             self.comm.Abort(_exit_code(e))
             os._exit(_exit_code(e))  # MPI_Abort may return in the caller; never run on
 
