@@ -2,10 +2,12 @@
 
 `Decoder` runs GPT's forward for inference only: it reads the per-block records that the
 model description (`npllm.arch`) gathers from the model's parameter arrays, and builds no
-autograd graph. Prompts (prefill) and recomputation run as NumPy array code on the
-kernels' NumPy references, BLAS doing the matmuls; a decode step (one new token per row)
-runs as one fused Numba call per block (`npllm.kernels.decode`), because at batch 1
-the per-op overhead of a framework dominates (docs/performance.md, "Dispatch cost").
+autograd graph. Prompts (prefill) and recomputation run as array code: the matmuls
+(linear layers, attention) on the active kernels, so on Numba's thread pool like the
+decode step that follows (the element-wise ops on the NumPy references, which start no
+threads); a decode step (one new token per row) runs as one fused Numba call per block
+(`npllm.kernels.decode`), because at batch 1 the per-op overhead of a framework
+dominates (docs/performance.md, "Dispatch cost").
 Linear weights may be float32 arrays or `npllm.quant.Int8Weight`s or `Int4Weight`s, which
 run through the int8 and int4 kernels. Under `npllm.kernels.use("numpy")` decode steps
 take the NumPy path too, which is the reference the fused step is tested against.
@@ -39,15 +41,18 @@ from npllm.kernels.decode import PARALLEL, SERIAL, decode_block, decode_head
 from npllm.layers.rope import config_rope, rope_tables
 from npllm.quant import load_weights
 
-# The NumPy forward (prompts, recomputation, the fused step's reference) runs on the
-# kernels' NumPy references, so BLAS is the only thread pool it wakes: two pools
-# alternating fight (docs/performance.md, "Two thread pools"). Exact GELU needs erf, which
-# NumPy lacks: it takes the active kernel (the NumPy one under kernels.use("numpy")).
+# The array forward (prompts, recomputation, the fused step's reference under
+# kernels.use("numpy")). Its products run on the active kernels (`kernels.linear_forward`,
+# `kernels.attention_forward`): with the Numba backend that is BLAS inside Numba's pool,
+# the pool the decode step uses. NumPy's `@` would wake OpenBLAS's own pool, whose
+# workers spin for a while after a prompt: the decode steps right after it then waited
+# for the cores, 11 ms a step instead of 0.9 at guppy (docs/performance.md, "Two thread
+# pools"). The element-wise ops take the NumPy references (no threads). Exact GELU needs
+# erf, which NumPy lacks: it takes the active kernel.
 _NORMS = {
     "layernorm": lambda x, w, b, eps: kernels.get("layernorm_forward", "numpy")(x, w, b, eps)[0],
     "rmsnorm": lambda x, w, b, eps: kernels.get("rmsnorm_forward", "numpy")(x, w, eps)[0],
 }
-_ATTENTION = kernels.get("attention_forward", "numpy")
 _ROPE = kernels.get("rope_forward", "numpy")
 _SWIGLU = kernels.get("swiglu_forward", "numpy")
 _ACTIVATIONS = {
@@ -74,15 +79,13 @@ class KVCache:
 
 
 def _linear(x: np.ndarray, w: np.ndarray, s: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """x (N, in) @ w (out, in).T + b -> (N, out): float32 weights by BLAS (their scales
-    are ones), int8 and int4 ones through their kernels."""
+    """x (N, in) @ w (out, in).T + b -> (N, out): float32 weights by the active linear
+    kernel (their scales are ones), int8 and int4 ones through their kernels."""
     if w.dtype == np.int8:
         return kernels.int8_linear(x, w, s, b)
     if w.dtype == np.uint8:
         return kernels.int4_linear(x, w, s, b)
-    y = x @ w.T
-    y += b
-    return y
+    return kernels.linear_forward(x, w, b)
 
 
 class Decoder:
@@ -269,7 +272,8 @@ class Decoder:
             k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
         # causal, aligned to the end: query t (position start + t) sees keys up to it
         v = np.ascontiguousarray(v)
-        y, att = _ATTENTION(q, k, v, True, self._window or 0)  # (B, nh, T, hs), (B, nh, T, Tk)
+        # (B, nh, T, hs), (B, nh, T, Tk)
+        y, att = kernels.attention_forward(q, k, v, True, self._window or 0)
         if self.attention_maps is not None:
             self.attention_maps.append(att)
         y = y.transpose(0, 2, 1, 3).reshape(B * T, nh * hs)  # heads side by side
