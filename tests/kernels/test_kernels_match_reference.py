@@ -184,6 +184,21 @@ def test_embedding(dtype, n, v, c, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("v", [1, 7, 300])
+def test_embedding_parallel(dtype, v):
+    """Past the parallel threshold: rows gathered in chunks, and the scatter-add split
+    over rows of dw, each chunk zeroing its own rows and adding its indices' rows."""
+    rng = np.random.default_rng(v)
+    n, c = 1500, 48
+    idx = rng.integers(0, v, size=n)
+    idx[:5] = v - 1  # the last row, repeated
+    w = arr(rng, (v, c), dtype)
+    close(*both("embedding_forward", idx, w), dtype)
+    dout = arr(rng, (n, c), dtype)
+    close(*both("embedding_backward", dout, idx, v), dtype, scale=n + 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @FEW
 @given(shape=st.lists(dims, min_size=1, max_size=3), p=st.floats(0.0, 0.9), seed=seeds)
 def test_dropout(dtype, shape, p, seed):
