@@ -86,6 +86,20 @@ class Server:
         self.end_ids = frozenset(end_ids(tokenizer))
         self.chat_stop_ids = self.end_ids | ({specials[IM_START]} if self.chat else set())
         self.grammars: OrderedDict[str, Any] = OrderedDict()
+        self.outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Event]] = []
+        engine.flush = self.flush
+
+    def flush(self) -> None:
+        """On the engine's thread: hand the events emitted since the last flush to their
+        event loops, one wake-up each (a step's tokens for every stream at once)."""
+        if not self.outbox:
+            return
+        events, self.outbox = self.outbox, []
+        loops: dict[asyncio.AbstractEventLoop, list] = {}
+        for loop, queue, event in events:
+            loops.setdefault(loop, []).append((queue, event))
+        for loop, batch in loops.items():
+            loop.call_soon_threadsafe(_deliver, batch)
 
     # ---- plumbing --------------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -219,8 +233,8 @@ class Server:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
-        def emit(event: Event) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+        def emit(event: Event) -> None:  # on the engine's thread, until its next flush
+            self.outbox.append((loop, queue, event))
 
         groups, seed = [], req.params.seed
         for i, ids in enumerate(prompts):
@@ -283,6 +297,11 @@ class Server:
         finally:
             if not answer.finished:  # the client went away: free its rows now
                 self.engine.cancel(answer.seqs)
+
+
+def _deliver(batch: list[tuple[asyncio.Queue, Event]]) -> None:
+    for queue, event in batch:
+        queue.put_nowait(event)
 
 
 def build_app(

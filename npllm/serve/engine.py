@@ -16,6 +16,13 @@ callback that receives what it produces. The loop, over and over:
 4. finished or cancelled rows leave: the last row moves into the freed one (its cache
    copied up to its length), so the running rows stay rows 0..n-1 of the cache.
 
+Handing events over: each sequence's `emit` is called on this thread as it produces, and
+`flush` (when given) once a step, right before the step's kernels start: the server
+gathers the events and hands them to its event loop in one wake-up, which then sends
+them while the kernels run (they let go of the GIL), instead of taking the GIL from the
+loop's Python (sampling, bookkeeping) in between, where the two threads would take
+turns at every NumPy call.
+
 A client that disconnects cancels its sequences, which leave at the next step. A failure
 inside the loop fails the sequences involved (the server answers them with a 500) and the
 loop carries on. Each row's logits depend only on that row (the fused products sum each
@@ -29,7 +36,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,8 +54,15 @@ _NO_CONTEXT = np.zeros((1, 0), np.int64)  # no repetition penalty: no context ne
 class Engine:
     """The decode loop over up to `max_batch` rows (see the module's docstring)."""
 
-    def __init__(self, decoder: Decoder, tokenizer: Any, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        decoder: Decoder,
+        tokenizer: Any,
+        max_batch: int = 64,
+        flush: Callable[[], None] | None = None,
+    ) -> None:
         self.dec, self.tokenizer, self.max_batch = decoder, tokenizer, max_batch
+        self.flush = flush or (lambda: None)  # hands the events emitted so far over
         V = decoder.config.vocab_size
         self.block_size = decoder.config.block_size
         # ids the model has but the tokenizer cannot decode (a padded vocabulary) never come
@@ -104,6 +118,8 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self.cv:
+                if not self.rows and not self.pending:
+                    self.flush()
                 while not self.stopping and not self.rows and not self.pending:
                     self.cv.wait()
                 if self.stopping:
@@ -114,11 +130,6 @@ class Engine:
                 self._leave()
                 if self.rows:
                     self._step()
-                # The decode kernels let go of the GIL while they run, but the Python
-                # around them holds it; yielding here gives the event loop its turn to
-                # send this step's tokens, instead of every few steps (the interpreter's
-                # 5 ms switch interval), so streams flow token by token.
-                time.sleep(0)
             except Exception as e:  # a server fault: fail what was running, keep serving
                 log.exception("the decode loop failed")
                 for s in self.rows + admitted:
@@ -126,6 +137,7 @@ class Engine:
                         s.finish_reason = "error"
                         s.emit(Event(s.index, finish_reason="error", error=str(e)))
                 self.rows = []
+                self.flush()
             self._leave()
 
     def _take(self) -> list[Sequence]:
@@ -173,6 +185,7 @@ class Engine:
         dec, size = self.dec, n.bit_length()
         if not self.forced:
             dec.par_min, dec._timings = self.threading.get(size, (None, {SERIAL: [], PARALLEL: []}))
+        self.flush()  # the last step's events go out while this one's kernels run
         logits = dec.step_rows(ids, positions, view)  # (n, V)
         if not self.forced:
             self.threading[size] = (dec.par_min, dec._timings)
