@@ -175,3 +175,42 @@ def gemm(
     # 128 x 128 x 768: 168 against 211 GFLOP/s)
     run(_gemm_rows, (trans_a, trans_b, a, b, out, beta, bias), m, m * n * k, get_num_threads())
     return out
+
+
+@jit
+def _linear_grad_tasks(dout, x, w, dx, dw, db, lo, hi):
+    """Tasks lo..hi of a linear layer's backward: task 0 is dx = dout @ w, task 1 is
+    dw = dout^T @ x and db = dout summed over rows (float64 sums; empty db: none), each one
+    single-threaded BLAS call. `linear_grads` runs the two on the two threads at once."""
+    n, o = dout.shape
+    i = x.shape[1]
+    for task in range(lo, hi):
+        if task == 0:
+            gemm_block(NO_TRANS, NO_TRANS, n, i, o, 1.0, dout, 0, o, w, 0, i, 0.0, dx, 0, i)
+        else:
+            gemm_block(TRANS, NO_TRANS, o, i, n, 1.0, dout, 0, o, x, 0, i, 0.0, dw, 0, i)
+            if db.size:
+                acc = np.zeros(o, np.float64)
+                for r in range(n):
+                    for j in range(o):
+                        acc[j] += dout[r, j]
+                for j in range(o):
+                    db[j] = acc[j]
+
+
+def linear_grads(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, need_db: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(dx, dw, db) of out = x @ w.T + b for dout (N, out), x (N, in), w (out, in), float32 or
+    float64, with the two products side by side on a two-thread pool: each a whole GEMM on
+    one thread, instead of each GEMM split in two row halves one after the other (whole
+    products keep BLAS's blocking: 4-14% faster at cpu-small's and guppy's shapes, Xeon).
+    Callers use it when the pool has two threads (`gemm` splits otherwise)."""
+    dt = np.result_type(dout, x, w)
+    dout, x, w = (np.ascontiguousarray(a, dtype=dt) for a in (dout, x, w))
+    n, o = dout.shape
+    dx = np.empty((n, x.shape[1]), dt)
+    dw = np.empty((o, x.shape[1]), dt)
+    db = np.empty(o if need_db else 0, dt)
+    run(_linear_grad_tasks, (dout, x, w, dx, dw, db), 2, 2 * dout.size * x.shape[1], 2)
+    return dx, dw, (db if need_db else None)

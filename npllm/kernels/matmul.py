@@ -22,9 +22,10 @@ the int8 and decode kernels' product, four output columns at a time.
 from __future__ import annotations
 
 import numpy as np
+from numba import get_num_threads
 
 from npllm.kernels._jit import run, scaled_matmul
-from npllm.kernels.blas import gemm
+from npllm.kernels.blas import gemm, linear_grads
 
 KERNELS = ("linear_forward", "linear_backward")
 
@@ -83,6 +84,8 @@ def linear_forward_numba(x, w, b):
 
 def linear_backward_numba(dout, x, w, need_dx=True, need_dw=True, need_db=True):
     # out = x @ w.T + b  =>  dx = dout @ w, dw = dout^T @ x, db = sum_rows(dout)
+    if need_dx and need_dw and get_num_threads() == 2 and dout.size and x.shape[1]:
+        return linear_grads(dout, x, w, need_db)  # the two GEMMs side by side
     dx = gemm(dout, w) if need_dx else None  # (N, out) @ (out, in)
     dw = gemm(dout, x, trans_a=True) if need_dw else None  # (N, out)^T @ (N, in)
     db = dout.sum(axis=0) if need_db else None
