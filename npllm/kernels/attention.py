@@ -24,9 +24,8 @@ import math
 
 import numpy as np
 
-from npllm.kernels._jit import flat, jit, run
+from npllm.kernels._jit import fexp, flat, fmax, jit, run
 from npllm.kernels.blas import NO_TRANS, TRANS, gemm_block
-from npllm.kernels.softmax import softmax_row
 
 KERNELS = ("attention_forward", "attention_backward")
 
@@ -71,21 +70,57 @@ def attention_backward_numpy(dout, q, k, v, att, causal=True):
 # written as 0) and, backward, the softmax's Jacobian-vector product.
 
 
+# The causal softmax runs each row over its visible keys padded out to a multiple of _PAD
+# (32) columns, the padding and any keys before a sliding window masked by a select in the
+# vector loop (as -inf for the maximum, as 0 after exp). A row of, say, 17 visible keys
+# then runs whole vector iterations instead of a scalar remainder loop (LLVM vectorises 32
+# floats an iteration; the tail of an uneven row ran scalar, with the scalar exp). The
+# maxima of all of a head's rows are taken first, into `m`, so that a row's reduction does
+# not hold up its exponentials (softmax.py, `_BLOCK`). Measured on one thread, 48 heads of
+# 64x64, Xeon AVX-512: 0.32 -> 0.16 ms; 48 of 128x128: 0.87 -> 0.55.
+_PAD = 32
+
+
+@jit(inline=True)
+def _visible(i, tk, offset, window):
+    """Row i's visible keys lo..lim, and the padded span lo0..end that holds them."""
+    lim = min(tk, i + offset + 1)
+    lo = max(0, lim - window) if window > 0 else 0
+    return lo, lim, lo - lo % _PAD, min(tk, lim + (-lim) % _PAD)
+
+
 @jit
-def _softmax_causal_rows(s, base, tq, tk, offset, window):
+def _softmax_causal_rows(s, base, tq, tk, offset, window, m):
     """In place on the (tq, tk) block of the flat array s at `base`: row i becomes zeros,
     softmax(s[i, lo:lim]), zeros, with lim = min(tk, i + offset + 1) and lo = lim - window
-    (0 without a window)."""
+    (0 without a window). m (tq,) is scratch for the row maxima."""
     t = s.dtype.type
+    ninf = t(-np.inf)
     for i in range(tq):
-        lim = min(tk, i + offset + 1)
-        lo = max(0, lim - window) if window > 0 else 0
+        lo, lim, lo0, end = _visible(i, tk, offset, window)
+        row = s[base + i * tk + lo0 : base + i * tk + end]
+        a, b = lo - lo0, lim - lo0
+        mx = ninf
+        for j in range(row.size):
+            mx = fmax(mx, row[j] if (j >= a and j < b) else ninf)
+        m[i] = mx
+    for i in range(tq):
+        lo, lim, lo0, end = _visible(i, tk, offset, window)
         r = base + i * tk
-        row = s[r + lo : r + lim]  # one array for in and out: LLVM then sees no aliasing
-        softmax_row(row, row)
-        for j in range(lo):
+        row = s[r + lo0 : r + end]  # one array for in and out: LLVM then sees no aliasing
+        a, b, mx = lo - lo0, lim - lo0, m[i]
+        acc = t(0)
+        for j in range(row.size):
+            e = fexp(row[j] - mx)
+            e = e if (j >= a and j < b) else t(0)
+            row[j] = e
+            acc += e
+        rs = t(1) / acc
+        for j in range(row.size):
+            row[j] *= rs
+        for j in range(lo0):
             s[r + j] = t(0)
-        for j in range(lim, tk):
+        for j in range(end, tk):
             s[r + j] = t(0)
 
 
@@ -98,13 +133,14 @@ _ROWS = 32
 def _attn_fwd(q, k, v, scale, offset, window, out, att, tq, tk, hs, lo, hi):
     """q, out (heads*tq*hs,), k, v (heads*tk*hs,), att (heads*tq*tk,), all flat.
     att = softmax(q k^T * scale + mask), out = att v."""
+    m = np.empty(tq, q.dtype)
     for h in range(lo, hi):
         qo, ko, ao = h * tq * hs, h * tk * hs, h * tq * tk
         for r0 in range(0, tq, _ROWS):  # scores of the keys each block of rows can see
             n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
             a, c = qo + r0 * hs, ao + r0 * tk
             gemm_block(NO_TRANS, TRANS, n, kend, hs, scale, q, a, hs, k, ko, hs, 0.0, att, c, tk)
-        _softmax_causal_rows(att, ao, tq, tk, offset, window)
+        _softmax_causal_rows(att, ao, tq, tk, offset, window, m)
         for r0 in range(0, tq, _ROWS):  # out = P @ v over the same keys
             n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
             a, c = ao + r0 * tk, qo + r0 * hs

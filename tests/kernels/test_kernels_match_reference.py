@@ -172,6 +172,27 @@ def test_attention(dtype, b, nh, tq, extra, hs, causal, contiguous, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tq, extra", [(40, 0), (70, 0), (33, 37), (1, 70)])
+@pytest.mark.parametrize("window", [0, 5, 45])
+def test_attention_rows_past_the_padding(dtype, tq, extra, window):
+    """Rows longer than the forward's padding of 32 keys, a cache offset (tk > tq) and a
+    sliding window that starts inside a padded span: the masked keys get exactly 0."""
+    rng = np.random.default_rng(tq + extra + window)
+    tk = tq + extra
+    q, dout = (arr(rng, (2, 2, tq, 8), dtype, 2) for _ in range(2))
+    k, v = (arr(rng, (2, 2, tk, 8), dtype, 2) for _ in range(2))
+    for causal in (True, False):
+        win = window if causal else 0
+        ref = K.get("attention_forward", "numpy")(q, k, v, causal, win)
+        got = K.get("attention_forward", "numba")(q, k, v, causal, win)
+        close(ref[0], got[0], dtype, 3)
+        close(ref[1], got[1], dtype)
+        np.testing.assert_array_equal(got[1] == 0, ref[1] == 0)
+        for r, g in zip(*both("attention_backward", dout, q, k, v, ref[1], causal)):
+            close(r, g, dtype, 10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @FEW
 @given(n=st.integers(0, 50), v=st.integers(1, 20), c=dims, seed=seeds)
 def test_embedding(dtype, n, v, c, seed):
