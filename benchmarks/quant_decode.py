@@ -9,8 +9,9 @@ npllm quantizes every block Linear and the tied embedding / lm_head: int4 here m
 `--embedding-bits 4`, as a Q4_0 GGUF holds token_embd in Q4_0 too, so both sides read the
 same bytes (npllm's default keeps that matrix in int8; the "int4, int8 embedding" row
 shows what it costs). The Q4_0 file is `npllm export --quantize q4_0`'s writer, whose
-blocks are npllm's int4 bytes: the greedy ids of npllm int4 and llama.cpp Q4_0 differ
-only by llama.cpp's rounding of the activations to 8 bits.
+blocks are npllm's int4 bytes; both round a decode step's activations to 8 bits per block
+of 32 (npllm.kernels.int4), so their greedy ids differ only by the rounding's details
+(llama.cpp keeps those scales in float16, npllm in float32) and the float sums' order.
 
 On CPUs with AMX, llama-cpp-python 0.3.36 crashes in batched prompt processing of
 repacked Q8_0 and Q4_0 weights: there those rows load with `use_extra_bufts=False`, and
