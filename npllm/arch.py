@@ -177,9 +177,9 @@ class BlockWeights(NamedTuple):
     """One block's arrays for inference. Linears come as (w, s, b): w (out, in) float32 or
     int8, s (out,) its per-row scales (ones for float32), or for int4 w uint8 codes in
     tiles of 16 outputs (out / 16, in / 8, 64) and s (2, blocks, out) scales and offsets
-    (`npllm.kernels.int4`'s layout); b (out,) (zeros for none). `s.shape[-1]` is the
-    output count of all three. qkv: the q heads' rows, then k's, then v's; up: for
-    SwiGLU the gate's rows, then up's."""
+    (symmetric: (1, blocks, out), scales only; `npllm.kernels.int4`'s layout); b (out,)
+    (zeros for none). `s.shape[-1]` is the output count of all three. qkv: the q heads'
+    rows, then k's, then v's; up: for SwiGLU the gate's rows, then up's."""
 
     norm_1_w: np.ndarray
     norm_1_b: np.ndarray
@@ -221,7 +221,7 @@ class InferenceWeights:
 def _linear(weights: dict[str, Any], names: list[str]) -> tuple[np.ndarray, ...]:
     """(w, s, b) of the Linears `names` (their '.weight' names) stacked by rows. int4
     weights give the int4 kernels' layout: codes (out / 16, in / 8, 64) and s (2, blocks, out),
-    scales then offsets (`npllm.kernels.int4`)."""
+    scales then offsets (symmetric: (1, blocks, out), scales only; `npllm.kernels.int4`)."""
     from npllm.kernels.int4 import kernel_layout
     from npllm.quant import Int4Weight, Int8Weight
 

@@ -7,7 +7,8 @@ outputs of an int4 x int8 product with integer sums, for Numba code to call.
             + b[m],  isum[c, m] = sum over the block's codes of code * xq (int32, exact)
         w: tile t's packed codes (int4.kernel_layout: (tiles, K / 8, 64) uint8, word j of
         a tile is four bytes of each of its 16 outputs), xq (K,) int8 activations, dx / sq
-        (blocks,) their scales and scaled sums, s (2, blocks, M), b and y (M,) float32;
+        (blocks,) their scales and scaled sums, s (2, blocks, M) scales and offsets (or
+        (1, blocks, M): symmetric, offsets -8 s[0]), b and y (M,) float32;
         wpb: words a block (g / 8). A whole tile only: 16 t + 16 <= M.
 
 Why IR: Numba types int32 * int32 as int64, and its loops over int8 stay in 64-bit lanes
@@ -117,6 +118,15 @@ def _load(builder, ptr, ty):
     return builder.load(builder.bitcast(ptr, ty.as_pointer()), align=1)
 
 
+def _offsets(builder, sarr, scp, nb, m):
+    """Where the tile's offsets are and what they are multiplied by: s[1] and 1, or for
+    symmetric scales only (s (1, nb, M)) the scales themselves and -8."""
+    sym = builder.icmp_unsigned("==", builder.extract_value(sarr.shape, 0), ir.Constant(nb.type, 1))
+    offp = builder.select(sym, scp, builder.gep(scp, [builder.mul(nb, m)]))
+    factor = builder.select(sym, ir.Constant(_F32, -8.0), ir.Constant(_F32, 1.0))
+    return offp, _splat(builder, factor)
+
+
 def _block_sums(builder, dot, wbase, xbase, c, wpb):
     """<16 x i32>: per lane the sum over block c's codes times xq (wbase: the tile's words)."""
     v = _vec(_I32)
@@ -167,7 +177,7 @@ def make_int4_tile(kind: str | None = None):
         wbase = builder.gep(wbase, [builder.mul(builder.mul(t, builder.mul(nb, wpb)), lanes)])
         r0 = builder.mul(t, lanes)
         scp = builder.gep(sp, [r0])
-        offp = builder.gep(scp, [builder.mul(nb, m)])
+        offp, factor = _offsets(builder, sarr, scp, nb, m)
         fma = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fmuladd.v16f32"
         )
@@ -178,7 +188,7 @@ def make_int4_tile(kind: str | None = None):
             isum = builder.sitofp(_block_sums(builder, dot, wbase, xbase, c, wpb), vf)
             cm = builder.mul(c, m)
             sc = _load(builder, builder.gep(scp, [cm]), vf)
-            off = _load(builder, builder.gep(offp, [cm]), vf)
+            off = builder.fmul(_load(builder, builder.gep(offp, [cm]), vf), factor)
             d = _splat(builder, builder.load(builder.gep(dxp, [c])))
             e = _splat(builder, builder.load(builder.gep(sqp, [c])))
             a = builder.call(fma, [sc, builder.fmul(isum, d), builder.load(acc)])
@@ -213,7 +223,7 @@ def int4_dequant(typingctx, w, s, wt, t, col, wpb):
         lanes = ir.Constant(t.type, LANES)
         wbase = builder.gep(wbase, [builder.mul(builder.mul(t, builder.mul(nb, wpb)), lanes)])
         scp = builder.gep(sp, [builder.mul(t, lanes)])
-        offp = builder.gep(scp, [builder.mul(nb, m)])
+        offp, factor = _offsets(builder, sarr, scp, nb, m)
         wtp = builder.gep(wtp, [col])
         h = builder.mul(wpb, ir.Constant(wpb.type, 4))  # bytes a block
         fma = cgutils.get_or_insert_function(
@@ -224,7 +234,7 @@ def int4_dequant(typingctx, w, s, wt, t, col, wpb):
             c = loop_c.index
             cm = builder.mul(c, m)
             sc = _load(builder, builder.gep(scp, [cm]), vf)
-            off = _load(builder, builder.gep(offp, [cm]), vf)
+            off = builder.fmul(_load(builder, builder.gep(offp, [cm]), vf), factor)
             with cgutils.for_range(builder, wpb) as loop_q:
                 q = loop_q.index
                 j = builder.add(builder.mul(c, wpb), q)

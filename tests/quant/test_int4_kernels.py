@@ -57,6 +57,7 @@ def test_numba_int4_linear_equals_its_numpy_reference(n, m, gk, sym, bias, seed)
     assert got.dtype == np.float32 and got.shape == (n, m)
     scale = np.abs(x) @ np.abs(q4.dequantize()).T + 1
     np.testing.assert_array_less(np.abs(got - ref), 2e-6 * scale)
+    assert s.shape[0] == (1 if sym else 2)  # symmetric: scales only, offsets -8 * scale
     # the reference is x @ (the format's own dequantized matrix).T
     np.testing.assert_allclose(dequantize_numpy(q, s), q4.dequantize(), rtol=1e-6, atol=1e-7)
 
