@@ -62,7 +62,7 @@ KERNELS = ("int4_linear",)
 TILE_MIN_ROWS = 8
 _TILE = 64  # outputs a BLAS tile holds: K x 64 floats (96 KB at K = 384) stay in L2
 _LANES = LANES  # outputs a register tile holds (the layout's tiles)
-_CHUNK_MIN = 8  # register tiles a parallel task takes at least
+_CHUNK_MIN = 4  # register tiles a parallel task takes at least
 
 
 def kernel_layout(q: np.ndarray, scale: np.ndarray, offset: np.ndarray):
