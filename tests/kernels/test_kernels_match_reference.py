@@ -172,6 +172,18 @@ def test_attention(dtype, b, nh, tq, extra, hs, causal, contiguous, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, n", [(1000, 50), (2050, 17), (40, 1000)])
+def test_softmax_in_parallel_blocks(dtype, rows, n):
+    """Past the parallel threshold: chunks of rows that do not start on the forward's
+    blocks of 16 rows, rows of every length class, large values."""
+    rng = np.random.default_rng(rows + n)
+    x = arr(rng, (rows, n), dtype, 30)
+    x[::7, ::3] = -np.inf  # masked entries, as in attention scores
+    close(*both("softmax_forward", x), dtype)
+    close(*both("log_softmax_forward", x[:, 1:2].repeat(n, 1) + x), dtype, scale=30)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tq, extra", [(40, 0), (70, 0), (33, 37), (1, 70)])
 @pytest.mark.parametrize("window", [0, 5, 45])
 def test_attention_rows_past_the_padding(dtype, tq, extra, window):
