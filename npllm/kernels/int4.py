@@ -208,7 +208,7 @@ _q4_chunks = parallel(q4_matmul)
 @jit
 def prepared_matmul(x, w, s, b, out, in_parallel):
     """out = x @ dequant(w, s).T + b through the register kernel on int8 activations
-    (quantizes x itself); in parallel: up to 8 chunks of at least 8 tiles."""
+    (quantizes x itself); in parallel: up to 8 chunks of at least 4 tiles."""
     n, k = x.shape
     nb = s.shape[1]
     xq = np.empty((n, k), np.int8)
