@@ -160,7 +160,8 @@ def report(shape: str, meta: dict, results: dict[str, list[dict]]) -> str:
         "",
         f"- Greedy ids (separate processes, same weights): npllm int4 vs llama.cpp Q4_0 "
         f"{same4}/{n} equal, npllm int8 vs llama.cpp Q8_0 {same8}/{n} (random weights: "
-        "near-ties are common, and llama.cpp rounds activations to 8 bits).",
+        "near-ties are common; llama.cpp rounds activations to 8 bits, as npllm int4 does "
+        "in its decode steps and npllm int8 does not).",
         f"- Threads: {results['llama.cpp Q4_0'][0]['facts']['threads']} on both sides; "
         + (
             "llama.cpp's Q4_0/Q8_0 rows load with use_extra_bufts=False (AMX CPU: its "

@@ -44,8 +44,8 @@ from npllm.errors import ShapeError
 from npllm.kernels._jit import (
     MOST_CHUNKS,
     PAR_MIN,
+    _int32_bits_as_float32,
     chunk_of,
-    fmax,
     in_kernels,
     jit,
     parallel,
@@ -119,15 +119,18 @@ def dequantize_numpy(w: np.ndarray, s: np.ndarray) -> np.ndarray:
 def quantize_rows_numpy(x: np.ndarray, nb: int):
     """x (N, K) float32 -> xq (N, K) int8, dx (N, nb) its blocks' scales, sq (N, nb) the
     blocks' sums of dx * xq: xq = rint(x * (127 / max |x_c|)) (halves to even), dx =
-    max |x_c| / 127."""
+    max |x_c| / 127; a block holding a NaN or inf gets codes 0 and dx = sq = NaN."""
     n, k = x.shape
     xb = x.reshape(n, nb, -1).astype(np.float32)
     mx = np.abs(xb).max(axis=2)
     safe = np.where(mx > 0, mx, 1).astype(np.float32)
     inv = np.where(mx > 0, np.float32(127) / safe, 0).astype(np.float32)
-    xq = np.rint(xb * inv[..., None]).astype(np.int8)
-    dx = (mx / np.float32(127)).astype(np.float32)
-    sq = (dx * xq.sum(axis=2, dtype=np.int32)).astype(np.float32)
+    with np.errstate(invalid="ignore"):  # NaN / inf blocks: made NaN below
+        xq = np.rint(xb * inv[..., None]).astype(np.int8)
+        dx = (mx / np.float32(127)).astype(np.float32)
+        sq = (dx * xq.sum(axis=2, dtype=np.int32)).astype(np.float32)
+    bad = ~np.isfinite(mx)
+    xq[bad], dx[bad], sq[bad] = 0, np.nan, np.nan
     return xq.reshape(n, k), dx, sq
 
 
@@ -147,15 +150,23 @@ def int4_linear_numpy(x, w, s, b=None):
 def quantize_rows(x, nb, xq, dx, sq):
     """`quantize_rows_numpy` into xq (N, K) int8, dx, sq (N, nb) float32. Without
     fastmath: its divisions and products are then IEEE's, as NumPy's, so both make the
-    same codes (a reciprocal or a fused add could move a value across a rounding edge)."""
+    same codes (a reciprocal or a fused add could move a value across a rounding edge).
+    A NaN or inf (all exponent bits set) makes its block's scale NaN, so the outputs are
+    NaN rather than finite numbers."""
     n, k = x.shape
     g = k // nb
     for i in range(n):
+        bits = x[i].view(np.int32)
         for c in range(nb):
-            xc, qc = x[i, c * g : (c + 1) * g], xq[i, c * g : (c + 1) * g]
-            mx = np.float32(0)
+            xc, qc, bc = x[i, c * g : (c + 1) * g], xq[i, c * g : (c + 1) * g], bits[c * g :]
+            top = np.int32(0)  # the largest |x| as bits: positive floats order as their bits
             for j in range(g):
-                mx = fmax(mx, abs(xc[j]))
+                top = max(top, bc[j] & np.int32(0x7FFFFFFF))
+            if top >= np.int32(0x7F800000):  # inf or NaN
+                qc[:] = 0
+                dx[i, c] = sq[i, c] = np.nan
+                continue
+            mx = _int32_bits_as_float32(np.int32(top))
             inv = np.float32(127) / mx if mx > 0 else np.float32(0)
             t = 0
             for j in range(g):

@@ -114,6 +114,17 @@ def test_activation_codes_equal_numpy(nb):
     assert np.all(np.abs(xhat - x) <= 0.5 * step * (1 + 1e-5))
 
 
+def test_a_nan_or_inf_activation_gives_nan_outputs_not_finite_ones():
+    rng = np.random.default_rng(5)
+    _, w, s = _weight(rng, 40, 96, 32, True)
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    x[0, 40], x[1, 3] = np.nan, np.inf
+    got, ref = int4_linear_numba(x, w, s), int4_linear_numpy(x, w, s)
+    assert np.isnan(got[:2]).all() and np.isnan(ref[:2]).all()
+    assert np.isfinite(got[2]).all()
+    np.testing.assert_array_equal(_quantized(x, 3)[0], quantize_rows_numpy(x, 3)[0])
+
+
 @pytest.mark.parametrize("sym", [True, False])
 def test_int8_activation_error_within_its_bound(sym):
     rng = np.random.default_rng(3)
