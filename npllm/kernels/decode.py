@@ -118,25 +118,27 @@ def _activate(f, spec, out):
 
 
 @jit
-def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec):
-    """Rotate each row's q and k (RoPE, by row b of the (B, hs/2) tables cos, sin), write
-    its k, v into the caches at pos[b]; y = attention of q over [0, pos[b]] (the last
-    `window` of it). Query head h reads key/value head h // (n_head / n_kv_head)."""
-    B, n_kv, slots, hs = k_cache.shape
-    nh = spec.n_head
+def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, nh, window, rope, b0, b1):
+    """Rows b0..b1: rotate each row's q and k (RoPE, by row b of the (B, hs/2) tables cos,
+    sin), write its k, v into the caches at pos[b]; y = attention of q over [0, pos[b]]
+    (the last `window` of it). Query head h reads key/value head h // (n_head / n_kv_head).
+    Each row is computed by one thread, so running rows in parallel changes no bit. The
+    spec's fields come as scalars (n_head, window, rope): a parallel driver's arguments
+    cannot hold a NamedTuple."""
+    n_kv, slots, hs = k_cache.shape[1:]
     rep = nh // n_kv
     t = qkv.dtype.type
     scale = t(1) / np.sqrt(t(hs))
     k0, v0 = nh * hs, (nh + n_kv) * hs
-    for b in range(B):
+    for b in range(b0, b1):
         p_b = pos[b]
         slot = p_b % slots  # a rolling cache (npllm.generate) keeps position p in slot p % slots
         if p_b < slots:
-            lo = max(0, p_b + 1 - spec.window) if spec.window else 0
+            lo = max(0, p_b + 1 - window) if window else 0
             S = p_b + 1 - lo
         else:  # the cache holds exactly the window, in ring order: attend to all of it
             lo, S = 0, slots
-        if spec.rope:
+        if rope:
             for h in range(nh + n_kv):  # q heads, then k heads: contiguous in qkv
                 head = qkv[b : b + 1, h * hs : (h + 1) * hs]
                 rope_rows(head, cos[b : b + 1], sin[b : b + 1], t(1), head)
@@ -163,6 +165,9 @@ def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec):
                     y[b, q0 + d] += ps * vc[s, d]
 
 
+_attend_chunks = parallel(_attend, cache=False)  # uncached, as _scaled_matmul_chunks
+
+
 @jit(nogil=True)
 def decode_block(x, pos, w, k_cache, v_cache, cos, sin, spec, par_min):
     w, spec = BlockWeights(*w), Spec(*spec)
@@ -173,8 +178,15 @@ def decode_block(x, pos, w, k_cache, v_cache, cos, sin, spec, par_min):
     _norm(x, w.norm_1_w, w.norm_1_b, spec, h, stats)
     qkv = np.empty((B, w.qkv_s.shape[-1]), dt)
     _matvec(h, w.qkv_w, w.qkv_s, w.qkv_b, qkv, par_min)
-    y = np.empty((B, spec.n_head * k_cache.shape[3]), dt)
-    _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec)
+    hs = k_cache.shape[3]
+    y = np.empty((B, spec.n_head * hs), dt)
+    # the server's batches (npllm/serve/engine.py): rows' attention on both cores too, when
+    # all rows' scores and sums (n_head x positions x hs each) are as much work as a product
+    if B > 1 and B * spec.n_head * (pos.max() + 1) * hs >= par_min:
+        args = (qkv, pos, k_cache, v_cache, cos, sin, y, spec.n_head, spec.window, spec.rope)
+        _attend_chunks(args, B, min(B, MOST_CHUNKS))
+    else:
+        _attend(qkv, pos, k_cache, v_cache, cos, sin, y, spec.n_head, spec.window, spec.rope, 0, B)
     _matvec(y, w.out_w, w.out_s, w.out_b, h, par_min)
     x += h
     _norm(x, w.norm_2_w, w.norm_2_b, spec, h, stats)

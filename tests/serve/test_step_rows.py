@@ -68,3 +68,31 @@ def test_rows_at_different_positions_equal_each_row_alone(name, quantized, backe
     want = np.stack([alone(dec, p, t) for p, t in zip(prompts, tokens)])
     assert got.shape == (B, V)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_rows_on_the_thread_pool_give_the_same_bits(name):
+    """par_min 1 runs every product and the rows' attention in parallel chunks
+    (npllm.kernels.decode): each row is still summed by one thread in the same order, so
+    the logits and the cache rows written are bitwise those of the serial step."""
+    from npllm.kernels.decode import SERIAL
+
+    dec = decoder(name, False)
+    rng = np.random.default_rng(5)
+    V = dec.config.vocab_size
+    lengths = [1, 7, 3, 11, 4, 9, 2, 10, 6]  # more rows than a driver's chunks (8)
+    B = len(lengths)
+    base = dec.new_cache(B)
+    for b, n in enumerate(lengths):
+        row = KVCache([k[b : b + 1] for k in base.k], [v[b : b + 1] for v in base.v])
+        dec.forward(rng.integers(0, V, n)[None], row, last_only=True)
+    tokens = rng.integers(0, V, B)
+    out = {}
+    for par_min in (SERIAL, 1):
+        cache = KVCache([k.copy() for k in base.k], [v.copy() for v in base.v])
+        dec.par_min = par_min
+        out[par_min] = dec.step_rows(tokens, np.array(lengths, np.int64), cache), cache
+    (a, ca), (b, cb) = out[SERIAL], out[1]
+    np.testing.assert_array_equal(a, b)
+    for x, y in zip(ca.k + ca.v, cb.k + cb.v):
+        np.testing.assert_array_equal(x, y)
