@@ -25,6 +25,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from npllm.kernels import _warm
+
 # fastmath without "nnan"/"ninf": causal masks use -inf and inputs may hold inf/nan,
 # which full fastmath would let LLVM assume away (docs/performance.md, "Numba habits").
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -136,11 +138,17 @@ def run(
 ) -> None:
     """kernel(*args, lo, hi) over rows 0..rows (`work` units in all, default one a row):
     serially, or in `n_chunks(rows, work, most)` chunks on Numba's pool; nothing when there
-    is no work (a kernel may read x[0] of each row)."""
+    is no work (a kernel may read x[0] of each row). While a helper process compiles the
+    driver (a cold cache: `_warm`), the same chunks run one after the other here."""
     work = rows if work is None else work
     k = n_chunks(rows, work, most)
     if k:
-        parallel(kernel)(args, rows, k)
+        driver = parallel(kernel)
+        if _warm.use_driver(kernel, driver, args):
+            driver(args, rows, k)
+        else:
+            for c in range(k):
+                kernel(*args, c * rows // k, (c + 1) * rows // k)
     elif rows and work:
         kernel(*args, 0, rows)
 
