@@ -13,7 +13,8 @@ on the other core.
 
 Off when the cache already holds a driver, with one core or one Numba thread (MPI ranks),
 under `NPLLM_WARM=0`, or when anything about the helper fails (then `run` compiles the
-driver itself, as without this module). The helper ends with this process.
+driver itself, as without this module). The helper ends with this process, or after
+`IDLE` seconds without a request.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import select
 import subprocess
 import sys
 import threading
@@ -32,6 +34,7 @@ _state: dict[Any, int] = {}  # kernel -> _READY (use the driver) or _PENDING (he
 _done: set[str] = set()  # kernels the helper reported compiled (or failed: compile here)
 _helper: subprocess.Popen | None = None
 _off = os.environ.get("NPLLM_WARM", "1") == "0"
+IDLE = 30.0  # seconds without a request after which the helper ends
 
 
 def _name(kernel: Any) -> str:
@@ -87,7 +90,8 @@ def use_driver(kernel: Any, driver: Any, args: tuple) -> bool:
         from numba import typeof, types
 
         sig = (typeof(args), types.int64, types.int64)
-        if _helper is None:
+        if _helper is None or _helper.poll() is not None:  # none yet, or it ended idle
+            _done.discard("*")
             _helper = _start()
         message = pickle.dumps((kernel.__module__, kernel.__name__, sig))
         _helper.stdin.write(len(message).to_bytes(8, "little") + message)  # type: ignore[union-attr]
@@ -106,9 +110,21 @@ def helper() -> None:
 
     from npllm.kernels._jit import parallel
 
-    read, parent = sys.stdin.buffer.read, os.getppid()
+    fd, parent = sys.stdin.fileno(), os.getppid()
+
+    def read(n: int) -> bytes:  # unbuffered, so that select sees every byte not yet read
+        out = b""
+        while len(out) < n:
+            chunk = os.read(fd, n - len(out))
+            if not chunk:
+                break
+            out += chunk
+        return out
+
     while True:
         try:
+            if not select.select([fd], [], [], IDLE)[0]:
+                return  # nothing asked for a while: the parent starts a new one if need be
             size = read(8)
             if len(size) < 8 or os.getppid() != parent:  # the parent is gone: so is the need
                 return
