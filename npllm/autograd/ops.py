@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from npllm import kernels
 from npllm.autograd.engine import Context, Function, Tensor
 from npllm.errors import ShapeError
+from npllm.kernels.blas import batched_matmul
 
 
 def _broadcasting(name: str, op: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -108,6 +110,16 @@ class Neg(Function):
         return -g
 
 
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b; stacks of float matrices with the same batch dimensions go to
+    `kernels.blas.batched_matmul` (Numba's thread pool, as every other kernel) unless the
+    NumPy backend is selected."""
+    batched = a.ndim >= 3 and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype
+    if batched and a.dtype in (np.float32, np.float64) and kernels.backend() != "numpy":
+        return batched_matmul(a, b)
+    return a @ b
+
+
 class MatMul(Function):
     """NumPy's matmul: batched with broadcast batch dimensions; 1-D operands are promoted
     to a row (left) or a column (right) and the added axis is dropped again."""
@@ -120,7 +132,7 @@ class MatMul(Function):
                 "be equal); transpose or reshape one operand"
             )
         try:
-            out = a @ b
+            out = _matmul(a, b)
         except ValueError:
             raise ShapeError(
                 f"matmul: batch dimensions of {a.shape} and {b.shape} do not broadcast"
@@ -139,10 +151,10 @@ class MatMul(Function):
         g2 = np.expand_dims(g2, -2) if a.ndim == 1 else g2
         ga = gb = None
         if ctx.needs_input_grad[0]:
-            ga = g2 @ np.swapaxes(b2, -1, -2)
+            ga = _matmul(g2, np.swapaxes(b2, -1, -2))
             ga = ga[..., 0, :] if a.ndim == 1 else ga
         if ctx.needs_input_grad[1]:
-            gb = np.swapaxes(a2, -1, -2) @ g2
+            gb = _matmul(np.swapaxes(a2, -1, -2), g2)
             gb = gb[..., 0] if b.ndim == 1 else gb
         return ga, gb
 

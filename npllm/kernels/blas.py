@@ -214,3 +214,32 @@ def linear_grads(
     db = np.empty(o if need_db else 0, dt)
     run(_linear_grad_tasks, (dout, x, w, dx, dw, db), 2, 2 * dout.size * x.shape[1], 2)
     return dx, dw, (db if need_db else None)
+
+
+@jit
+def _batched_rows(a, b, c, lo, hi):
+    """c[i] = a[i] @ b[i] for batch items lo..hi of C-contiguous a (n, m, k), b (n, k, p),
+    c (n, m, p): one single-threaded BLAS call each."""
+    n, m, k = a.shape
+    p = b.shape[2]
+    for i in range(lo, hi):
+        gemm_block(
+            NO_TRANS, NO_TRANS, m, p, k, 1.0, a, i * m * k, k, b, i * k * p, p, 0.0, c, i * m * p, p
+        )
+
+
+def batched_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (..., m, k) @ b (..., k, p) for equal batch dimensions, float32 or float64, on
+    Numba's pool: chunks of batch items in parallel, one BLAS call per item (NumPy's `@`
+    would wake OpenBLAS's own pool: docs/performance.md, "Two thread pools")."""
+    dt = np.result_type(a, b)
+    lead, (m, k), p = a.shape[:-2], a.shape[-2:], b.shape[-1]
+    n = int(np.prod(lead))
+    a3 = np.ascontiguousarray(a, dtype=dt).reshape(n, m, k)
+    b3 = np.ascontiguousarray(b, dtype=dt).reshape(n, k, p)
+    c = np.empty((n, m, p), dt)
+    if c.size and k:
+        run(_batched_rows, (a3, b3, c), n, c.size * k)
+    else:
+        c[...] = 0
+    return c.reshape(*lead, m, p)

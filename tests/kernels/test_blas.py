@@ -124,3 +124,45 @@ def test_malloc_thresholds_are_raised_unless_the_user_chose(monkeypatch, env, ap
     monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
     K._keep_freed_memory()
     assert libc.calls == ([(-3, K._MMAP), (-1, K._TRIM)] if applied else [])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "lead, m, k, p",
+    [
+        ((2, 3), 5, 7, 4),
+        ((48,), 64, 64, 64),
+        ((8, 6), 128, 64, 128),
+        ((3,), 4, 0, 2),
+        ((0,), 2, 3, 4),
+    ],
+)
+def test_batched_matmul_equals_numpy(dtype, lead, m, k, p):
+    from npllm.kernels.blas import batched_matmul
+
+    rng = np.random.default_rng(m + k + p)
+    a = rng.standard_normal((*lead, m, k)).astype(dtype)
+    b = rng.standard_normal((*lead, p, k)).astype(dtype).swapaxes(-1, -2)  # a strided view
+    got = batched_matmul(a, b)
+    assert got.shape == (*lead, m, p) and got.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, a @ b, rtol=tol, atol=tol * max(k, 1))
+
+
+def test_autograd_matmul_takes_the_batched_kernel_and_keeps_its_gradients(monkeypatch):
+    """The op's forward and both backward products go through batched_matmul (Numba's
+    pool) for stacks of equal batch shape, and its gradients equal NumPy's."""
+    from npllm.autograd import ops
+    from npllm.autograd.engine import Tensor
+
+    calls = []
+    real = ops.batched_matmul
+    monkeypatch.setattr(ops, "batched_matmul", lambda a, b: calls.append(1) or real(a, b))
+    rng = np.random.default_rng(0)
+    a = Tensor(rng.standard_normal((2, 3, 4, 5)), requires_grad=True)
+    b = Tensor(rng.standard_normal((2, 3, 5, 6)), requires_grad=True)
+    g = rng.standard_normal((2, 3, 4, 6))
+    ((a @ b) * Tensor(g)).sum().backward()
+    assert len(calls) == 3
+    np.testing.assert_allclose(a.grad, g @ b.data.swapaxes(-1, -2), rtol=1e-12)
+    np.testing.assert_allclose(b.grad, a.data.swapaxes(-1, -2) @ g, rtol=1e-12)
