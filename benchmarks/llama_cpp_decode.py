@@ -191,10 +191,22 @@ def timed(call, spec: dict) -> dict:
 WORKERS = {"prepare": prepare, "npllm": npllm_worker, "llama.cpp": llama_cpp_worker}
 
 
-def measure(shape: str, args, folder: str, cache: str) -> tuple[dict, dict[str, list[dict]]]:
-    script = Path(__file__)
-    prep = Job("prepare", "prepare", {"framework": "npllm", "shape": shape, "dir": folder})
-    meta = alternate(script, [prep], 1, echo=lambda _: None)["prepare"][0]
+def measure(
+    shape: str,
+    args,
+    folder: str,
+    cache: str,
+    script: Path = Path(__file__),
+    runs: dict[str, tuple[str, str]] = RUNS,
+    gguf: tuple[str, ...] = ("f32", "q8_0"),
+    repacked: tuple[str, ...] = ("q8_0",),
+) -> tuple[dict, dict[str, list[dict]]]:
+    """Prepare the weights (GGUF types `gguf`), then time `runs` (label -> (worker,
+    weights)) in `script`'s workers, alternating; on AMX CPUs also llama.cpp's repacked
+    buffers for the types in `repacked` (see the module docstring)."""
+    spec = {"framework": "npllm", "shape": shape, "dir": folder, "gguf": list(gguf)}
+    meta = alternate(script, [Job("prepare", "prepare", spec)], 1, echo=lambda _: None)
+    meta = meta["prepare"][0]
     base = {
         "dir": folder,
         "prompt": meta["prompt"],
@@ -211,11 +223,12 @@ def measure(shape: str, args, folder: str, cache: str) -> tuple[dict, dict[str, 
             {**base, "framework": fw, "weights": w},
             {"NUMBA_CACHE_DIR": str(Path(cache) / w)} if fw == "npllm" else {},
         )
-        for label, (fw, w) in RUNS.items()
+        for label, (fw, w) in runs.items()
     ]
     if "AMX" in cpu_isa():
-        spec = {**base, "framework": "llama.cpp", "weights": "q8_0", "repacked": True}
-        jobs.append(Job(REPACKED, "llama.cpp", spec))
+        for w in repacked:
+            spec = {**base, "framework": "llama.cpp", "weights": w, "repacked": True}
+            jobs.append(Job(f"llama.cpp {w.upper()}, repacked", "llama.cpp", spec))
     return meta, alternate(script, jobs, args.rounds)
 
 

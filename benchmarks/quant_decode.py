@@ -36,10 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
-    Job,
-    alternate,
     command_line,
-    cpu_isa,
     header,
     load_average,
     log,
@@ -53,6 +50,7 @@ from benchmarks.llama_cpp_decode import (  # noqa: E402
     llama_cpp_worker,
     prepare,
 )
+from benchmarks.llama_cpp_decode import measure as decode_measure  # noqa: E402
 
 # label -> (worker, weights)
 RUNS = {
@@ -93,35 +91,10 @@ WORKERS = {"prepare": prepare, "npllm": npllm_worker, "llama.cpp": llama_cpp_wor
 
 
 def measure(shape: str, args, folder: str, cache: str) -> tuple[dict, dict[str, list[dict]]]:
-    script = Path(__file__)
-    prep = Job(
-        "prepare",
-        "prepare",
-        {"framework": "npllm", "shape": shape, "dir": folder, "gguf": ["q8_0", "q4_0"]},
+    """llama_cpp_decode's measurement with this script's runs and workers."""
+    return decode_measure(
+        shape, args, folder, cache, Path(__file__), RUNS, ("q8_0", "q4_0"), ("q4_0", "q8_0")
     )
-    meta = alternate(script, [prep], 1, echo=lambda _: None)["prepare"][0]
-    base = {
-        "dir": folder,
-        "prompt": meta["prompt"],
-        "n": meta["n"],
-        "samples": args.samples,
-        "block_size": SHAPES[shape]["block_size"],
-    }
-    # each npllm run keeps its own Numba cache (llama_cpp_decode.py says why)
-    jobs = [
-        Job(
-            label,
-            fw,
-            {**base, "framework": fw, "weights": w},
-            {"NUMBA_CACHE_DIR": str(Path(cache) / w)} if fw == "npllm" else {},
-        )
-        for label, (fw, w) in RUNS.items()
-    ]
-    if "AMX" in cpu_isa():
-        for w in ("q4_0", "q8_0"):
-            spec = {**base, "framework": "llama.cpp", "weights": w, "repacked": True}
-            jobs.append(Job(f"llama.cpp {w.upper()}, repacked", "llama.cpp", spec))
-    return meta, alternate(script, jobs, args.rounds)
 
 
 def report(shape: str, meta: dict, results: dict[str, list[dict]]) -> str:

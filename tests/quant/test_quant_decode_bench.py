@@ -5,19 +5,19 @@ of random weights; tests/quant/test_q4_0_export.py compares the logits)."""
 
 from __future__ import annotations
 
-from benchmarks import quant_decode
+from benchmarks import llama_cpp_decode, quant_decode
 
 
 def test_quant_decode_benchmark_runs_each_side_in_its_own_process(tmp_path, monkeypatch):
     seen = []
-    real = quant_decode.alternate
+    real = llama_cpp_decode.alternate  # quant_decode measures through llama_cpp_decode
 
     def recording(*args, **kwargs):
         out = real(*args, **kwargs)
         seen.append(out)
         return out
 
-    monkeypatch.setattr(quant_decode, "alternate", recording)
+    monkeypatch.setattr(llama_cpp_decode, "alternate", recording)
     out = tmp_path / "RESULTS.md"
     argv = ["--shape", "tiny", "--rounds", "1", "--samples", "1", "--results", str(out)]
     assert quant_decode.main(argv) == 0
