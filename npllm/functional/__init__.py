@@ -5,14 +5,19 @@ kernel is written out in its module's docstring. Each `forward` checks its input
 
     basic.py       linear, relu, gelu, swiglu, softmax, log_softmax, layer_norm, rms_norm,
                    embedding, cross_entropy, dropout
-    attention.py   scaled_dot_product_attention, rope, repeat_kv
+    attention.py   scaled_dot_product_attention, attention_qkv, rope, repeat_kv
 
 All ops keep the input dtype (float32 or float64), accept non-contiguous inputs and work
 at T = 1 and odd sizes. Integer inputs (embedding ids, cross-entropy targets) may be NumPy
 arrays or Tensors and receive no gradient.
 """
 
-from npllm.functional.attention import repeat_kv, rope, scaled_dot_product_attention
+from npllm.functional.attention import (
+    attention_qkv,
+    repeat_kv,
+    rope,
+    scaled_dot_product_attention,
+)
 from npllm.functional.basic import (
     cross_entropy,
     dropout,
@@ -28,6 +33,7 @@ from npllm.functional.basic import (
 )
 
 __all__ = [
+    "attention_qkv",
     "cross_entropy",
     "dropout",
     "embedding",

@@ -67,6 +67,40 @@ def scaled_dot_product_attention(
     return SDPA.apply(q, k, v, causal=bool(causal), window=window)
 
 
+class QKVAttention(Function):
+    @staticmethod
+    def forward(ctx: Context, qkv: np.ndarray, n_head: int, window: Any) -> np.ndarray:
+        if qkv.ndim != 3 or qkv.shape[2] % (3 * n_head) or qkv.shape[2] == 0:
+            raise ShapeError(
+                f"attention_qkv: expected (B, T, 3 * n_head * hs) with n_head={n_head}, got "
+                f"{qkv.shape}; pass one linear's q, k, v side by side"
+            )
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 1
+        ):
+            raise ConfigError(f"attention_qkv: window must be None or >= 1, got {window!r}")
+        y, att = K.attention_qkv_forward(qkv, n_head, True, int(window or 0))
+        ctx.save_for_backward(qkv, att)
+        ctx.n_head = n_head
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
+        # y = SDPA(q, k, v) per head with [q | k | v] = qkv  =>  dqkv = [dq | dk | dv],
+        # SDPA's rule per head (above), each gradient written where the forward read it
+        qkv, att = ctx.saved
+        return K.attention_qkv_backward(g, qkv, att, ctx.n_head, True)
+
+
+def attention_qkv(qkv: Tensor, n_head: int, window: int | None = None) -> Tensor:
+    """Causal self-attention straight from one linear's output: qkv (B, T, 3C) holds q, k
+    and v side by side (each C = n_head * hs wide, heads side by side within it); returns
+    (B, T, C) with the heads side by side, as the output projection takes them. The same
+    as splitting qkv, moving the heads to their own axis, `scaled_dot_product_attention`
+    and moving them back, without the copies those moves make (and their gradients')."""
+    return QKVAttention.apply(qkv, n_head=int(n_head), window=window)
+
+
 class RoPE(Function):
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, cos: Any, sin: Any) -> np.ndarray:

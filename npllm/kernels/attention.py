@@ -10,6 +10,12 @@ j <= i + Tk - Tq, so a KV-cache decoder can call it with Tq = 1 over Tk cached k
         dv = att^T @ dout, datt = dout @ v^T, ds = att * (datt - rowsum(datt * att)),
         dq = ds @ k / sqrt(hs), dk = ds^T @ q / sqrt(hs)
 
+    attention_qkv_forward(qkv, n_head, causal, window=0) -> (y, att)
+        the same from one linear's output qkv (B, T, 3C), q, k, v side by side (each C =
+        n_head * hs wide, heads side by side within it), to y (B, T, C) with the heads side
+        by side as the output projection takes them; att (B, n_head, T, T)
+    attention_qkv_backward(dy, qkv, att, n_head, causal) -> dqkv (B, T, 3C)
+
 The probabilities `att` are all the backward needs besides the inputs (masked entries are
 exactly 0, whether hidden by the causal mask or the window; `causal` only lets the
 backward skip them). The NumPy reference does the products as batched matmuls, with
@@ -27,7 +33,12 @@ import numpy as np
 from npllm.kernels._jit import fexp, flat, fmax, jit, run
 from npllm.kernels.blas import NO_TRANS, TRANS, gemm_block
 
-KERNELS = ("attention_forward", "attention_backward")
+KERNELS = (
+    "attention_forward",
+    "attention_backward",
+    "attention_qkv_forward",
+    "attention_qkv_backward",
+)
 
 
 # ---- NumPy reference -------------------------------------------------------------------
@@ -60,6 +71,30 @@ def attention_backward_numpy(dout, q, k, v, att, causal=True):
     ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
     ds *= scale
     return ds @ k, _t(ds) @ q, dv
+
+
+def _heads(a: np.ndarray, n_head: int) -> np.ndarray:
+    """(B, T, C) -> (B, n_head, T, C / n_head), C-contiguous."""
+    b, t, c = a.shape
+    return np.ascontiguousarray(a.reshape(b, t, n_head, c // n_head).transpose(0, 2, 1, 3))
+
+
+def _merge(a: np.ndarray) -> np.ndarray:
+    """(B, nh, T, hs) -> (B, T, nh * hs), the heads side by side again."""
+    b, nh, t, hs = a.shape
+    return np.ascontiguousarray(a.transpose(0, 2, 1, 3)).reshape(b, t, nh * hs)
+
+
+def attention_qkv_forward_numpy(qkv, n_head, causal=True, window=0):
+    q, k, v = (_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))
+    out, att = attention_forward_numpy(q, k, v, causal, window)
+    return _merge(out), att
+
+
+def attention_qkv_backward_numpy(dy, qkv, att, n_head, causal=True):
+    q, k, v = (_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))
+    grads = attention_backward_numpy(_heads(dy, n_head), q, k, v, att, causal)
+    return np.concatenate([_merge(g) for g in grads], axis=-1)
 
 
 # ---- Numba -----------------------------------------------------------------------------
@@ -129,17 +164,34 @@ def _softmax_causal_rows(s, base, tq, tk, offset, window, m):
 _ROWS = 32
 
 
+# Where a head's rows live: for each of q, k, v, out (forward) and dq, dk, dv (backward)
+# a row (start, per batch item, per head, per row) of `lay`, in elements of its flat array.
+# Head h of B*nh (batch item h // nh, head h % nh) starts at start + (h // nh) * per batch
+# item + (h % nh) * per head, and its rows are `per row` apart. Heads stored apart,
+# (B, nh, T, hs), have (0, nh*T*hs, T*hs, hs); heads side by side in one linear's output,
+# (B, T, width) with q, k, v at columns c, c+C, c+2C, have (c + h hs, T*width, hs, width):
+# the attention then reads q, k, v from that output and writes its gradients into one
+# array of the same shape, with no transposing copies on either side.
+Q, K, V, O, DQ, DK, DV = range(7)
+
+
+@jit(inline=True)
+def _at(lay, r, h, nh):
+    """(offset of head h's first row, distance between its rows) in layout row r."""
+    return lay[r, 0] + (h // nh) * lay[r, 1] + (h % nh) * lay[r, 2], lay[r, 3]
+
+
 @jit
-def _transpose_head(k, ko, tk, hs, kt):
-    """kt (hs, tk), flat = the (tk, hs) block of the flat k at ko, transposed."""
+def _transpose_head(k, ko, ldk, tk, hs, kt):
+    """kt (hs, tk), flat = the tk rows of hs values at ko, ldk apart in k, transposed."""
     for j in range(tk):
         for d in range(hs):
-            kt[d * tk + j] = k[ko + j * hs + d]
+            kt[d * tk + j] = k[ko + j * ldk + d]
 
 
 @jit
-def _attn_fwd(q, k, v, scale, offset, window, out, att, tq, tk, hs, lo, hi):
-    """q, out (heads*tq*hs,), k, v (heads*tk*hs,), att (heads*tq*tk,), all flat.
+def _attn_fwd(q, k, v, lay, scale, offset, window, out, att, nh, tq, tk, hs, lo, hi):
+    """q, k, v, out flat, their heads where `lay` says; att (heads*tq*tk,) flat.
     att = softmax(q k^T * scale + mask), out = att v. The scores are q @ kt with kt = k^T
     made first: OpenBLAS's small GEMMs with a transposed second operand (NT) ran at 50-90
     GFLOP/s here, the plain ones (NN) at 130-150 (Xeon AVX-512, 32-128 wide), far more
@@ -147,28 +199,42 @@ def _attn_fwd(q, k, v, scale, offset, window, out, att, tq, tk, hs, lo, hi):
     m = np.empty(tq, q.dtype)
     kt = np.empty(tk * hs, q.dtype)
     for h in range(lo, hi):
-        qo, ko, ao = h * tq * hs, h * tk * hs, h * tq * tk
-        _transpose_head(k, ko, tk, hs, kt)
+        qo, ldq = _at(lay, Q, h, nh)
+        ko, ldk = _at(lay, K, h, nh)
+        vo, ldv = _at(lay, V, h, nh)
+        oo, ldo = _at(lay, O, h, nh)
+        ao = h * tq * tk
+        _transpose_head(k, ko, ldk, tk, hs, kt)
         for r0 in range(0, tq, _ROWS):  # scores of the keys each block of rows can see
             n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
-            a, c = qo + r0 * hs, ao + r0 * tk
-            gemm_block(NO_TRANS, NO_TRANS, n, kend, hs, scale, q, a, hs, kt, 0, tk, 0.0, att, c, tk)
+            a, c = qo + r0 * ldq, ao + r0 * tk
+            gemm_block(NO_TRANS, NO_TRANS, n, kend, hs, scale, q, a, ldq, kt, 0, tk, 0.0, att, c,
+                       tk)  # fmt: skip
         _softmax_causal_rows(att, ao, tq, tk, offset, window, m)
         for r0 in range(0, tq, _ROWS):  # out = P @ v over the same keys
             n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
-            a, c = ao + r0 * tk, qo + r0 * hs
-            gemm_block(NO_TRANS, NO_TRANS, n, hs, kend, 1.0, att, a, tk, v, ko, hs, 0.0, out, c, hs)
+            a, c = ao + r0 * tk, oo + r0 * ldo
+            gemm_block(NO_TRANS, NO_TRANS, n, hs, kend, 1.0, att, a, tk, v, vo, ldv, 0.0, out, c,
+                       ldo)  # fmt: skip
 
 
 @jit
-def _attn_bwd(dout, q, k, v, att, scale, offset, dq, dk, dv, ds, tq, tk, hs, lo, hi):
-    """Flat like _attn_fwd; ds (heads*tq*tk,) is scratch for the score gradients."""
+def _attn_bwd(dout, q, k, v, att, lay, scale, offset, dq, dk, dv, ds, nh, tq, tk, hs, lo, hi):
+    """Flat like _attn_fwd (dout where `lay` says for out); ds (heads*tq*tk,) is scratch
+    for the score gradients."""
     t = q.dtype.type
     for h in range(lo, hi):
-        qo, ko, ao = h * tq * hs, h * tk * hs, h * tq * tk
+        qo, ldq = _at(lay, Q, h, nh)
+        ko, ldk = _at(lay, K, h, nh)
+        vo, ldv = _at(lay, V, h, nh)
+        go, ldg = _at(lay, O, h, nh)  # dout where out was
+        dqo, lddq = _at(lay, DQ, h, nh)
+        dko, lddk = _at(lay, DK, h, nh)
+        dvo, lddv = _at(lay, DV, h, nh)
+        ao = h * tq * tk
         # out = att @ v  =>  dv = att^T @ dout, datt = dout @ v^T
-        gemm_block(TRANS, NO_TRANS, tk, hs, tq, 1.0, att, ao, tk, dout, qo, hs, 0.0, dv, ko, hs)
-        gemm_block(NO_TRANS, TRANS, tq, tk, hs, 1.0, dout, qo, hs, v, ko, hs, 0.0, ds, ao, tk)
+        gemm_block(TRANS, NO_TRANS, tk, hs, tq, 1.0, att, ao, tk, dout, go, ldg, 0.0, dv, dvo, lddv)
+        gemm_block(NO_TRANS, TRANS, tq, tk, hs, 1.0, dout, go, ldg, v, vo, ldv, 0.0, ds, ao, tk)
         # att = softmax(s)  =>  ds = att * (datt - rowsum(datt * att)), times the score scale
         for i in range(tq):
             lim = min(tk, i + offset + 1)
@@ -181,8 +247,36 @@ def _attn_bwd(dout, q, k, v, att, scale, offset, dq, dk, dv, ds, tq, tk, hs, lo,
             for j in range(lim, tk):
                 ds[r + j] = t(0)
         # s = q @ k^T  =>  dq = ds @ k, dk = ds^T @ q
-        gemm_block(NO_TRANS, NO_TRANS, tq, hs, tk, 1.0, ds, ao, tk, k, ko, hs, 0.0, dq, qo, hs)
-        gemm_block(TRANS, NO_TRANS, tk, hs, tq, 1.0, ds, ao, tk, q, qo, hs, 0.0, dk, ko, hs)
+        gemm_block(NO_TRANS, NO_TRANS, tq, hs, tk, 1.0, ds, ao, tk, k, ko, ldk, 0.0, dq, dqo, lddq)
+        gemm_block(TRANS, NO_TRANS, tk, hs, tq, 1.0, ds, ao, tk, q, qo, ldq, 0.0, dk, dko, lddk)
+
+
+def _apart(nh: int, t: int, hs: int) -> tuple[int, int, int, int]:
+    """The layout row of heads stored apart, (B, nh, t, hs) C-contiguous."""
+    return (0, nh * t * hs, t * hs, hs)
+
+
+def _side_by_side(col: int, t: int, hs: int, width: int) -> tuple[int, int, int, int]:
+    """The layout row of heads side by side from column `col` of (B, t, width)."""
+    return (col, t * width, hs, width)
+
+
+def _forward(q, k, v, lay, out, att, b, nh, tq, tk, hs, causal, window):
+    offset = tk - tq if causal else tk
+    scale = 1.0 / math.sqrt(hs)
+    win = window if causal else 0
+    lay = np.array(lay, dtype=np.int64)
+    args = (q, k, v, lay, scale, offset, win, out.reshape(-1), att.reshape(-1), nh, tq, tk, hs)
+    run(_attn_fwd, args, b * nh, 2 * att.size * hs)
+
+
+def _backward(dout, q, k, v, att, lay, grads, b, nh, tq, tk, hs, causal):
+    offset = tk - tq if causal else tk  # masked att entries are 0; rows stop at the mask
+    ds = np.empty(b * nh * tq * tk, dtype=q.dtype)
+    scale = q.dtype.type(1.0 / math.sqrt(hs))
+    lay = np.array(lay, dtype=np.int64)
+    args = (dout, q, k, v, flat(att), lay, scale, offset, *grads, ds, nh, tq, tk, hs)
+    run(_attn_bwd, args, b * nh, 4 * att.size * hs)
 
 
 def attention_forward_numba(q, k, v, causal=True, window=0):
@@ -190,12 +284,10 @@ def attention_forward_numba(q, k, v, causal=True, window=0):
     tk = k.shape[-2]
     out = np.empty((b, nh, tq, hs), dtype=q.dtype)
     att = np.empty((b, nh, tq, tk), dtype=q.dtype)
-    offset = tk - tq if causal else tk
     if out.size and att.size:
-        scale = 1.0 / math.sqrt(hs)
-        win = window if causal else 0
-        args = (flat(q), flat(k), flat(v), scale, offset, win, out.reshape(-1), att.reshape(-1))
-        run(_attn_fwd, (*args, tq, tk, hs), b * nh, 2 * att.size * hs)
+        qo, kv = _apart(nh, tq, hs), _apart(nh, tk, hs)
+        lay = (qo, kv, kv, qo)
+        _forward(flat(q), flat(k), flat(v), lay, out, att, b, nh, tq, tk, hs, causal, window)
     elif out.size:
         out[...] = 0
     return out, att
@@ -205,14 +297,40 @@ def attention_backward_numba(dout, q, k, v, att, causal=True):
     b, nh, tq, hs = q.shape
     tk = k.shape[-2]
     dq, dk, dv = (np.empty(s, q.dtype) for s in (q.shape, k.shape, k.shape))  # C order
-    offset = tk - tq if causal else tk  # masked att entries are 0; rows stop at the mask
     if dq.size and att.size:
-        ds = np.empty(b * nh * tq * tk, dtype=q.dtype)
-        scale = q.dtype.type(1.0 / math.sqrt(hs))
-        args = (flat(dout), flat(q), flat(k), flat(v), flat(att), scale, offset)
-        grads = (dq.reshape(-1), dk.reshape(-1), dv.reshape(-1), ds)
-        run(_attn_bwd, (*args, *grads, tq, tk, hs), b * nh, 4 * att.size * hs)
+        qo, kv = _apart(nh, tq, hs), _apart(nh, tk, hs)
+        lay = (qo, kv, kv, qo, qo, kv, kv)
+        grads = (dq.reshape(-1), dk.reshape(-1), dv.reshape(-1))
+        args = (flat(dout), flat(q), flat(k), flat(v), att, lay, grads)
+        _backward(*args, b, nh, tq, tk, hs, causal)
     else:
         for g in (dq, dk, dv):
             g[...] = 0
     return dq, dk, dv
+
+
+def attention_qkv_forward_numba(qkv, n_head, causal=True, window=0):
+    b, t, width = qkv.shape
+    c = width // 3
+    hs = c // n_head
+    y = np.empty((b, t, c), dtype=qkv.dtype)
+    att = np.empty((b, n_head, t, t), dtype=qkv.dtype)
+    if y.size:
+        q, k, v = (_side_by_side(i * c, t, hs, width) for i in range(3))
+        lay = (q, k, v, _side_by_side(0, t, hs, c))
+        x = flat(qkv)
+        _forward(x, x, x, lay, y, att, b, n_head, t, t, hs, causal, window)
+    return y, att
+
+
+def attention_qkv_backward_numba(dy, qkv, att, n_head, causal=True):
+    b, t, width = qkv.shape
+    c = width // 3
+    hs = c // n_head
+    dqkv = np.empty_like(qkv, order="C")  # every entry written: q, k, v cover the width
+    if dqkv.size:
+        q, k, v = (_side_by_side(i * c, t, hs, width) for i in range(3))
+        lay = (q, k, v, _side_by_side(0, t, hs, c), q, k, v)
+        x, d = flat(qkv), dqkv.reshape(-1)
+        _backward(flat(dy), x, x, x, att, lay, (d, d, d), b, n_head, t, t, hs, causal)
+    return dqkv

@@ -87,6 +87,11 @@ def test_attention(rng, causal, tq, tk):
     gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=causal), [q, k, v])
 
 
+@pytest.mark.parametrize("window", [None, 2])
+def test_attention_qkv(rng, window):
+    gradcheck(lambda qkv: F.attention_qkv(qkv, 2, window=window), [t(rng, 2, 4, 3 * 2 * 3)])
+
+
 def test_dropout(rng):
     gradcheck(lambda x: F.dropout(x, 0.3, True, np.random.default_rng(1)), [t(rng, 3, 7)])
 

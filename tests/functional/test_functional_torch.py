@@ -131,6 +131,19 @@ def test_attention(rng, tq, tk, causal):
     compare(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal), theirs, [q, k, v])
 
 
+@pytest.mark.parametrize("b,t,nh,hs", [(2, 16, 3, 8), (1, 37, 2, 32), (3, 1, 4, 4)])
+def test_attention_qkv(rng, b, t, nh, hs):
+    """Attention straight from the q|k|v linear output: torch splits, moves the heads to
+    their own axis, attends and moves them back; npllm reads them where they are."""
+
+    def theirs(qkv):
+        q, k, v = (a.reshape(b, t, nh, hs).transpose(1, 2) for a in qkv.chunk(3, dim=-1))
+        y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return y.transpose(1, 2).reshape(b, t, nh * hs)
+
+    compare(lambda qkv: F.attention_qkv(qkv, nh), theirs, [f32(rng, b, t, 3 * nh * hs)])
+
+
 def test_dropout_matches_torch_given_the_same_mask(rng):
     """Masks come from different RNGs, so compare with torch applying our mask."""
     x = f32(rng, 6, 10)

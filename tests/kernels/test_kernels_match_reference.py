@@ -172,6 +172,30 @@ def test_attention(dtype, b, nh, tq, extra, hs, causal, contiguous, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(
+    b=st.integers(1, 3),
+    nh=st.integers(1, 3),
+    t=st.integers(1, 70),
+    hs=st.integers(1, 33),
+    window=st.sampled_from([0, 1, 5, 40]),
+    contiguous=st.booleans(),
+    seed=seeds,
+)
+def test_attention_qkv(dtype, b, nh, t, hs, window, contiguous, seed):
+    """Attention read from q|k|v side by side and written with the heads side by side:
+    every head at its offset, gradients into the right columns (and every one of them)."""
+    rng = np.random.default_rng(seed)
+    qkv = arr(rng, (b, t, 3 * nh * hs), dtype, 1, contiguous)
+    (y1, a1), (y2, a2) = both("attention_qkv_forward", qkv, nh, True, window)
+    close(y1, y2, dtype, 3)
+    close(a1, a2, dtype)
+    assert y2.shape == (b, t, nh * hs) and y2.flags.c_contiguous
+    dy = arr(rng, (b, t, nh * hs), dtype, 1, contiguous)
+    close(*both("attention_qkv_backward", dy, qkv, a1, nh, True), dtype, 10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows, n", [(1000, 50), (2050, 17), (40, 1000)])
 def test_softmax_in_parallel_blocks(dtype, rows, n):
     """Past the parallel threshold: chunks of rows that do not start on the forward's
@@ -309,6 +333,11 @@ def test_row_kernels_and_attention_on_both_paths(dtype):
         close(o1, o2, dtype, 3)
         for r, g in zip(*both("attention_backward", do, q, k, v, a1, True)):
             close(r, g, dtype, 10)
+        b, nh, t, hs = shape
+        qkv, dy = arr(rng, (b, t, 3 * nh * hs), dtype), arr(rng, (b, t, nh * hs), dtype)
+        (y1, a1), (y2, a2) = both("attention_qkv_forward", qkv, nh, True, 0)
+        close(y1, y2, dtype, 3)
+        close(*both("attention_qkv_backward", dy, qkv, a1, nh, True), dtype, 10)
 
 
 @pytest.mark.parametrize("out_f,in_f", [(3, 3), (7, 3), (3, 7), (1, 1), (65, 128), (128, 128)])

@@ -81,7 +81,7 @@ def test_viz_graph_command_draws_a_gpt_loss(tmp_path, capsys):
     out = tmp_path / "gpt.svg"
     assert cli.main(["viz", "graph", "--out", str(out)]) == 0
     texts = set(re.findall(r"<text[^>]*>([^<]*)</text>", out.read_text()))
-    assert {"LayerNorm", "SDPA", "CrossEntropy", "Embedding", "GELU", "Linear"} <= texts
+    assert {"LayerNorm", "QKVAttention", "CrossEntropy", "Embedding", "GELU", "Linear"} <= texts
     assert {"transformer.wte.weight", "transformer.h.0.attn.c_attn.weight", "loss"} <= texts
     assert sum(t.startswith("grad norm ") for t in texts) > 20
     fails_with(["viz", "graph", "--tokens", "99", "--out", str(out)], capsys, "--tokens")
