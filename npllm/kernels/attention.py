@@ -232,9 +232,12 @@ def _attn_bwd(dout, q, k, v, att, lay, scale, offset, dq, dk, dv, ds, nh, tq, tk
         dko, lddk = _at(lay, DK, h, nh)
         dvo, lddv = _at(lay, DV, h, nh)
         ao = h * tq * tk
-        # out = att @ v  =>  dv = att^T @ dout, datt = dout @ v^T
-        gemm_block(TRANS, NO_TRANS, tk, hs, tq, 1.0, att, ao, tk, dout, go, ldg, 0.0, dv, dvo, lddv)
-        gemm_block(NO_TRANS, TRANS, tq, tk, hs, 1.0, dout, go, ldg, v, vo, ldv, 0.0, ds, ao, tk)
+        # out = att @ v  =>  datt = dout @ v^T, for each block of rows over the keys it sees
+        for r0 in range(0, tq, _ROWS):
+            n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
+            a, c = go + r0 * ldg, ao + r0 * tk
+            gemm_block(NO_TRANS, TRANS, n, kend, hs, 1.0, dout, a, ldg, v, vo, ldv, 0.0, ds, c,
+                       tk)  # fmt: skip
         # att = softmax(s)  =>  ds = att * (datt - rowsum(datt * att)), times the score scale
         for i in range(tq):
             lim = min(tk, i + offset + 1)
@@ -246,9 +249,21 @@ def _attn_bwd(dout, q, k, v, att, lay, scale, offset, dq, dk, dv, ds, nh, tq, tk
                 ds[r + j] = att[r + j] * (ds[r + j] - acc) * scale
             for j in range(lim, tk):
                 ds[r + j] = t(0)
-        # s = q @ k^T  =>  dq = ds @ k, dk = ds^T @ q
-        gemm_block(NO_TRANS, NO_TRANS, tq, hs, tk, 1.0, ds, ao, tk, k, ko, ldk, 0.0, dq, dqo, lddq)
-        gemm_block(TRANS, NO_TRANS, tk, hs, tq, 1.0, ds, ao, tk, q, qo, ldq, 0.0, dk, dko, lddk)
+        # s = q @ k^T  =>  dq = ds @ k (rows over the keys they see)
+        for r0 in range(0, tq, _ROWS):
+            n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
+            a, c = ao + r0 * tk, dqo + r0 * lddq
+            gemm_block(NO_TRANS, NO_TRANS, n, hs, kend, 1.0, ds, a, tk, k, ko, ldk, 0.0, dq, c,
+                       lddq)  # fmt: skip
+        # dv = att^T @ dout and dk = ds^T @ q, each block of keys over the rows that see it
+        # (key j is seen from row j - offset on)
+        for j0 in range(0, tk, _ROWS):
+            m, i0 = min(_ROWS, tk - j0), min(tq, max(0, j0 - offset))
+            a, n = ao + i0 * tk + j0, tq - i0
+            gemm_block(TRANS, NO_TRANS, m, hs, n, 1.0, att, a, tk, dout, go + i0 * ldg, ldg, 0.0,
+                       dv, dvo + j0 * lddv, lddv)  # fmt: skip
+            gemm_block(TRANS, NO_TRANS, m, hs, n, 1.0, ds, a, tk, q, qo + i0 * ldq, ldq, 0.0,
+                       dk, dko + j0 * lddk, lddk)  # fmt: skip
 
 
 def _apart(nh: int, t: int, hs: int) -> tuple[int, int, int, int]:
