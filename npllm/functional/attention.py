@@ -69,7 +69,9 @@ def scaled_dot_product_attention(
 
 class QKVAttention(Function):
     @staticmethod
-    def forward(ctx: Context, qkv: np.ndarray, n_head: int, window: Any) -> np.ndarray:
+    def forward(
+        ctx: Context, qkv: np.ndarray, n_head: int, window: Any, p: float, rng: Any
+    ) -> np.ndarray:
         if qkv.ndim != 3 or qkv.shape[2] % (3 * n_head) or qkv.shape[2] == 0:
             raise ShapeError(
                 f"attention_qkv: expected (B, T, 3 * n_head * hs) with n_head={n_head}, got "
@@ -79,26 +81,42 @@ class QKVAttention(Function):
             isinstance(window, bool) or not isinstance(window, int) or window < 1
         ):
             raise ConfigError(f"attention_qkv: window must be None or >= 1, got {window!r}")
-        y, att = K.attention_qkv_forward(qkv, n_head, True, int(window or 0))
+        B, T = qkv.shape[:2]
+        # the draws F.dropout would make on the probabilities (B, n_head, T, T)
+        u = rng.random((B, n_head, T, T), dtype=qkv.dtype) if p > 0 else None
+        y, att, keep = K.attention_qkv_forward(qkv, n_head, True, int(window or 0), u, p)
         ctx.save_for_backward(qkv, att)
-        ctx.n_head = n_head
+        ctx.n_head, ctx.keep, ctx.p = n_head, keep, p
         return y
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> np.ndarray:
         # y = SDPA(q, k, v) per head with [q | k | v] = qkv  =>  dqkv = [dq | dk | dv],
-        # SDPA's rule per head (above), each gradient written where the forward read it
+        # SDPA's rule per head (above), each gradient written where the forward read it;
+        # with dropout on the probabilities, dropout's rule between (docs/backprop.md)
         qkv, att = ctx.saved
-        return K.attention_qkv_backward(g, qkv, att, ctx.n_head, True)
+        return K.attention_qkv_backward(g, qkv, att, ctx.n_head, True, ctx.keep, ctx.p)
 
 
-def attention_qkv(qkv: Tensor, n_head: int, window: int | None = None) -> Tensor:
+def attention_qkv(
+    qkv: Tensor,
+    n_head: int,
+    window: int | None = None,
+    dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> Tensor:
     """Causal self-attention straight from one linear's output: qkv (B, T, 3C) holds q, k
     and v side by side (each C = n_head * hs wide, heads side by side within it); returns
     (B, T, C) with the heads side by side, as the output projection takes them. The same
     as splitting qkv, moving the heads to their own axis, `scaled_dot_product_attention`
-    and moving them back, without the copies those moves make (and their gradients')."""
-    return QKVAttention.apply(qkv, n_head=int(n_head), window=window)
+    and moving them back, without the copies those moves make (and their gradients').
+    `dropout` > 0 drops attention probabilities as `F.dropout` on them would, with the
+    same draws from `rng` (a fresh unseeded Generator when None)."""
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"attention_qkv: dropout must be in [0, 1), got {dropout}")
+    if dropout > 0 and rng is None:
+        rng = np.random.default_rng()
+    return QKVAttention.apply(qkv, n_head=int(n_head), window=window, p=float(dropout), rng=rng)
 
 
 class RoPE(Function):

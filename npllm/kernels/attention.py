@@ -10,11 +10,11 @@ j <= i + Tk - Tq, so a KV-cache decoder can call it with Tq = 1 over Tk cached k
         dv = att^T @ dout, datt = dout @ v^T, ds = att * (datt - rowsum(datt * att)),
         dq = ds @ k / sqrt(hs), dk = ds^T @ q / sqrt(hs)
 
-    attention_qkv_forward(qkv, n_head, causal, window=0) -> (y, att)
-        the same from one linear's output qkv (B, T, 3C), q, k, v side by side (each C =
-        n_head * hs wide, heads side by side within it), to y (B, T, C) with the heads side
-        by side as the output projection takes them; att (B, n_head, T, T)
-    attention_qkv_backward(dy, qkv, att, n_head, causal) -> dqkv (B, T, 3C)
+    attention_qkv_forward(qkv, n_head, causal, window=0, u=None, p=0.0) -> (y, att, keep)
+        the same from qkv (B, T, 3C), q, k, v side by side (heads side by side in each), to
+        y (B, T, C), heads side by side; att (B, n_head, T, T). With dropout (p > 0, u
+        uniform draws like att): keep = u >= p, y = (att * keep / (1 - p)) @ v, else None
+    attention_qkv_backward(dy, qkv, att, n_head, causal, keep=None, p=0.0) -> dqkv (B, T, 3C)
 
 The probabilities `att` are all the backward needs besides the inputs (masked entries are
 exactly 0, whether hidden by the causal mask or the window; `causal` only lets the
@@ -65,9 +65,18 @@ def attention_backward_numpy(dout, q, k, v, att, causal=True):
     # out = att @ v, att = softmax(s), s = q @ k^T * scale  =>  dv = att^T @ dout,
     # datt = dout @ v^T, ds = att * (datt - rowsum(datt * att)) (softmax's rule per row),
     # dq = ds @ k * scale, dk = ds^T @ q * scale; masked entries (att = 0) pass nothing
+    return _grads(dout, q, k, v, att)
+
+
+def _grads(dout, q, k, v, att, keep=None, p=0.0):
+    """dq, dk, dv; with dropout the product was out = P @ v, P = att * keep / (1 - p), so
+    dv = P^T @ dout and datt = (dout @ v^T) * keep / (1 - p)."""
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    dv = _t(att) @ dout
+    sc = q.dtype.type(1.0 / (1.0 - p))
+    dv = _t(att if keep is None else att * keep * sc) @ dout
     datt = dout @ _t(v)
+    if keep is not None:
+        datt *= keep * sc
     ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
     ds *= scale
     return ds @ k, _t(ds) @ q, dv
@@ -85,15 +94,19 @@ def _merge(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 2, 1, 3)).reshape(b, t, nh * hs)
 
 
-def attention_qkv_forward_numpy(qkv, n_head, causal=True, window=0):
+def attention_qkv_forward_numpy(qkv, n_head, causal=True, window=0, u=None, p=0.0):
     q, k, v = (_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))
     out, att = attention_forward_numpy(q, k, v, causal, window)
-    return _merge(out), att
+    keep = None
+    if p > 0:
+        keep = u >= qkv.dtype.type(p)
+        out = (att * keep * qkv.dtype.type(1.0 / (1.0 - p))) @ v
+    return _merge(out), att, keep
 
 
-def attention_qkv_backward_numpy(dy, qkv, att, n_head, causal=True):
+def attention_qkv_backward_numpy(dy, qkv, att, n_head, causal=True, keep=None, p=0.0):
     q, k, v = (_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))
-    grads = attention_backward_numpy(_heads(dy, n_head), q, k, v, att, causal)
+    grads = _grads(_heads(dy, n_head), q, k, v, att, keep if p > 0 else None, p)
     return np.concatenate([_merge(g) for g in grads], axis=-1)
 
 
@@ -159,8 +172,8 @@ def _softmax_causal_rows(s, base, tq, tk, offset, window, m):
             s[r + j] = t(0)
 
 
-# Forward rows go in blocks of _ROWS: a block's rows see keys up to its last row's limit
-# only, so the causal products skip the masked upper blocks (62% of the work at T = 128).
+# Rows (and, backward, keys) go in blocks of _ROWS: a block's rows see keys up to its last
+# row's limit only, so the causal products skip the masked blocks (62% of the work at 128).
 _ROWS = 32
 
 
@@ -190,14 +203,25 @@ def _transpose_head(k, ko, ldk, tk, hs, kt):
 
 
 @jit
-def _attn_fwd(q, k, v, lay, scale, offset, window, out, att, nh, tq, tk, hs, lo, hi):
+def _dropped(att, ao, keep, p, n, pd):
+    """pd[:n] = att[ao:ao + n] * keep / (1 - p): a head's probabilities after dropout."""
+    t = att.dtype.type
+    sc = t(1) / (t(1) - p)
+    for j in range(n):
+        pd[j] = att[ao + j] * sc if keep[ao + j] else t(0)
+
+
+@jit
+def _attn_fwd(q, k, v, lay, scale, offset, window, u, p, keep, out, att, nh, tq, tk, hs, lo, hi):
     """q, k, v, out flat, their heads where `lay` says; att (heads*tq*tk,) flat.
-    att = softmax(q k^T * scale + mask), out = att v. The scores are q @ kt with kt = k^T
+    att = softmax(q k^T * scale + mask), out = att v; with dropout (p > 0; u, keep flat like
+    att) out = (att * keep / (1 - p)) v, keep = u >= p. The scores are q @ kt with kt = k^T
     made first: OpenBLAS's small GEMMs with a transposed second operand (NT) ran at 50-90
     GFLOP/s here, the plain ones (NN) at 130-150 (Xeon AVX-512, 32-128 wide), far more
     than the transposition costs: cpu-small 0.43 -> 0.39 ms on one thread, guppy 2.17 -> 1.93."""
     m = np.empty(tq, q.dtype)
     kt = np.empty(tk * hs, q.dtype)
+    pd = np.empty(tq * tk if p > 0 else 0, q.dtype)
     for h in range(lo, hi):
         qo, ldq = _at(lay, Q, h, nh)
         ko, ldk = _at(lay, K, h, nh)
@@ -211,18 +235,28 @@ def _attn_fwd(q, k, v, lay, scale, offset, window, out, att, nh, tq, tk, hs, lo,
             gemm_block(NO_TRANS, NO_TRANS, n, kend, hs, scale, q, a, ldq, kt, 0, tk, 0.0, att, c,
                        tk)  # fmt: skip
         _softmax_causal_rows(att, ao, tq, tk, offset, window, m)
+        src, so = att, ao
+        if p > 0:
+            for j in range(ao, ao + tq * tk):
+                keep[j] = u[j] >= p
+            _dropped(att, ao, keep, p, tq * tk, pd)
+            src, so = pd, 0
         for r0 in range(0, tq, _ROWS):  # out = P @ v over the same keys
             n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
-            a, c = ao + r0 * tk, oo + r0 * ldo
-            gemm_block(NO_TRANS, NO_TRANS, n, hs, kend, 1.0, att, a, tk, v, vo, ldv, 0.0, out, c,
+            a, c = so + r0 * tk, oo + r0 * ldo
+            gemm_block(NO_TRANS, NO_TRANS, n, hs, kend, 1.0, src, a, tk, v, vo, ldv, 0.0, out, c,
                        ldo)  # fmt: skip
 
 
 @jit
-def _attn_bwd(dout, q, k, v, att, lay, scale, offset, dq, dk, dv, ds, nh, tq, tk, hs, lo, hi):
+def _attn_bwd(
+    dout, q, k, v, att, keep, p, lay, scale, offset, dq, dk, dv, ds, nh, tq, tk, hs, lo, hi
+):
     """Flat like _attn_fwd (dout where `lay` says for out); ds (heads*tq*tk,) is scratch
-    for the score gradients."""
+    for the score gradients. With dropout (p > 0) the products saw P = att * keep / (1 - p)."""
     t = q.dtype.type
+    pd = np.empty(tq * tk if p > 0 else 0, q.dtype)
+    sc = t(1) / (t(1) - p)
     for h in range(lo, hi):
         qo, ldq = _at(lay, Q, h, nh)
         ko, ldk = _at(lay, K, h, nh)
@@ -232,16 +266,20 @@ def _attn_bwd(dout, q, k, v, att, lay, scale, offset, dq, dk, dv, ds, nh, tq, tk
         dko, lddk = _at(lay, DK, h, nh)
         dvo, lddv = _at(lay, DV, h, nh)
         ao = h * tq * tk
-        # out = att @ v  =>  datt = dout @ v^T, for each block of rows over the keys it sees
+        # out = P @ v  =>  dP = dout @ v^T, for each block of rows over the keys it sees
         for r0 in range(0, tq, _ROWS):
             n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
             a, c = go + r0 * ldg, ao + r0 * tk
             gemm_block(NO_TRANS, TRANS, n, kend, hs, 1.0, dout, a, ldg, v, vo, ldv, 0.0, ds, c,
                        tk)  # fmt: skip
-        # att = softmax(s)  =>  ds = att * (datt - rowsum(datt * att)), times the score scale
+        # P = att * keep / (1 - p)  =>  datt = dP * keep / (1 - p); att = softmax(s)  =>
+        # ds = att * (datt - rowsum(datt * att)), times the score scale
         for i in range(tq):
             lim = min(tk, i + offset + 1)
             r = ao + i * tk
+            if p > 0:
+                for j in range(lim):
+                    ds[r + j] = ds[r + j] * sc if keep[r + j] else t(0)
             acc = t(0)
             for j in range(lim):
                 acc += ds[r + j] * att[r + j]
@@ -255,43 +293,52 @@ def _attn_bwd(dout, q, k, v, att, lay, scale, offset, dq, dk, dv, ds, nh, tq, tk
             a, c = ao + r0 * tk, dqo + r0 * lddq
             gemm_block(NO_TRANS, NO_TRANS, n, hs, kend, 1.0, ds, a, tk, k, ko, ldk, 0.0, dq, c,
                        lddq)  # fmt: skip
-        # dv = att^T @ dout and dk = ds^T @ q, each block of keys over the rows that see it
+        # dv = P^T @ dout and dk = ds^T @ q, each block of keys over the rows that see it
         # (key j is seen from row j - offset on)
+        src, so = att, ao
+        if p > 0:
+            _dropped(att, ao, keep, p, tq * tk, pd)
+            src, so = pd, 0
         for j0 in range(0, tk, _ROWS):
             m, i0 = min(_ROWS, tk - j0), min(tq, max(0, j0 - offset))
-            a, n = ao + i0 * tk + j0, tq - i0
-            gemm_block(TRANS, NO_TRANS, m, hs, n, 1.0, att, a, tk, dout, go + i0 * ldg, ldg, 0.0,
-                       dv, dvo + j0 * lddv, lddv)  # fmt: skip
-            gemm_block(TRANS, NO_TRANS, m, hs, n, 1.0, ds, a, tk, q, qo + i0 * ldq, ldq, 0.0,
+            a, n = i0 * tk + j0, tq - i0
+            gemm_block(TRANS, NO_TRANS, m, hs, n, 1.0, src, so + a, tk, dout, go + i0 * ldg, ldg,
+                       0.0, dv, dvo + j0 * lddv, lddv)  # fmt: skip
+            gemm_block(TRANS, NO_TRANS, m, hs, n, 1.0, ds, ao + a, tk, q, qo + i0 * ldq, ldq, 0.0,
                        dk, dko + j0 * lddk, lddk)  # fmt: skip
 
 
-def _apart(nh: int, t: int, hs: int) -> tuple[int, int, int, int]:
-    """The layout row of heads stored apart, (B, nh, t, hs) C-contiguous."""
+def _apart(nh: int, t: int, hs: int) -> tuple:  # heads stored apart, (B, nh, t, hs)
     return (0, nh * t * hs, t * hs, hs)
 
 
-def _side_by_side(col: int, t: int, hs: int, width: int) -> tuple[int, int, int, int]:
-    """The layout row of heads side by side from column `col` of (B, t, width)."""
+def _side_by_side(col: int, t: int, hs: int, width: int) -> tuple:  # from col of (B, t, width)
     return (col, t * width, hs, width)
 
 
-def _forward(q, k, v, lay, out, att, b, nh, tq, tk, hs, causal, window):
+def _forward(q, k, v, lay, out, att, b, nh, tq, tk, hs, causal, window, u=None, p=0.0):
+    """Runs _attn_fwd; returns keep (the kept probabilities, bool like att) with dropout."""
     offset = tk - tq if causal else tk
     scale = 1.0 / math.sqrt(hs)
     win = window if causal else 0
     lay = np.array(lay, dtype=np.int64)
-    args = (q, k, v, lay, scale, offset, win, out.reshape(-1), att.reshape(-1), nh, tq, tk, hs)
-    run(_attn_fwd, args, b * nh, 2 * att.size * hs)
+    keep = np.empty(att.size if p > 0 else 0, np.bool_)
+    u = flat(u) if p > 0 else np.empty(0, q.dtype)
+    args = (q, k, v, lay, scale, offset, win, u, q.dtype.type(p), keep, out.reshape(-1))
+    args = (*args, att.reshape(-1))
+    run(_attn_fwd, (*args, nh, tq, tk, hs), b * nh, 2 * att.size * hs)
+    return keep.reshape(att.shape) if p > 0 else None
 
 
-def _backward(dout, q, k, v, att, lay, grads, b, nh, tq, tk, hs, causal):
+def _backward(dout, q, k, v, att, lay, grads, b, nh, tq, tk, hs, causal, keep=None, p=0.0):
     offset = tk - tq if causal else tk  # masked att entries are 0; rows stop at the mask
     ds = np.empty(b * nh * tq * tk, dtype=q.dtype)
-    scale = q.dtype.type(1.0 / math.sqrt(hs))
+    t = q.dtype.type
+    scale = t(1.0 / math.sqrt(hs))
     lay = np.array(lay, dtype=np.int64)
-    args = (dout, q, k, v, flat(att), lay, scale, offset, *grads, ds, nh, tq, tk, hs)
-    run(_attn_bwd, args, b * nh, 4 * att.size * hs)
+    keep = flat(keep) if p > 0 else np.empty(0, np.bool_)
+    args = (dout, q, k, v, flat(att), keep, t(p), lay, scale, offset, *grads, ds)
+    run(_attn_bwd, (*args, nh, tq, tk, hs), b * nh, 4 * att.size * hs)
 
 
 def attention_forward_numba(q, k, v, causal=True, window=0):
@@ -324,28 +371,30 @@ def attention_backward_numba(dout, q, k, v, att, causal=True):
     return dq, dk, dv
 
 
-def attention_qkv_forward_numba(qkv, n_head, causal=True, window=0):
+def _packed(qkv, n_head):
+    """(B, T, C, hs) of qkv (B, T, 3C), and the layout rows of its q, k and v."""
     b, t, width = qkv.shape
     c = width // 3
     hs = c // n_head
+    return b, t, c, hs, [_side_by_side(i * c, t, hs, width) for i in range(3)]
+
+
+def attention_qkv_forward_numba(qkv, n_head, causal=True, window=0, u=None, p=0.0):
+    b, t, c, hs, qkv_lay = _packed(qkv, n_head)
     y = np.empty((b, t, c), dtype=qkv.dtype)
     att = np.empty((b, n_head, t, t), dtype=qkv.dtype)
-    if y.size:
-        q, k, v = (_side_by_side(i * c, t, hs, width) for i in range(3))
-        lay = (q, k, v, _side_by_side(0, t, hs, c))
-        x = flat(qkv)
-        _forward(x, x, x, lay, y, att, b, n_head, t, t, hs, causal, window)
-    return y, att
+    if not y.size:
+        return y, att, None
+    x, lay = flat(qkv), (*qkv_lay, _side_by_side(0, t, hs, c))
+    keep = _forward(x, x, x, lay, y, att, b, n_head, t, t, hs, causal, window, u, p)
+    return y, att, keep
 
 
-def attention_qkv_backward_numba(dy, qkv, att, n_head, causal=True):
-    b, t, width = qkv.shape
-    c = width // 3
-    hs = c // n_head
+def attention_qkv_backward_numba(dy, qkv, att, n_head, causal=True, keep=None, p=0.0):
+    b, t, c, hs, qkv_lay = _packed(qkv, n_head)
     dqkv = np.empty_like(qkv, order="C")  # every entry written: q, k, v cover the width
     if dqkv.size:
-        q, k, v = (_side_by_side(i * c, t, hs, width) for i in range(3))
-        lay = (q, k, v, _side_by_side(0, t, hs, c), q, k, v)
-        x, d = flat(qkv), dqkv.reshape(-1)
-        _backward(flat(dy), x, x, x, att, lay, (d, d, d), b, n_head, t, t, hs, causal)
+        x, d, lay = flat(qkv), dqkv.reshape(-1), (*qkv_lay, _side_by_side(0, t, hs, c), *qkv_lay)
+        args = (flat(dy), x, x, x, att, lay, (d, d, d), b, n_head, t, t, hs, causal)
+        _backward(*args, keep, p)
     return dqkv

@@ -82,10 +82,11 @@ class CausalSelfAttention(Module):
             )
         B, T, C = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, C // self.n_head
-        dropout = self.training and self.attn_dropout.p > 0.0
-        if len(self._qkv) == 1 and self._rope is None and nkv == nh and not dropout:
+        drop = self.attn_dropout.p if self.training else 0.0
+        if len(self._qkv) == 1 and self._rope is None and nkv == nh:
             # the heads read from and written to their places side by side (no copies)
-            y = F.attention_qkv(self._qkv[0](x), nh, window=self.window)  # (B, T, C)
+            qkv = self._qkv[0](x)  # (B, T, 3C)
+            y = F.attention_qkv(qkv, nh, self.window, drop, self.attn_dropout.rng)  # (B, T, C)
             return self.resid_dropout(self._out[0](y))
         if len(self._qkv) == 1:
             qkv = self._qkv[0](x)  # (B, T, C + 2 nkv hs)
@@ -100,7 +101,7 @@ class CausalSelfAttention(Module):
             q, k = F.rope(q, cos, sin), F.rope(k, cos, sin)
         if nkv != nh:
             k, v = F.repeat_kv(k, nh // nkv), F.repeat_kv(v, nh // nkv)  # (B, nh, T, hs)
-        if dropout:
+        if drop > 0.0:
             y = self._attend_with_dropout(q, k, v)  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, causal=True, window=self.window)

@@ -87,9 +87,12 @@ def test_attention(rng, causal, tq, tk):
     gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=causal), [q, k, v])
 
 
-@pytest.mark.parametrize("window", [None, 2])
-def test_attention_qkv(rng, window):
-    gradcheck(lambda qkv: F.attention_qkv(qkv, 2, window=window), [t(rng, 2, 4, 3 * 2 * 3)])
+@pytest.mark.parametrize("window,p", [(None, 0.0), (2, 0.0), (None, 0.4)])
+def test_attention_qkv(rng, window, p):
+    def f(qkv):  # the same dropout draws every call
+        return F.attention_qkv(qkv, 2, window, p, np.random.default_rng(3))
+
+    gradcheck(f, [t(rng, 2, 5, 3 * 2 * 3)])
 
 
 def test_dropout(rng):

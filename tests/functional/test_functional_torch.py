@@ -144,6 +144,25 @@ def test_attention_qkv(rng, b, t, nh, hs):
     compare(lambda qkv: F.attention_qkv(qkv, nh), theirs, [f32(rng, b, t, 3 * nh * hs)])
 
 
+def test_attention_qkv_with_dropout_matches_torch_given_the_same_mask(rng):
+    """Dropout on the attention probabilities: torch applies our kept entries (the same
+    draws as F.dropout on the probabilities from a generator in the same state)."""
+    b, t, nh, hs, p = 2, 20, 3, 8, 0.25
+    keep = np.random.default_rng(7).random((b, nh, t, t), dtype=np.float32) >= np.float32(p)
+
+    def theirs(qkv):
+        q, k, v = (a.reshape(b, t, nh, hs).transpose(1, 2) for a in qkv.chunk(3, dim=-1))
+        s = (q @ k.transpose(-1, -2)) / hs**0.5
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+        att = torch.softmax(s, -1) * torch.tensor(keep) / (1 - p)
+        return (att @ v).transpose(1, 2).reshape(b, t, nh * hs)
+
+    def ours(qkv):
+        return F.attention_qkv(qkv, nh, None, p, np.random.default_rng(7))
+
+    compare(ours, theirs, [f32(rng, b, t, 3 * nh * hs)])
+
+
 def test_dropout_matches_torch_given_the_same_mask(rng):
     """Masks come from different RNGs, so compare with torch applying our mask."""
     x = f32(rng, 6, 10)

@@ -179,20 +179,28 @@ def test_attention(dtype, b, nh, tq, extra, hs, causal, contiguous, seed):
     t=st.integers(1, 70),
     hs=st.integers(1, 33),
     window=st.sampled_from([0, 1, 5, 40]),
+    p=st.sampled_from([0.0, 0.1, 0.5]),
     contiguous=st.booleans(),
     seed=seeds,
 )
-def test_attention_qkv(dtype, b, nh, t, hs, window, contiguous, seed):
+def test_attention_qkv(dtype, b, nh, t, hs, window, p, contiguous, seed):
     """Attention read from q|k|v side by side and written with the heads side by side:
-    every head at its offset, gradients into the right columns (and every one of them)."""
+    every head at its offset, gradients into the right columns (and every one of them);
+    with dropout on the probabilities, the same kept entries and their gradients."""
     rng = np.random.default_rng(seed)
     qkv = arr(rng, (b, t, 3 * nh * hs), dtype, 1, contiguous)
-    (y1, a1), (y2, a2) = both("attention_qkv_forward", qkv, nh, True, window)
+    u = rng.random((b, nh, t, t)).astype(dtype) if p else None
+    (y1, a1, k1), (y2, a2, k2) = both("attention_qkv_forward", qkv, nh, True, window, u, p)
     close(y1, y2, dtype, 3)
     close(a1, a2, dtype)
+    if p:
+        np.testing.assert_array_equal(k1, k2)
+        assert 0 < k2.mean() < 1
+    else:
+        assert k1 is None and k2 is None
     assert y2.shape == (b, t, nh * hs) and y2.flags.c_contiguous
     dy = arr(rng, (b, t, nh * hs), dtype, 1, contiguous)
-    close(*both("attention_qkv_backward", dy, qkv, a1, nh, True), dtype, 10)
+    close(*both("attention_qkv_backward", dy, qkv, a1, nh, True, k1, p), dtype, 10)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -335,7 +343,7 @@ def test_row_kernels_and_attention_on_both_paths(dtype):
             close(r, g, dtype, 10)
         b, nh, t, hs = shape
         qkv, dy = arr(rng, (b, t, 3 * nh * hs), dtype), arr(rng, (b, t, nh * hs), dtype)
-        (y1, a1), (y2, a2) = both("attention_qkv_forward", qkv, nh, True, 0)
+        (y1, a1, _), (y2, a2, _) = both("attention_qkv_forward", qkv, nh, True, 0)
         close(y1, y2, dtype, 3)
         close(*both("attention_qkv_backward", dy, qkv, a1, nh, True), dtype, 10)
 

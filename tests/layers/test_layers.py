@@ -11,6 +11,7 @@ import torch
 import npllm.functional as F
 from npllm import Tensor, kernels
 from npllm.autograd import gradcheck
+from npllm.autograd.ops import split
 from npllm.errors import ConfigError, ShapeError
 from npllm.layers import MLP, Block, CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear
 from tests.model.torch_gpt import TorchAttention, TorchBlock, TorchConfig, TorchMLP
@@ -115,6 +116,37 @@ def test_explicit_attention_path_equals_the_fused_one():
     q, k, v = (Tensor(_x((B, NH, T, C // NH), seed=s)) for s in (1, 2, 3))
     fused = F.scaled_dot_product_attention(q, k, v, causal=True).data
     np.testing.assert_allclose(attn._attend_with_dropout(q, k, v).data, fused, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_attention_dropout_in_the_kernel_equals_the_explicit_path(backend):
+    """In training, the layer drops attention probabilities inside the attention kernel
+    (F.attention_qkv), with the draws F.dropout would make on them: the same output and
+    gradients as the explicit path (scores, softmax, F.dropout, matmul)."""
+    attn = CausalSelfAttention(C, NH, dropout=0.25, rng=np.random.default_rng(0))
+    attn = _perturb(attn.to(np.float64))
+    g = _x(seed=9)
+
+    def run(explicit):
+        attn.zero_grad()
+        attn.attn_dropout.rng = np.random.default_rng(5)
+        attn.resid_dropout.rng = np.random.default_rng(6)
+        x = Tensor(_x(), requires_grad=True)
+        if explicit:
+            q, k, v = split(attn.c_attn(x), [C, 2 * C], axis=2)
+            q, k, v = (a.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3) for a in (q, k, v))
+            y = attn._attend_with_dropout(q, k, v).transpose(0, 2, 1, 3).reshape(B, T, C)
+            out = attn.resid_dropout(attn.c_proj(y))
+        else:
+            out = attn(x)
+        out.backward(g)
+        return out.data, x.grad, attn.c_attn.weight.grad.copy()
+
+    with kernels.use(backend):
+        fused, explicit = run(False), run(True)
+    assert not np.allclose(fused[0], attn.eval()(Tensor(_x())).data)  # dropout did something
+    for a, b in zip(fused, explicit):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_attention_dropout_path_passes_gradcheck():
