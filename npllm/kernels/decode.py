@@ -43,6 +43,7 @@ from numba.extending import overload
 from npllm.arch import BlockWeights, HeadWeights, Spec
 from npllm.kernels._jit import MOST_CHUNKS, jit, parallel, scaled_matmul
 from npllm.kernels.activations import _gelu_erf_fwd, _gelu_tanh_fwd, _relu_fwd
+from npllm.kernels.blas import NO_TRANS, TRANS, gemm_block
 from npllm.kernels.int4 import prepared_matmul_in_kernels
 from npllm.kernels.layernorm import _ln_fwd
 from npllm.kernels.rmsnorm import _rms_fwd
@@ -59,8 +60,46 @@ SERIAL = 1 << 62
 PARALLEL = 1 << 17
 
 
+# float32 products go to BLAS (`kernels.blas.gemm_block`): one single-threaded sgemm per
+# block of GEMM_COLS outputs and at most GEMM_ROWS rows. At 16 rows that is ~1.7-2x the
+# register-blocked `scaled_matmul` (guppy's products: 190-260 GFLOP/s on both cores
+# against 100-125 on the Xeon), and no slower at one row. The server promises that a
+# seeded request gives the same tokens whatever else runs, so a row must be summed alike
+# in any batch: OpenBLAS's sgemm (0.3.34, SkylakeX) gives a row the same bits whatever the
+# other rows for blocks of 64 outputs and up to 18 rows, but not from 19 rows on, nor for
+# widths that are not a multiple of 8. Hence fixed blocks of 64 outputs and 16 rows, and
+# the outputs past the last whole block through `scaled_matmul`, whose sums never depend
+# on the other rows (tests/serve/test_step_rows.py checks a row alone against a batch).
+GEMM_COLS = 64
+GEMM_ROWS = 16
+
+
+@jit
+def _gemm_cols(x, w, s, b, out, lo, hi):
+    """out = (x @ w.T) * s + b over the units lo..hi of ceil(M / 64): unit u < M // 64
+    is the outputs 64u..64u+63 by BLAS, GEMM_ROWS rows of x a call; the last, when M is
+    not a multiple of 64, the rest by `scaled_matmul`. x (N, K), w (M, K), out (N, M)
+    float32, C-contiguous."""
+    n, k = x.shape
+    m = w.shape[0]
+    whole = m // GEMM_COLS
+    for u in range(lo, hi):
+        j0 = u * GEMM_COLS
+        if u == whole:  # the leftover outputs, in scaled_matmul's blocks of four
+            scaled_matmul(x, w, s, b, out, j0 // 4, m // 4 + 1)
+            continue
+        for i0 in range(0, n, GEMM_ROWS):
+            i1 = min(n, i0 + GEMM_ROWS)
+            rows, cols, c0 = i1 - i0, GEMM_COLS, i0 * m + j0
+            gemm_block(NO_TRANS, TRANS, rows, cols, k, 1.0, x, i0 * k, k, w, j0 * k, k, 0.0, out, c0, m)  # fmt: skip  # noqa: E501
+            for i in range(i0, i1):
+                for j in range(j0, j0 + GEMM_COLS):
+                    out[i, j] = out[i, j] * s[j] + b[j]
+
+
 # uncached copies of the parallel products, for use inside the step (see _jit.in_kernels)
 _scaled_matmul_chunks = parallel(scaled_matmul, cache=False)
+_gemm_cols_chunks = parallel(_gemm_cols, cache=False)
 
 
 def _matvec(x, w, s, b, out, par_min):
@@ -78,6 +117,18 @@ def _matvec_impl(x, w, s, b, out, par_min):
             prepared_matmul_in_kernels(x, w, s, b, out, 2 * w.size * x.shape[0] >= par_min)
 
         return int4
+
+    contiguous = x.layout == "C" and w.layout == "C" and out.layout == "C"
+    if w.dtype == types.float32 and x.dtype == types.float32 and contiguous:
+
+        def blas(x, w, s, b, out, par_min):
+            units = (w.shape[0] + GEMM_COLS - 1) // GEMM_COLS
+            if w.size * x.shape[0] >= par_min:
+                _gemm_cols_chunks((x, w, s, b, out), units, min(units, MOST_CHUNKS))
+            else:
+                _gemm_cols(x, w, s, b, out, 0, units)
+
+        return blas
 
     def scaled(x, w, s, b, out, par_min):
         blocks = w.shape[0] // 4 + 1  # _jit.scaled_matmul's units: 4 outputs, then the rest

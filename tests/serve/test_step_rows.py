@@ -1,6 +1,6 @@
 """`Decoder.step_rows`: rows at different positions decoded in one fused step (the server's
-continuous batching) give each row the logits it gets decoded alone, and the NumPy
-reference agrees with the Numba kernel; GPT-2 and Llama shapes (RoPE, GQA, a sliding
+continuous batching) give each row the logits it gets decoded alone, bit for bit, and the
+NumPy reference agrees with the Numba kernel; GPT-2 and Llama shapes (RoPE, GQA, a sliding
 window), float32 and int8 weights."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from npllm.quant import load_weights, quantize_state_dict
 
 CONFIGS = {
     "gpt2": GPTConfig(vocab_size=41, block_size=12, n_layer=2, n_head=2, n_embd=16),
+    # wide enough for the float32 products' BLAS blocks of 64 outputs, and a leftover of 6
+    "gpt2-wide": GPTConfig(vocab_size=70, block_size=12, n_layer=1, n_head=2, n_embd=64),
     "llama-gqa-window": GPTConfig(
         vocab_size=37,
         block_size=12,
@@ -96,3 +98,32 @@ def test_rows_on_the_thread_pool_give_the_same_bits(name):
     np.testing.assert_array_equal(a, b)
     for x, y in zip(ca.k + ca.v, cb.k + cb.v):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_rows_logits_are_the_same_bits_alone_and_in_any_batch(name, quantized):
+    """The server's promise that a seeded request gives the same tokens whatever else runs:
+    float32 products go to BLAS in blocks of at most GEMM_ROWS rows (OpenBLAS sums
+    differently from 19 rows on), int8 ones to the register-blocked product; either way a
+    row's logits do not depend on how many rows share the step or where it stands."""
+    from npllm.kernels.decode import GEMM_ROWS
+
+    dec = decoder(name, quantized)
+    rng = np.random.default_rng(6)
+    V = dec.config.vocab_size
+    B = GEMM_ROWS + 5  # two blocks of rows, the second a short one
+    lengths = rng.integers(1, 12, B)
+    base = dec.new_cache(B)
+    for b, n in enumerate(lengths):
+        row = KVCache([k[b : b + 1] for k in base.k], [v[b : b + 1] for v in base.v])
+        dec.forward(rng.integers(0, V, n)[None], row, last_only=True)
+    tokens = rng.integers(0, V, B)
+    positions = lengths.astype(np.int64)
+    full = dec.step_rows(
+        tokens, positions, KVCache([k.copy() for k in base.k], [v.copy() for v in base.v])
+    )
+    for rows in ([0], [B - 1], [3, 17, 20], list(range(B - 1, -1, -2))):
+        cache = KVCache([k[rows].copy() for k in base.k], [v[rows].copy() for v in base.v])
+        got = dec.step_rows(tokens[rows], positions[rows], cache)
+        np.testing.assert_array_equal(got, full[rows])
