@@ -3,12 +3,16 @@ one server at `guppy` shape (6 layers, width 384, ReLU MLP 768, context 128) wit
 byte-level BPE of 4,096 tokens trained on tinyshakespeare, random weights.
 
 Each client streams one /v1/completions request (a 16-token prompt, `max_tokens` new
-tokens, temperature 1, its own seed) and records when each chunk arrives. Per level, in
-`--rounds` rounds: aggregate tokens/s (every stream's tokens over the wall time from the
-first request to the last [DONE]), time to first token p50/p99, inter-token latency
-p50/p99 (gaps between a stream's chunks), errors (HTTP errors or error events: must be 0)
-and requests lost (no finish_reason or no [DONE]: must be 0). A random model never ends
-a text early, so every request yields exactly `max_tokens` tokens, which is checked too.
+tokens, temperature 1, its own seed) and records when each chunk arrives. Tokens are
+counted from the usage chunk, not from chunks: the server sends the tokens a stream piled
+up while its event loop was busy as one chunk. Per level, in `--rounds` rounds: aggregate
+tokens/s (every stream's tokens over the wall time from the first request to the last
+[DONE]), per-stream tokens/s (its tokens after the first over its first to last chunk),
+time to first token p50/p99, inter-token latency p50/p99 (the gaps between a stream's
+chunks, with the mean tokens a chunk beside them), errors (HTTP errors or error events:
+must be 0) and requests lost (no finish_reason or no [DONE]: must be 0). A random model
+never ends a text early, so every request yields exactly `max_tokens` tokens, which is
+checked too.
 
 The baseline is `npllm sample --stream`'s loop: `npllm.generate.stream` on the same model
 in a process of its own (batch 1, the same sampling), each token's text decoded as the
@@ -18,12 +22,18 @@ aggregate tokens/s; one stream within 15% of `npllm sample`; at 64 streams nothi
 or is lost.
 
 Processes: the server runs in its own process (uvicorn on 127.0.0.1, a free port), the
-baseline in another, and the clients in this one (asyncio + httpx, no npllm import):
-the clients share the machine's two cores with the server, as real local clients would.
+baseline in another, and the clients in this one (no npllm import). The clients share the
+machine's two cores with the server, so, like wrk or k6, they are a lean load generator
+that takes as little CPU as it can: by default an HTTP/1.1 client on asyncio streams
+(one keep-alive connection a stream, the chunked transfer coding and the server-sent
+events parsed by hand, one json.loads an event), ~30-110 us of CPU a chunk; `--client
+httpx` runs the same streams through httpx, which costs about 0.2 ms more a chunk, for
+comparison with earlier figures.
 
     python benchmarks/serve.py                         # 3 rounds of 1, 4, 16, 64 streams
     python benchmarks/serve.py --rounds 5 --write      # update benchmarks/RESULTS.md
     python benchmarks/serve.py --clients 1 4 --tokens 20 --rounds 1   # a quick check
+    python benchmarks/serve.py --client httpx          # the streams through httpx
 Run it only under the shared lock: flock /tmp/npllm-cpu.lock python benchmarks/serve.py
 """
 
@@ -39,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,53 +137,168 @@ def server_worker(spec: dict) -> None:
 
 
 # ---- the clients -----------------------------------------------------------------------------
-async def one_stream(client, url: str, tokens: int, seed: int) -> dict:
+# The lean client (the default): a load generator should take as little of the server's
+# CPU as it can, as wrk and k6 do. Each stream is one HTTP/1.1 connection of its own
+# (asyncio streams, keep-alive, kept in a pool for reuse), the request written in one
+# piece, the chunked transfer coding and the server-sent events taken apart by hand, one
+# json.loads per event. httpx (`--client httpx`) costs about 0.2 ms of CPU a chunk on top,
+# on the same two cores as the server.
+class HTTPError(Exception):
+    """A status other than 200, or a response the lean client cannot read."""
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a request out, a response's body chunks in."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer, self.reusable = reader, writer, True
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        return cls(*await asyncio.open_connection(host, port))
+
+    async def request(self, host: str, path: str, body: bytes) -> tuple[int, dict[str, str]]:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        version, status, *_ = lines[0].split(" ", 2)
+        if not version.startswith("HTTP/1."):
+            raise HTTPError(f"not an HTTP/1.x response: {lines[0]!r}")
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if headers.get("connection", "").lower() == "close":
+            self.reusable = False
+        return int(status), headers
+
+    async def body(self, headers: dict[str, str]) -> AsyncIterator[bytes]:
+        """The body's pieces as they arrive (chunked, or by Content-Length)."""
+        r = self.reader
+        if "chunked" not in headers.get("transfer-encoding", "").lower():
+            yield await r.readexactly(int(headers.get("content-length", 0)))
+            return
+        while True:
+            size = int((await r.readline()).split(b";")[0], 16)
+            if size == 0:
+                while (await r.readline()) not in (b"\r\n", b""):  # trailers, if any
+                    pass
+                return
+            data = await r.readexactly(size + 2)
+            yield data[:-2]
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class LeanClient:
+    """Connections to one server, reused between requests (keep-alive)."""
+
+    def __init__(self, url: str) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.host, self.port, self.free = host, int(port), []
+
+    async def events(self, path: str, body: dict) -> AsyncIterator[str]:
+        """POST `body`; the data of each server-sent event of the answer (a status other
+        than 200 raises HTTPError)."""
+        conn = self.free.pop() if self.free else await Connection.open(self.host, self.port)
+        ok = False
+        try:
+            status, headers = await conn.request(self.host, path, json.dumps(body).encode())
+            if status != 200:
+                text = b"".join([b async for b in conn.body(headers)])
+                raise HTTPError(f"HTTP {status}: {text[:200]!r}")
+            buf = b""
+            async for piece in conn.body(headers):
+                buf += piece
+                *events, buf = buf.split(b"\n\n")
+                for event in events:
+                    for line in event.split(b"\n"):
+                        if line.startswith(b"data: "):
+                            yield line[6:].decode()
+            ok = True
+        finally:
+            if ok and conn.reusable:
+                self.free.append(conn)
+            else:
+                conn.close()
+
+    async def aclose(self) -> None:
+        for conn in self.free:
+            conn.close()
+        self.free = []
+
+
+class HttpxClient:
+    """The same through httpx (`--client httpx`): what a typical Python client costs."""
+
+    def __init__(self, url: str, n: int) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
+        self.url, self.client = url, httpx.AsyncClient(timeout=600, limits=limits)
+
+    async def events(self, path: str, body: dict) -> AsyncIterator[str]:
+        async with self.client.stream("POST", self.url + path, json=body) as r:
+            if r.status_code != 200:
+                raise HTTPError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    yield line[len("data: ") :]
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def one_stream(
+    client, tokens: int, seed: int, model: str = "guppy", prompt: str = PROMPT
+) -> dict:
+    """One streamed request: when each text chunk arrived, its text, the finish reason,
+    the usage's completion_tokens (a chunk may hold several tokens: the server sends a
+    stream's tokens together when they pile up), and whether [DONE] came."""
     body = {
-        "model": "guppy",
-        "prompt": PROMPT,
+        "model": model,
+        "prompt": prompt,
         "max_tokens": tokens,
         "temperature": 1.0,
         "seed": seed,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    out = {"start": time.perf_counter(), "chunks": [], "error": None, "done": False}
-    out.update(finish=None, tokens=0)
+    out = {"start": time.perf_counter(), "chunks": [], "texts": [], "error": None}
+    out.update(done=False, finish=None, tokens=0)
     try:
-        async with client.stream("POST", url + "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                out["error"] = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
-                return out
-            async for line in r.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[len("data: ") :]
-                if data == "[DONE]":
-                    out["done"] = True
-                    continue
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    out["error"] = chunk["error"]["message"]
-                elif chunk["choices"]:
-                    choice = chunk["choices"][0]
-                    if choice["text"]:
-                        out["chunks"].append(time.perf_counter())
-                    out["finish"] = choice["finish_reason"] or out["finish"]
-                elif chunk.get("usage"):
-                    out["tokens"] = chunk["usage"]["completion_tokens"]
-    except Exception as e:  # a dropped connection counts as an error
+        async for data in client.events("/v1/completions", body):
+            if data == "[DONE]":
+                out["done"] = True
+                continue
+            chunk = json.loads(data)
+            if "error" in chunk:
+                out["error"] = chunk["error"]["message"]
+            elif chunk["choices"]:
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    out["chunks"].append(time.perf_counter())
+                    out["texts"].append(choice["text"])
+                out["finish"] = choice["finish_reason"] or out["finish"]
+            elif chunk.get("usage"):
+                out["tokens"] = chunk["usage"]["completion_tokens"]
+    except Exception as e:  # an HTTP error or a dropped connection counts as an error
         out["error"] = repr(e)
     out["end"] = time.perf_counter()
     return out
 
 
-async def level(url: str, n: int, tokens: int, seed0: int) -> list[dict]:
-    import httpx
-
-    limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        jobs = [one_stream(client, url, tokens, seed0 + i) for i in range(n)]
-        return await asyncio.gather(*jobs)
+async def level(url: str, n: int, tokens: int, seed0: int, kind: str = "lean") -> list[dict]:
+    client = LeanClient(url) if kind == "lean" else HttpxClient(url, n)
+    try:
+        return await asyncio.gather(*(one_stream(client, tokens, seed0 + i) for i in range(n)))
+    finally:
+        await client.aclose()
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -191,7 +317,8 @@ def summarise(streams: list[dict], tokens: int) -> dict:
     wall = max(s["end"] for s in streams) - min(s["start"] for s in streams)
     ttft = [s["chunks"][0] - s["start"] for s in ok if s["chunks"]]
     itl = [b - a for s in ok for a, b in zip(s["chunks"], s["chunks"][1:])]
-    single = [(len(s["chunks"]) - 1) / (s["chunks"][-1] - s["chunks"][0]) for s in ok]
+    # a stream's own rate: its tokens after the first chunk's one, over first to last chunk
+    single = [(s["tokens"] - 1) / (s["chunks"][-1] - s["chunks"][0]) for s in ok]
     return {
         "aggregate": sum(s["tokens"] for s in ok) / wall,
         "per_stream": statistics.median(single) if single else float("nan"),
@@ -202,6 +329,7 @@ def summarise(streams: list[dict], tokens: int) -> dict:
         "errors": len(streams) - len(ok),
         "lost": len(lost),
         "short": sum(s["tokens"] != tokens for s in ok),
+        "per_chunk": sum(s["tokens"] for s in ok) / max(1, sum(len(s["chunks"]) for s in ok)),
         "wall": wall,
     }
 
@@ -246,19 +374,23 @@ NOTE = """How to read it: "aggregate" is every stream's tokens over the level's 
 "per stream" a stream's own tokens/s from its first chunk to its last (median over the
 streams); time to first token (TTFT) runs from sending the request to its first text
 chunk, so at 64 streams it includes waiting for the other prompts' prefills; inter-token
-latency (ITL) is the gap between a stream's chunks. Continuous batching: the running
+latency (ITL) is the gap between a stream's chunks, and "tokens a chunk" how many tokens
+they carried on average (more than one when the server's event loop fell behind the
+decode loop and sent a stream's piled-up tokens together). Continuous batching: the running
 streams share each decode step (the weights are read once per step for all rows), so
 aggregate tokens/s grows with the streams until the step's arithmetic, not the weights'
 memory traffic, is the bound."""
 
 
-def report(levels: dict, baseline: list[float], rounds: int, tokens: int, info: dict) -> str:
+def report(
+    levels: dict, baseline: list[float], rounds: int, tokens: int, info: dict, client: str
+) -> str:
     base = statistics.median(baseline)
     one = statistics.median(r["aggregate"] for r in levels.get(1, [])) if 1 in levels else None
     rows = [
         "| streams | aggregate tok/s | x one stream | per stream tok/s | TTFT p50 / p99 ms "
-        "| ITL p50 / p99 ms | errors | lost | short |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ITL p50 / p99 ms | tokens a chunk | errors | lost | short |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, runs in levels.items():
 
@@ -272,13 +404,15 @@ def report(levels: dict, baseline: list[float], rounds: int, tokens: int, info: 
             f"| {med('per_stream'):,.0f} "
             f"| {med('ttft_p50') * 1e3:.1f} / {med('ttft_p99') * 1e3:.1f} "
             f"| {med('itl_p50') * 1e3:.2f} / {med('itl_p99') * 1e3:.2f} "
+            f"| {med('per_chunk'):.2f} "
             f"| {sum(r['errors'] for r in runs)} | {sum(r['lost'] for r in runs)} "
             f"| {sum(r['short'] for r in runs)} |"
         )
     lines = [
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, {cpu_isa()}. "
         f"Server: {info.get('python', '?')} / numpy {info.get('numpy', '?')} / numba "
-        f"{info.get('numba', '?')}. {rounds} rounds per level, {tokens} tokens a request.",
+        f"{info.get('numba', '?')}. {rounds} rounds per level, {tokens} tokens a request, "
+        f"{client} clients.",
         "",
         *rows,
         "",
@@ -301,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--generations", type=int, default=10, help="baseline generations")
     ap.add_argument("--corpus", type=Path, default=CORPUS, help="text to train the BPE on")
+    ap.add_argument(
+        "--client",
+        choices=["lean", "httpx"],
+        default="lean",
+        help="the streaming clients: lean asyncio HTTP/1.1 (default) or httpx",
+    )
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -337,11 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             log("warm-up: compilation and the decoder's threading choice")
             for n in (1, 1, 4, 16):
-                asyncio.run(level(url, n, args.tokens, 10_000))
+                asyncio.run(level(url, n, args.tokens, 10_000, args.client))
             levels: dict[int, list[dict]] = {n: [] for n in args.clients}
             for r in range(args.rounds):
                 for n in args.clients:
-                    s = summarise(asyncio.run(level(url, n, args.tokens, 1000 * r)), args.tokens)
+                    streams = asyncio.run(level(url, n, args.tokens, 1000 * r, args.client))
+                    s = summarise(streams, args.tokens)
                     levels[n].append(s)
                     log(
                         f"  round {r + 1}, {n} streams: {s['aggregate']:,.0f} tok/s, TTFT p99 "
@@ -350,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    text = report(levels, baseline, args.rounds, args.tokens, info)
+    text = report(levels, baseline, args.rounds, args.tokens, info, args.client)
     text += f"\nCommand: `{command_line('serve.py', argv)}`; load average {load0:.2f} at start, "
     text += f"{load_average():.2f} at end.\n"
     print(text)

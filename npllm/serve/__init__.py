@@ -4,6 +4,7 @@
 - `sequence`: one choice being generated: its sampling parameters, events, text and
   stop strings;
 - `engine`: the continuous-batching decode loop (one thread, every request's rows);
+- `handoff`: the engine's events handed to the event loop (one wake-up a step);
 - `answer`: one request's events as OpenAI's JSON body or server-sent-event chunks;
 - `app`: the Starlette app, its endpoints, streaming, errors;
 - `static/`: the web page, served at `/` when present.

@@ -1,6 +1,14 @@
 """One request's answer in OpenAI's shapes: the engine's events gathered into the JSON
 body of `/v1/completions` or `/v1/chat/completions`, or turned into the chunks of its
-server-sent events (`sse`). `npllm.serve.app` makes an `Answer` per request and feeds it.
+server-sent events (`sse`). `npllm.serve.app` makes an `Answer` per request and feeds it
+the events that have come since it last looked (`add`).
+
+Streaming costs CPU per chunk on the same two cores as the decode step, so: the events a
+stream has piled up (the event loop fell a step or more behind the engine) go out as one
+chunk per choice, its tokens' text joined and their log-probability entries listed, as
+OpenAI's chunks allow (`choices[0].logprobs.content` is a list); and a plain text chunk
+is a prepared string with the text put in (`json.dumps` of the text alone), not a dict
+dumped whole.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ from npllm.serve.sequence import Event
 
 def sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+_dumps = json.JSONEncoder().encode  # a string's JSON, without json.dumps's dispatch
 
 
 class Answer:
@@ -32,6 +43,15 @@ class Answer:
         self.reasons: list[str | None] = [None] * n
         self.error: str | None = None
         self.open = n
+        # a text chunk without log-probabilities: head, the choice's index, text_key, the
+        # text as JSON, tail (what `chunk` makes, prepared)
+        head = sse(self.base("chat.completion.chunk" if self.chat else "text_completion"))
+        self.head = head[: -len("}\n\n")] + ',"choices":[{"index":'
+        if self.chat:
+            self.text_key, end = ',"delta":{"content":', '},"logprobs":null,"finish_reason":null}]'
+        else:
+            self.text_key, end = ',"text":', ',"logprobs":null,"finish_reason":null}]'
+        self.tail = end + (',"usage":null' if req.include_usage else "") + "}\n\n"
 
     @property
     def finished(self) -> bool:
@@ -51,38 +71,64 @@ class Answer:
             return ""
         return self.req.prompt_texts[index // self.req.n]
 
-    def add(self, event: Event) -> list[dict]:
-        """Record one event; the stream chunks it makes."""
-        i = event.index
-        self.texts[i] += event.text
-        if event.logprob is not None:
-            self.logprobs[i].append(event.logprob)
-        chunks = []
-        if event.text or event.logprob is not None:
-            chunks.append(self.chunk(i, event.text, event.logprob, None))
-        if event.finish_reason is not None:
-            self.open -= 1
-            if event.finish_reason == "error":
-                self.error = event.error or "the decode loop failed"
+    def add(self, events: list[Event], render: bool = True) -> str:
+        """Record the events that have come; with `render`, the stream chunks they make,
+        as server-sent-event text: per choice one chunk for its new text and log-prob
+        entries, then one with its finish reason when it ended."""
+        runs: dict[int, list] = {}  # choice -> [texts, entries, finish reason]
+        for e in events:
+            run = runs.get(e.index)
+            if run is None:
+                run = runs[e.index] = [[], [], None]
+            run[0].append(e.text)
+            if e.logprob is not None:
+                run[1].append(e.logprob)
+            if e.finish_reason is not None:
+                run[2] = e.finish_reason
+                if e.finish_reason == "error":
+                    self.error = e.error or "the decode loop failed"
+        out = []
+        for i, (texts, entries, reason) in runs.items():
+            text = "".join(texts)
+            offset = len(self.texts[i])
+            self.texts[i] += text
+            self.logprobs[i] += entries
+            if reason == "error":
                 self.open = 0
-                return chunks
-            self.reasons[i] = event.finish_reason
-            chunks.append(self.chunk(i, None, None, event.finish_reason))
-        return chunks
+                break
+            if render and (text or entries):
+                if entries:
+                    out.append(sse(self.chunk(i, text, entries, None, offset)))
+                else:
+                    out.append(f"{self.head}{i}{self.text_key}{_dumps(text)}{self.tail}")
+            if reason is not None:
+                self.open -= 1
+                self.reasons[i] = reason
+                if render:
+                    out.append(sse(self.chunk(i, None, None, reason)))
+        return "".join(out)
 
     def base(self, obj: str) -> dict:
         name = self.server.model_name
         return {"id": self.id, "object": obj, "created": self.created, "model": name}
 
-    def chunk(self, i: int, text: str | None, logprob: dict | None, reason: str | None) -> dict:
+    def chunk(
+        self,
+        i: int,
+        text: str | None,
+        entries: list[dict] | None,
+        reason: str | None,
+        offset: int = 0,
+    ) -> dict:
+        """Choice i's chunk: its new `text` (from character `offset` of its generated text)
+        with the log-probability `entries` of its tokens, or its finish `reason`."""
         out = self.base("chat.completion.chunk" if self.chat else "text_completion")
         if self.chat:
             delta = {} if text is None else {"content": text}
-            lp = None if logprob is None else {"content": [logprob], "refusal": None}
+            lp = None if not entries else {"content": entries, "refusal": None}
             choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}
         else:
-            offset = len(self.echo(i)) + len(self.texts[i]) - len(text or "")
-            lp = None if logprob is None else legacy_logprobs([logprob], offset)
+            lp = None if not entries else legacy_logprobs(entries, len(self.echo(i)) + offset)
             choice = {"index": i, "text": text or "", "logprobs": lp, "finish_reason": reason}
         out["choices"] = [choice]
         if self.req.include_usage:

@@ -9,10 +9,11 @@
 
 Requests are checked by `npllm.serve.protocol` (400 naming the parameter), then each
 choice becomes an engine `Sequence`; the handler awaits the events the engine thread
-hands over through the event loop (`call_soon_threadsafe`) and answers (the bodies and
+hands over to the event loop (`npllm.serve.handoff`) and answers (the bodies and
 chunks built by `npllm.serve.answer`) with one JSON body or, with `"stream": true`, with
-server-sent events: `data: {chunk}\\n\\n` per token (the first chunk of a chat choice
-carries the role, the last its finish_reason), the usage chunk when
+server-sent events: `data: {chunk}\\n\\n` per token, or per group of tokens when the
+event loop fell behind the engine (the first chunk of a chat choice carries the role, the
+last its finish_reason), the usage chunk when
 `stream_options.include_usage` asks, then `data: [DONE]`. A client that goes away cancels
 its sequences: streaming through Starlette cancelling the response, a plain request by
 polling for the disconnect while it waits.
@@ -49,6 +50,7 @@ from npllm.constrain.index import end_ids
 from npllm.errors import NpllmError
 from npllm.serve.answer import Answer, sse
 from npllm.serve.engine import Engine
+from npllm.serve.handoff import Inbox, deliver
 from npllm.serve.protocol import APIError, bad, parse_chat, parse_completion, parse_json
 from npllm.serve.sequence import Event, Sequence
 
@@ -86,7 +88,7 @@ class Server:
         self.end_ids = frozenset(end_ids(tokenizer))
         self.chat_stop_ids = self.end_ids | ({specials[IM_START]} if self.chat else set())
         self.grammars: OrderedDict[str, Any] = OrderedDict()
-        self.outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Event]] = []
+        self.outbox: list[tuple[asyncio.AbstractEventLoop, Inbox, Event]] = []
         engine.flush = self.flush
 
     def flush(self) -> None:
@@ -96,10 +98,10 @@ class Server:
             return
         events, self.outbox = self.outbox, []
         loops: dict[asyncio.AbstractEventLoop, list] = {}
-        for loop, queue, event in events:
-            loops.setdefault(loop, []).append((queue, event))
+        for loop, inbox, event in events:
+            loops.setdefault(loop, []).append((inbox, event))
         for loop, batch in loops.items():
-            loop.call_soon_threadsafe(_deliver, batch)
+            loop.call_soon_threadsafe(deliver, batch)
 
     # ---- plumbing --------------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -231,10 +233,10 @@ class Server:
         if req.response_format is not None:
             grammar = await asyncio.to_thread(self.grammar, req.response_format)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        inbox = Inbox()
 
         def emit(event: Event) -> None:  # on the engine's thread, until its next flush
-            self.outbox.append((loop, queue, event))
+            self.outbox.append((loop, inbox, event))
 
         groups, seed = [], req.params.seed
         for i, ids in enumerate(prompts):
@@ -259,7 +261,7 @@ class Server:
         answer = Answer(self, req, prompts, seqs)
         if req.stream:
             return StreamingResponse(
-                self.events(answer, queue),
+                self.events(answer, inbox),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -267,7 +269,7 @@ class Server:
             checked = time.monotonic()
             while not answer.finished:
                 try:
-                    answer.add(await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL))
+                    answer.add(await asyncio.wait_for(inbox.take(), DISCONNECT_POLL), render=False)
                 except asyncio.TimeoutError:
                     pass
                 if time.monotonic() - checked >= DISCONNECT_POLL:
@@ -281,27 +283,27 @@ class Server:
             raise APIError(500, f"the server failed: {answer.error}", type="server_error")
         return JSONResponse(answer.body())
 
-    async def events(self, answer: Answer, queue: asyncio.Queue) -> AsyncIterator[str]:
+    async def events(self, answer: Answer, inbox: Inbox) -> AsyncIterator[str]:
+        """The stream's server-sent events: one piece of text a wake-up, which holds the
+        chunks of every event that came meanwhile (the end, usage and [DONE] included)."""
         try:
-            for chunk in answer.first_chunks():
-                yield sse(chunk)
-            while not answer.finished:
-                event = await queue.get()
-                for chunk in answer.add(event):
-                    yield sse(chunk)
-            if answer.error:
-                yield sse(APIError(500, answer.error, type="server_error").body())
-            elif answer.req.include_usage:
-                yield sse(answer.usage_chunk())
-            yield "data: [DONE]\n\n"
+            first = "".join(sse(chunk) for chunk in answer.first_chunks())
+            if first:
+                yield first
+            while True:
+                out = answer.add(await inbox.take())
+                if answer.finished:
+                    if answer.error:
+                        out += sse(APIError(500, answer.error, type="server_error").body())
+                    elif answer.req.include_usage:
+                        out += sse(answer.usage_chunk())
+                    yield out + "data: [DONE]\n\n"
+                    return
+                if out:
+                    yield out
         finally:
             if not answer.finished:  # the client went away: free its rows now
                 self.engine.cancel(answer.seqs)
-
-
-def _deliver(batch: list[tuple[asyncio.Queue, Event]]) -> None:
-    for queue, event in batch:
-        queue.put_nowait(event)
 
 
 def build_app(

@@ -1,0 +1,92 @@
+"""Streams whose tokens pile up (the event loop fell behind the engine) go out as one chunk
+per choice, which the official client accepts with strict validation; and the load
+benchmark's lean HTTP/1.1 client (benchmarks/serve.py) reads real streams as httpx does,
+coalesced chunks included, counting tokens from the usage chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from benchmarks.serve import HttpxClient, LeanClient, one_stream
+from npllm.serve import handoff
+from tests.serve.test_openai_client import client, user
+
+
+@pytest.fixture
+def lagging_loop(monkeypatch):
+    """The server's event loop stalls 0.3 s at its first hand-over from the engine, which
+    meanwhile runs the next steps: their tokens reach the handler together."""
+    real, calls = handoff.deliver, []
+
+    def slow(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            time.sleep(0.3)
+        real(batch)
+
+    monkeypatch.setattr(handoff, "deliver", slow)
+    return calls
+
+
+def test_piled_up_tokens_are_one_chunk_the_strict_client_accepts(chat_server, lagging_loop):
+    chunks = list(
+        client(chat_server).chat.completions.create(
+            model="tiny-chat",
+            messages=user("count"),
+            temperature=0,
+            logprobs=True,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    texts = [ch.choices[0] for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert "".join(c.delta.content for c in texts) == "one two three"
+    assert len(texts) < 13  # 13 tokens of text, fewer chunks: some carry several
+    for c in texts:  # each chunk lists its tokens' logprob entries
+        assert "".join(e.token for e in c.logprobs.content) == c.delta.content
+    assert sum(len(c.logprobs.content) for c in texts) == 13
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == 14  # the 13 and <|im_end|>
+
+
+def streams(server, kind: str, n: int, tokens: int) -> list[dict]:
+    async def run():
+        c = LeanClient(server.url) if kind == "lean" else HttpxClient(server.url, n)
+        try:
+            jobs = [one_stream(c, tokens, seed, model="long", prompt="abc") for seed in range(n)]
+            return await asyncio.gather(*jobs)
+        finally:
+            await c.aclose()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("lag", [False, True])
+def test_the_lean_benchmark_client_reads_streams_as_httpx_does(long_server, lag, request):
+    if lag:
+        request.getfixturevalue("lagging_loop")
+    lean, ref = streams(long_server, "lean", 3, 40), streams(long_server, "httpx", 3, 40)
+    for a, b in zip(lean, ref):
+        assert a["error"] is None and b["error"] is None
+        assert a["done"] and a["finish"] == "length" and a["tokens"] == 40
+        assert "".join(a["texts"]) == "".join(b["texts"])  # same seed, same text
+        assert len("".join(a["texts"])) == 40  # one character a token
+        assert len(a["chunks"]) == len(a["texts"]) and a["chunks"] == sorted(a["chunks"])
+    if lag:  # the stalled loop: the streams' tokens came in fewer chunks than tokens
+        assert sum(len(a["chunks"]) for a in lean) < 3 * 40
+
+
+def test_the_lean_client_reports_an_http_error(long_server):
+    async def run():
+        c = LeanClient(long_server.url)
+        try:
+            return await one_stream(c, 5, 0, model="no-such-model", prompt="abc")
+        finally:
+            await c.aclose()
+
+    out = asyncio.run(run())
+    assert "HTTP 404" in out["error"] and not out["done"] and out["tokens"] == 0
