@@ -11,7 +11,7 @@ import time
 import pytest
 
 from benchmarks.serve import HttpxClient, LeanClient, one_stream
-from npllm.serve import handoff
+from npllm.serve import app as app_module
 from tests.serve.test_openai_client import client, user
 
 
@@ -19,7 +19,7 @@ from tests.serve.test_openai_client import client, user
 def lagging_loop(monkeypatch):
     """The server's event loop stalls 0.3 s at its first hand-over from the engine, which
     meanwhile runs the next steps: their tokens reach the handler together."""
-    real, calls = handoff.deliver, []
+    real, calls = app_module.deliver, []
 
     def slow(batch):
         calls.append(len(batch))
@@ -27,7 +27,7 @@ def lagging_loop(monkeypatch):
             time.sleep(0.3)
         real(batch)
 
-    monkeypatch.setattr(handoff, "deliver", slow)
+    monkeypatch.setattr(app_module, "deliver", slow)
     return calls
 
 
