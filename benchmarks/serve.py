@@ -24,11 +24,11 @@ or is lost.
 Processes: the server runs in its own process (uvicorn on 127.0.0.1, a free port), the
 baseline in another, and the clients in this one (no npllm import). The clients share the
 machine's two cores with the server, so, like wrk or k6, they are a lean load generator
-that takes as little CPU as it can: by default an HTTP/1.1 client on asyncio streams
+that takes as little CPU as it can: by default an HTTP/1.1 client on an asyncio Protocol
 (one keep-alive connection a stream, the chunked transfer coding and the server-sent
-events parsed by hand, one json.loads an event), ~30-110 us of CPU a chunk; `--client
-httpx` runs the same streams through httpx, which costs about 0.2 ms more a chunk, for
-comparison with earlier figures.
+events parsed by hand as the bytes arrive, one json.loads an event; ~25 us of CPU a token
+at 16 streams, everything included); `--client httpx` runs the same streams through
+httpx, which costs about 0.2 ms more a chunk, for comparison with earlier figures.
 
     python benchmarks/serve.py                         # 3 rounds of 1, 4, 16, 64 streams
     python benchmarks/serve.py --rounds 5 --write      # update benchmarks/RESULTS.md
@@ -49,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,60 +138,117 @@ def server_worker(spec: dict) -> None:
 # ---- the clients -----------------------------------------------------------------------------
 # The lean client (the default): a load generator should take as little of the server's
 # CPU as it can, as wrk and k6 do. Each stream is one HTTP/1.1 connection of its own
-# (asyncio streams, keep-alive, kept in a pool for reuse), the request written in one
-# piece, the chunked transfer coding and the server-sent events taken apart by hand, one
-# json.loads per event. httpx (`--client httpx`) costs about 0.2 ms of CPU a chunk on top,
-# on the same two cores as the server.
+# (keep-alive, kept in a pool for reuse) read by an asyncio Protocol: the request is
+# written in one piece, and the response is taken apart in `data_received` as it comes
+# (status line and headers, the chunked transfer coding, the server-sent events), one
+# json.loads an event, with no coroutine switch per chunk. httpx (`--client httpx`) costs
+# about 0.2 ms of CPU a chunk more, on the same two cores as the server.
 class HTTPError(Exception):
     """A status other than 200, or a response the lean client cannot read."""
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection: a request out, a response's body chunks in."""
+class StreamProtocol(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: a POST out, its response read as it comes,
+    the data of each server-sent event passed to `on_data`."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer, self.reusable = reader, writer, True
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future | None = None
+        self.reusable = True
 
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        return cls(*await asyncio.open_connection(host, port))
+    def connection_made(self, transport) -> None:
+        self.transport = transport
 
-    async def request(self, host: str, path: str, body: bytes) -> tuple[int, dict[str, str]]:
+    def request(self, host: str, path: str, body: bytes, on_data) -> asyncio.Future:
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
         )
-        self.writer.write(head.encode() + body)
-        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        version, status, *_ = lines[0].split(" ", 2)
-        if not version.startswith("HTTP/1."):
-            raise HTTPError(f"not an HTTP/1.x response: {lines[0]!r}")
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        if headers.get("connection", "").lower() == "close":
+        self.on_data, self.buf, self.events, self.state = on_data, b"", b"", "head"
+        self.status, self.body, self.left, self.chunked = 0, b"", 0, False
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(head.encode() + body)
+        return self.done
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        try:
+            while self.done is not None and not self.done.done() and self._step():
+                pass
+        except Exception as e:  # a response this client cannot read
             self.reusable = False
-        return int(status), headers
+            self.done.set_exception(HTTPError(f"unreadable response: {e!r}"))
 
-    async def body(self, headers: dict[str, str]) -> AsyncIterator[bytes]:
-        """The body's pieces as they arrive (chunked, or by Content-Length)."""
-        r = self.reader
-        if "chunked" not in headers.get("transfer-encoding", "").lower():
-            yield await r.readexactly(int(headers.get("content-length", 0)))
+    def _step(self) -> bool:
+        """Take one piece of the response from the buffer; False when it needs more."""
+        buf = self.buf
+        if self.state == "head":
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return False
+            lines = buf[:end].decode("latin-1").split("\r\n")
+            self.buf = buf[end + 4 :]
+            self.status = int(lines[0].split(" ", 2)[1])
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip().lower()
+            self.reusable = headers.get("connection") != "close"
+            self.chunked = "chunked" in headers.get("transfer-encoding", "")
+            self.left = int(headers.get("content-length", 0))
+            self.state = "size" if self.chunked else "length"
+            return True
+        if self.state == "length":  # a body of Content-Length bytes (an error answer)
+            if len(buf) < self.left:
+                return False
+            self._piece(buf[: self.left])
+            self.buf = buf[self.left :]
+            self._finish()
+            return False
+        if self.state == "size":
+            end = buf.find(b"\r\n")
+            if end < 0:
+                return False
+            self.left = int(buf[:end].split(b";")[0], 16)
+            self.buf = buf[end + 2 :]
+            self.state = "data" if self.left else "trailer"
+            return True
+        if self.state == "data":
+            if len(buf) < self.left + 2:
+                return False
+            self._piece(buf[: self.left])
+            self.buf = buf[self.left + 2 :]
+            self.state = "size"
+            return True
+        end = buf.find(b"\r\n")  # trailer: lines up to an empty one
+        if end < 0:
+            return False
+        self.buf = buf[end + 2 :]
+        if end == 0:
+            self._finish()
+        return True
+
+    def _piece(self, data: bytes) -> None:
+        if self.status != 200:
+            self.body += data
             return
-        while True:
-            size = int((await r.readline()).split(b";")[0], 16)
-            if size == 0:
-                while (await r.readline()) not in (b"\r\n", b""):  # trailers, if any
-                    pass
-                return
-            data = await r.readexactly(size + 2)
-            yield data[:-2]
+        self.events += data
+        *events, self.events = self.events.split(b"\n\n")
+        for event in events:
+            for line in event.split(b"\n"):
+                if line.startswith(b"data: "):
+                    self.on_data(line[6:].decode())
 
-    def close(self) -> None:
-        self.writer.close()
+    def _finish(self) -> None:
+        if self.status != 200:
+            self.done.set_exception(HTTPError(f"HTTP {self.status}: {self.body[:200]!r}"))
+        else:
+            self.done.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        self.reusable = False
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(HTTPError(f"connection lost: {exc!r}"))
 
 
 class LeanClient:
@@ -202,34 +258,27 @@ class LeanClient:
         host, _, port = url.removeprefix("http://").partition(":")
         self.host, self.port, self.free = host, int(port), []
 
-    async def events(self, path: str, body: dict) -> AsyncIterator[str]:
-        """POST `body`; the data of each server-sent event of the answer (a status other
-        than 200 raises HTTPError)."""
-        conn = self.free.pop() if self.free else await Connection.open(self.host, self.port)
+    async def stream(self, path: str, body: dict, on_data) -> None:
+        """POST `body`; `on_data(text)` with the data of each server-sent event of the
+        answer as it comes (a status other than 200 raises HTTPError)."""
+        if self.free:
+            conn = self.free.pop()
+        else:
+            loop = asyncio.get_running_loop()
+            _, conn = await loop.create_connection(StreamProtocol, self.host, self.port)
         ok = False
         try:
-            status, headers = await conn.request(self.host, path, json.dumps(body).encode())
-            if status != 200:
-                text = b"".join([b async for b in conn.body(headers)])
-                raise HTTPError(f"HTTP {status}: {text[:200]!r}")
-            buf = b""
-            async for piece in conn.body(headers):
-                buf += piece
-                *events, buf = buf.split(b"\n\n")
-                for event in events:
-                    for line in event.split(b"\n"):
-                        if line.startswith(b"data: "):
-                            yield line[6:].decode()
+            await conn.request(self.host, path, json.dumps(body).encode(), on_data)
             ok = True
         finally:
             if ok and conn.reusable:
                 self.free.append(conn)
             else:
-                conn.close()
+                conn.transport.close()
 
     async def aclose(self) -> None:
         for conn in self.free:
-            conn.close()
+            conn.transport.close()
         self.free = []
 
 
@@ -242,13 +291,13 @@ class HttpxClient:
         limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
         self.url, self.client = url, httpx.AsyncClient(timeout=600, limits=limits)
 
-    async def events(self, path: str, body: dict) -> AsyncIterator[str]:
+    async def stream(self, path: str, body: dict, on_data) -> None:
         async with self.client.stream("POST", self.url + path, json=body) as r:
             if r.status_code != 200:
                 raise HTTPError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
             async for line in r.aiter_lines():
                 if line.startswith("data: "):
-                    yield line[len("data: ") :]
+                    on_data(line[len("data: ") :])
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -271,22 +320,25 @@ async def one_stream(
     }
     out = {"start": time.perf_counter(), "chunks": [], "texts": [], "error": None}
     out.update(done=False, finish=None, tokens=0)
+
+    def record(data: str) -> None:
+        if data == "[DONE]":
+            out["done"] = True
+            return
+        chunk = json.loads(data)
+        if "error" in chunk:
+            out["error"] = chunk["error"]["message"]
+        elif chunk["choices"]:
+            choice = chunk["choices"][0]
+            if choice["text"]:
+                out["chunks"].append(time.perf_counter())
+                out["texts"].append(choice["text"])
+            out["finish"] = choice["finish_reason"] or out["finish"]
+        elif chunk.get("usage"):
+            out["tokens"] = chunk["usage"]["completion_tokens"]
+
     try:
-        async for data in client.events("/v1/completions", body):
-            if data == "[DONE]":
-                out["done"] = True
-                continue
-            chunk = json.loads(data)
-            if "error" in chunk:
-                out["error"] = chunk["error"]["message"]
-            elif chunk["choices"]:
-                choice = chunk["choices"][0]
-                if choice["text"]:
-                    out["chunks"].append(time.perf_counter())
-                    out["texts"].append(choice["text"])
-                out["finish"] = choice["finish_reason"] or out["finish"]
-            elif chunk.get("usage"):
-                out["tokens"] = chunk["usage"]["completion_tokens"]
+        await client.stream("/v1/completions", body, record)
     except Exception as e:  # an HTTP error or a dropped connection counts as an error
         out["error"] = repr(e)
     out["end"] = time.perf_counter()
