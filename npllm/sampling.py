@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from npllm import kernels
 from npllm.errors import ConfigError
 
 
@@ -130,7 +131,13 @@ def sample(logits: np.ndarray, rng: np.random.Generator, *, greedy: bool = False
     probs = softmax(logits)
     # float64 cumulative sums: over V up to ~50k a float32 running sum drifts by ~1e-3,
     # which would bias the draw (this runs once per token on V values, not a hot path)
-    cdf = np.cumsum(probs, axis=-1, dtype=np.float64)  # (B, V)
+    if kernels.backend() == "numpy" or probs.ndim != 2:
+        cdf = np.cumsum(probs, axis=-1, dtype=np.float64)  # (B, V)
+    else:  # the same sums, the rows side by side
+        from npllm.kernels.decode import cumsum_rows  # Numba: imported when first drawn
+
+        cdf = np.empty(probs.shape, np.float64)
+        cumsum_rows(probs, cdf)
     total = cdf[:, -1]
     # u in [0, total): the product can round up to total, hence the nextafter
     u = np.minimum(rng.random(probs.shape[0]) * total, np.nextafter(total, 0.0))  # (B,)

@@ -258,3 +258,30 @@ def decode_head(x, w, spec, par_min):
     logits = np.empty((x.shape[0], w.s.shape[-1]), x.dtype)
     _matvec(h, w.w, w.s, w.b, logits, par_min)
     return logits
+
+
+@jit(fastmath=False, nogil=True)
+def cumsum_rows(p, out):
+    """out[b, i] = p[b, 0] + ... + p[b, i] in float64, added one at a time from the left:
+    np.cumsum(p, axis=-1, dtype=np.float64) to the bit (strict IEEE, no fastmath), for
+    `npllm.sampling.sample`'s inverse CDF. NumPy runs each row's sum as one chain of
+    dependent adds; here four rows' sums run side by side in registers."""
+    B, V = p.shape
+    b = 0
+    while b + 4 <= B:
+        a0 = a1 = a2 = a3 = 0.0
+        for i in range(V):
+            a0 += np.float64(p[b, i])
+            a1 += np.float64(p[b + 1, i])
+            a2 += np.float64(p[b + 2, i])
+            a3 += np.float64(p[b + 3, i])
+            out[b, i] = a0
+            out[b + 1, i] = a1
+            out[b + 2, i] = a2
+            out[b + 3, i] = a3
+        b += 4
+    for r in range(b, B):
+        a = 0.0
+        for i in range(V):
+            a += np.float64(p[r, i])
+            out[r, i] = a

@@ -148,3 +148,25 @@ def test_invalid_arguments_raise_a_clear_error(kwargs, word):
     with pytest.raises(ConfigError, match=word) as e:
         check_sampling_args(**args)
     assert isinstance(e.value, NpllmError)
+
+
+@pytest.mark.parametrize("shape", [(1, 4096), (16, 4096), (3, 7), (5, 1)])
+def test_the_draws_cdf_kernel_is_numpys_cumsum_to_the_bit(shape):
+    """`sample` sums the probabilities with kernels.decode.cumsum_rows (the rows side by
+    side) where NumPy's backend uses np.cumsum: the same float64 sums, so the same draws."""
+    from npllm import kernels
+    from npllm.kernels.decode import cumsum_rows
+
+    rng = np.random.default_rng(shape[0])
+    logits = rng.normal(0, 4, shape).astype(np.float32)
+    logits[rng.random(shape) < 0.2] = -np.inf  # zero probabilities, as top-k/top-p leave
+    logits[:, 0] = 0.0
+    probs = softmax(logits)
+    out = np.empty(shape, np.float64)
+    cumsum_rows(probs, out)
+    np.testing.assert_array_equal(out, np.cumsum(probs, axis=-1, dtype=np.float64))
+    draws = {}
+    for backend in ("numba", "numpy"):
+        with kernels.use(backend):
+            draws[backend] = sample(logits, np.random.default_rng(7))
+    np.testing.assert_array_equal(draws["numba"], draws["numpy"])
