@@ -90,6 +90,12 @@ class Function:
     None in its place, and whatever backward returns for it is ignored. Forward checks
     its inputs (one place for every op's checks, whoever calls `apply`)."""
 
+    # True when backward returns only arrays it has just allocated, none shared with
+    # another input's gradient, the incoming gradient or anything saved (both kernel
+    # backends): the engine may then hand them to a leaf without a copy and add into them
+    # in place. Ops that pass their gradient through (Add, Reshape) must leave it False.
+    fresh_grads = False
+
     @staticmethod
     def forward(ctx: Context, *arrays: np.ndarray, **attrs: Any) -> np.ndarray:
         raise NotImplementedError
@@ -246,6 +252,7 @@ class Tensor:
             if not retain_graph:
                 ctx.saved = ()
                 ctx.freed = True
+            fresh = fn.fresh_grads
             for parent, pg in zip(parents, in_grads):
                 if pg is None or parent is None or not parent.requires_grad:
                     continue
@@ -253,8 +260,14 @@ class Tensor:
                 pkey = id(parent)
                 if pkey not in grads:
                     grads[pkey] = pg
+                    if fresh:
+                        owned.add(pkey)
                 elif pkey in owned:
                     grads[pkey] += pg
+                elif fresh and pg.dtype == np.result_type(pg, grads[pkey]):
+                    pg += grads[pkey]  # into the new array: no third one
+                    grads[pkey] = pg
+                    owned.add(pkey)
                 else:
                     grads[pkey] = grads[pkey] + pg
                     owned.add(pkey)

@@ -68,6 +68,8 @@ def scaled_dot_product_attention(
 
 
 class QKVAttention(Function):
+    fresh_grads = True
+
     @staticmethod
     def forward(
         ctx: Context, qkv: np.ndarray, n_head: int, window: Any, p: float, rng: Any

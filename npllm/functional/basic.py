@@ -45,6 +45,8 @@ def _int_array(a: Any, what: str) -> np.ndarray:
 
 # ---- linear ----------------------------------------------------------------------------
 class Linear(Function):
+    fresh_grads = True
+
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
         if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[1]:
@@ -149,6 +151,8 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 # ---- layer norm ------------------------------------------------------------------------
 class LayerNorm(Function):
+    fresh_grads = True
+
     @staticmethod
     def forward(
         ctx: Context, x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, eps: float
@@ -183,6 +187,8 @@ def layer_norm(x: Tensor, w: Tensor | None, b: Tensor | None, eps: float = 1e-5)
 
 # ---- embedding -------------------------------------------------------------------------
 class Embedding(Function):
+    fresh_grads = True
+
     @staticmethod
     def forward(ctx: Context, w: np.ndarray, idx: Any) -> np.ndarray:
         ids = _int_array(idx, "embedding ids")

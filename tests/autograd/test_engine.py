@@ -21,6 +21,28 @@ def test_gradient_accumulates_when_a_tensor_is_used_twice():
     np.testing.assert_allclose(x.grad, 2 * x.data + 1)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_fresh_gradients_added_in_place_leave_shared_ones_alone(backend):
+    """x feeds an Add, whose backward hands the same array to both its inputs, and a
+    Linear, whose gradients are new arrays (`fresh_grads`) that the engine may add into
+    in place or give to a leaf as they are: every leaf still gets its own right gradient,
+    and a second backward accumulates into them."""
+    import npllm.functional as F
+    from npllm import kernels
+
+    rng = np.random.default_rng(0)
+    x, b, w = p(rng.standard_normal((3, 4))), p(rng.standard_normal((3, 4))), p(np.eye(4) * 2)
+    g = rng.standard_normal((3, 4))
+    with kernels.use(backend):
+        for k in (1, 2):
+            y = (x + b) + F.linear(x, w) + F.linear(b, w)
+            y.backward(g)
+            np.testing.assert_allclose(x.grad, k * (g + g @ w.data), rtol=1e-12)
+            np.testing.assert_allclose(b.grad, k * (g + g @ w.data), rtol=1e-12)
+            np.testing.assert_allclose(w.grad, k * (g.T @ x.data + g.T @ b.data), rtol=1e-12)
+    assert x.grad is not b.grad
+
+
 def test_backward_twice_accumulates_into_grad():
     x = p([1.0, -2.0])
     (x * 3).sum().backward()
