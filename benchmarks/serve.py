@@ -370,7 +370,8 @@ def summarise(streams: list[dict], tokens: int) -> dict:
     ttft = [s["chunks"][0] - s["start"] for s in ok if s["chunks"]]
     itl = [b - a for s in ok for a, b in zip(s["chunks"], s["chunks"][1:])]
     # a stream's own rate: its tokens after the first chunk's one, over first to last chunk
-    single = [(s["tokens"] - 1) / (s["chunks"][-1] - s["chunks"][0]) for s in ok]
+    spans = [(s["tokens"] - 1, s["chunks"][-1] - s["chunks"][0]) for s in ok if s["chunks"]]
+    single = [n / t for n, t in spans if t > 0]  # streams of one chunk have no rate
     return {
         "aggregate": sum(s["tokens"] for s in ok) / wall,
         "per_stream": statistics.median(single) if single else float("nan"),
