@@ -5,7 +5,8 @@ kernel is written out in its module's docstring. Each `forward` checks its input
 
     basic.py       linear, relu, gelu, swiglu, softmax, log_softmax, layer_norm, rms_norm,
                    embedding, cross_entropy, dropout
-    attention.py   scaled_dot_product_attention, attention_qkv, rope, repeat_kv
+    attention.py   scaled_dot_product_attention, attention_qkv, attention_heads, rope,
+                   repeat_kv
 
 All ops keep the input dtype (float32 or float64), accept non-contiguous inputs and work
 at T = 1 and odd sizes. Integer inputs (embedding ids, cross-entropy targets) may be NumPy
@@ -13,6 +14,7 @@ arrays or Tensors and receive no gradient.
 """
 
 from npllm.functional.attention import (
+    attention_heads,
     attention_qkv,
     repeat_kv,
     rope,
@@ -33,6 +35,7 @@ from npllm.functional.basic import (
 )
 
 __all__ = [
+    "attention_heads",
     "attention_qkv",
     "cross_entropy",
     "dropout",

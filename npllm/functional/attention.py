@@ -14,17 +14,21 @@ from npllm.autograd.engine import Context, Function, Tensor
 from npllm.errors import ConfigError, ShapeError
 
 
+def _window(window: Any, op: str) -> int:
+    """A sliding window (None or an int >= 1) as the kernels take it: 0 for none."""
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 1
+    ):
+        raise ConfigError(f"{op}: window must be None or >= 1, got {window!r}")
+    return int(window or 0)
+
+
 class SDPA(Function):
     @staticmethod
     def forward(
         ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, window: Any
     ) -> np.ndarray:
-        if window is not None and (
-            isinstance(window, bool) or not isinstance(window, int) or window < 1
-        ):
-            raise ConfigError(
-                f"scaled_dot_product_attention: window must be None or >= 1, got {window!r}"
-            )
+        _window(window, "scaled_dot_product_attention")
         if (
             q.ndim != 4
             or k.shape != v.shape
@@ -79,14 +83,11 @@ class QKVAttention(Function):
                 f"attention_qkv: expected (B, T, 3 * n_head * hs) with n_head={n_head}, got "
                 f"{qkv.shape}; pass one linear's q, k, v side by side"
             )
-        if window is not None and (
-            isinstance(window, bool) or not isinstance(window, int) or window < 1
-        ):
-            raise ConfigError(f"attention_qkv: window must be None or >= 1, got {window!r}")
         B, T = qkv.shape[:2]
         # the draws F.dropout would make on the probabilities (B, n_head, T, T)
         u = rng.random((B, n_head, T, T), dtype=qkv.dtype) if p > 0 else None
-        y, att, keep = K.attention_qkv_forward(qkv, n_head, True, int(window or 0), u, p)
+        win = _window(window, "attention_qkv")
+        y, att, keep = K.attention_qkv_forward(qkv, n_head, True, win, u, p)
         ctx.save_for_backward(qkv, att)
         ctx.n_head, ctx.keep, ctx.p = n_head, keep, p
         return y
@@ -119,6 +120,91 @@ def attention_qkv(
     if dropout > 0 and rng is None:
         rng = np.random.default_rng()
     return QKVAttention.apply(qkv, n_head=int(n_head), window=window, p=float(dropout), rng=rng)
+
+
+class HeadsAttention(Function):
+    fresh_grads = True
+
+    @staticmethod
+    def forward(
+        ctx: Context,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        n_head: int,
+        n_kv_head: int,
+        rope: Any,
+        window: Any,
+        p: float,
+        rng: Any,
+    ) -> np.ndarray:
+        B, T, C = q.shape if q.ndim == 3 else (0, 0, 0)
+        hs = C // n_head if n_head > 0 else 0
+        if (
+            q.ndim != 3
+            or n_head < 1
+            or n_kv_head < 1
+            or n_head % n_kv_head
+            or C % n_head
+            or hs == 0
+            or k.shape != (B, T, n_kv_head * hs)
+            or v.shape != k.shape
+        ):
+            raise ShapeError(
+                f"attention_heads: q {q.shape}, k {k.shape}, v {v.shape} do not fit n_head="
+                f"{n_head}, n_kv_head={n_kv_head}; expected q (B, T, n_head hs) and k, v "
+                "(B, T, n_kv_head hs), n_kv_head dividing n_head"
+            )
+        cos = sin = None
+        if rope is not None:
+            cos, sin = (np.asarray(a, q.dtype) for a in rope)
+            if hs % 2 or cos.shape != (T, hs // 2) or sin.shape != (T, hs // 2):
+                raise ShapeError(
+                    f"attention_heads: RoPE needs an even head size and cos/sin tables of "
+                    f"shape ({T}, {hs // 2}), got head size {hs} and {cos.shape}, {sin.shape}"
+                )
+        u = rng.random((B, n_head, T, T), dtype=q.dtype) if p > 0 else None
+        win = _window(window, "attention_heads")
+        y, att, keep = K.attention_heads_forward(q, k, v, n_head, n_kv_head, cos, sin, win, u, p)
+        ctx.save_for_backward(q, k, v, att)
+        ctx.attrs = (n_head, n_kv_head, cos, sin, keep, p)
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, g: np.ndarray) -> tuple:
+        # y = SDPA(R q, R k, v) per head, k and v shared by each group of query heads  =>
+        # SDPA's rule per head, dk and dv summed over the group (as repeat_kv's backward),
+        # dq = R^T dq', dk = R^T dk' (RoPE's rule), each written where the forward read it
+        q, k, v, att = ctx.saved
+        n_head, n_kv_head, cos, sin, keep, p = ctx.attrs
+        return K.attention_heads_backward(g, q, k, v, att, n_head, n_kv_head, cos, sin, keep, p)
+
+
+def attention_heads(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    n_head: int,
+    n_kv_head: int,
+    rope: tuple[np.ndarray, np.ndarray] | None = None,
+    window: int | None = None,
+    dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> Tensor:
+    """Causal self-attention from three linears' outputs, heads side by side: q (B, T,
+    n_head hs), k and v (B, T, n_kv_head hs), query head h reading key/value head
+    h // (n_head / n_kv_head) (grouped-query attention); `rope` the (cos, sin) tables
+    (T, hs/2) that turn q and k first (`rope`). Returns (B, T, n_head hs). The same as
+    moving the heads to their own axis, `rope`, `repeat_kv`, `scaled_dot_product_attention`
+    and moving them back, without those copies; `dropout` as in `attention_qkv`."""
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"attention_heads: dropout must be in [0, 1), got {dropout}")
+    if dropout > 0 and rng is None:
+        rng = np.random.default_rng()
+    return HeadsAttention.apply(
+        q, k, v, n_head=int(n_head), n_kv_head=int(n_kv_head), rope=rope, window=window,
+        p=float(dropout), rng=rng,
+    )  # fmt: skip
 
 
 class RoPE(Function):

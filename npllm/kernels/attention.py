@@ -10,11 +10,8 @@ j <= i + Tk - Tq, so a KV-cache decoder can call it with Tq = 1 over Tk cached k
         dv = att^T @ dout, datt = dout @ v^T, ds = att * (datt - rowsum(datt * att)),
         dq = ds @ k / sqrt(hs), dk = ds^T @ q / sqrt(hs)
 
-    attention_qkv_forward(qkv, n_head, causal, window=0, u=None, p=0.0) -> (y, att, keep)
-        the same from qkv (B, T, 3C), q, k, v side by side (heads side by side in each), to
-        y (B, T, C), heads side by side; att (B, n_head, T, T). With dropout (p > 0, u
-        uniform draws like att): keep = u >= p, y = (att * keep / (1 - p)) @ v, else None
-    attention_qkv_backward(dy, qkv, att, n_head, causal, keep=None, p=0.0) -> dqkv (B, T, 3C)
+The same kernels serve `attention_packed` (heads read where the linears wrote them, RoPE
+and grouped-query attention inside).
 
 The probabilities `att` are all the backward needs besides the inputs (masked entries are
 exactly 0, whether hidden by the causal mask or the window; `causal` only lets the
@@ -32,13 +29,9 @@ import numpy as np
 
 from npllm.kernels._jit import fexp, flat, fmax, jit, run
 from npllm.kernels.blas import NO_TRANS, TRANS, gemm_block
+from npllm.kernels.rope import turn_rows as _turn
 
-KERNELS = (
-    "attention_forward",
-    "attention_backward",
-    "attention_qkv_forward",
-    "attention_qkv_backward",
-)
+KERNELS = ("attention_forward", "attention_backward")
 
 
 # ---- NumPy reference -------------------------------------------------------------------
@@ -92,22 +85,6 @@ def _merge(a: np.ndarray) -> np.ndarray:
     """(B, nh, T, hs) -> (B, T, nh * hs), the heads side by side again."""
     b, nh, t, hs = a.shape
     return np.ascontiguousarray(a.transpose(0, 2, 1, 3)).reshape(b, t, nh * hs)
-
-
-def attention_qkv_forward_numpy(qkv, n_head, causal=True, window=0, u=None, p=0.0):
-    q, k, v = (_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))
-    out, att = attention_forward_numpy(q, k, v, causal, window)
-    keep = None
-    if p > 0:
-        keep = u >= qkv.dtype.type(p)
-        out = (att * keep * qkv.dtype.type(1.0 / (1.0 - p))) @ v
-    return _merge(out), att, keep
-
-
-def attention_qkv_backward_numpy(dy, qkv, att, n_head, causal=True, keep=None, p=0.0):
-    q, k, v = (_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))
-    grads = _grads(_heads(dy, n_head), q, k, v, att, keep if p > 0 else None, p)
-    return np.concatenate([_merge(g) for g in grads], axis=-1)
 
 
 # ---- Numba -----------------------------------------------------------------------------
@@ -178,20 +155,21 @@ _ROWS = 32
 
 
 # Where a head's rows live: for each of q, k, v, out (forward) and dq, dk, dv (backward)
-# a row (start, per batch item, per head, per row) of `lay`, in elements of its flat array.
-# Head h of B*nh (batch item h // nh, head h % nh) starts at start + (h // nh) * per batch
-# item + (h % nh) * per head, and its rows are `per row` apart. Heads stored apart,
-# (B, nh, T, hs), have (0, nh*T*hs, T*hs, hs); heads side by side in one linear's output,
-# (B, T, width) with q, k, v at columns c, c+C, c+2C, have (c + h hs, T*width, hs, width):
-# the attention then reads q, k, v from that output and writes its gradients into one
-# array of the same shape, with no transposing copies on either side.
+# a row (start, per batch item, per head, per row, group) of `lay`, in elements of its flat
+# array. Head h of B*nh (batch item h // nh, head h % nh) reads the rows of head
+# (h % nh) // group, which start at start + (h // nh) * per batch item + that head *
+# per head and are `per row` apart; group is n_head / n_kv_head for k, v, dk, dv under
+# grouped-query attention, else 1. Heads stored apart, (B, nh, T, hs), have
+# (0, nh*T*hs, T*hs, hs, 1); heads side by side in a linear's output (B, T, width), from
+# column c on, have (c, T*width, hs, width, 1): the kernels then read q, k, v where the
+# linears wrote them and write the gradients the same way, with no copies either side.
 Q, K, V, O, DQ, DK, DV = range(7)
 
 
 @jit(inline=True)
 def _at(lay, r, h, nh):
     """(offset of head h's first row, distance between its rows) in layout row r."""
-    return lay[r, 0] + (h // nh) * lay[r, 1] + (h % nh) * lay[r, 2], lay[r, 3]
+    return lay[r, 0] + (h // nh) * lay[r, 1] + ((h % nh) // lay[r, 4]) * lay[r, 2], lay[r, 3]
 
 
 @jit
@@ -212,27 +190,40 @@ def _dropped(att, ao, keep, p, n, pd):
 
 
 @jit
-def _attn_fwd(q, k, v, lay, scale, offset, window, u, p, keep, out, att, nh, tq, tk, hs, lo, hi):
+def _attn_fwd(
+    q, k, v, lay, cos, sin, scale, offset, window, u, p, keep, out, att, nh, tq, tk, hs, lo, hi
+):
     """q, k, v, out flat, their heads where `lay` says; att (heads*tq*tk,) flat.
     att = softmax(q k^T * scale + mask), out = att v; with dropout (p > 0; u, keep flat like
-    att) out = (att * keep / (1 - p)) v, keep = u >= p. The scores are q @ kt with kt = k^T
-    made first: OpenBLAS's small GEMMs with a transposed second operand (NT) ran at 50-90
-    GFLOP/s here, the plain ones (NN) at 130-150 (Xeon AVX-512, 32-128 wide), far more
-    than the transposition costs: cpu-small 0.43 -> 0.39 ms on one thread, guppy 2.17 -> 1.93."""
+    att) out = (att * keep / (1 - p)) v, keep = u >= p; with RoPE tables (cos, sin not
+    empty) q and k turned first (query i at position i + tk - tq). The scores are q @ kt,
+    kt = k^T made first: OpenBLAS's small GEMMs with a transposed second operand ran at
+    50-90 GFLOP/s here, plain ones at 130-150 (Xeon, 32-128 wide): cpu-small 0.43 -> 0.39
+    ms on one thread, guppy 2.17 -> 1.93."""
     m = np.empty(tq, q.dtype)
     kt = np.empty(tk * hs, q.dtype)
     pd = np.empty(tq * tk if p > 0 else 0, q.dtype)
+    rope = cos.shape[0] > 0
+    qr, kr = np.empty(tq * hs if rope else 0, q.dtype), np.empty(tk * hs if rope else 0, q.dtype)
+    one = q.dtype.type(1)
     for h in range(lo, hi):
         qo, ldq = _at(lay, Q, h, nh)
         ko, ldk = _at(lay, K, h, nh)
         vo, ldv = _at(lay, V, h, nh)
         oo, ldo = _at(lay, O, h, nh)
         ao = h * tq * tk
-        _transpose_head(k, ko, ldk, tk, hs, kt)
+        qs = q
+        if rope:
+            _turn(q, qo, ldq, qr, 0, hs, tq, hs, cos, sin, one, tk - tq)
+            _turn(k, ko, ldk, kr, 0, hs, tk, hs, cos, sin, one, 0)
+            _transpose_head(kr, 0, hs, tk, hs, kt)
+            qs, qo, ldq = qr, 0, hs
+        else:
+            _transpose_head(k, ko, ldk, tk, hs, kt)
         for r0 in range(0, tq, _ROWS):  # scores of the keys each block of rows can see
             n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
             a, c = qo + r0 * ldq, ao + r0 * tk
-            gemm_block(NO_TRANS, NO_TRANS, n, kend, hs, scale, q, a, ldq, kt, 0, tk, 0.0, att, c,
+            gemm_block(NO_TRANS, NO_TRANS, n, kend, hs, scale, qs, a, ldq, kt, 0, tk, 0.0, att, c,
                        tk)  # fmt: skip
         _softmax_causal_rows(att, ao, tq, tk, offset, window, m)
         src, so = att, ao
@@ -250,95 +241,130 @@ def _attn_fwd(q, k, v, lay, scale, offset, window, u, p, keep, out, att, nh, tq,
 
 @jit
 def _attn_bwd(
-    dout, q, k, v, att, keep, p, lay, scale, offset, dq, dk, dv, ds, nh, tq, tk, hs, lo, hi
-):
+    dout, q, k, v, att, keep, p, lay, cos, sin, scale, offset, dq, dk, dv, ds, nh, group, tq,
+    tk, hs, lo, hi
+):  # fmt: skip
     """Flat like _attn_fwd (dout where `lay` says for out); ds (heads*tq*tk,) is scratch
-    for the score gradients. With dropout (p > 0) the products saw P = att * keep / (1 - p)."""
+    for the score gradients. With dropout (p > 0) the products saw P = att * keep / (1 - p).
+    Tasks lo..hi are k/v heads (of B * nh / group): each does its group's query heads, and
+    adds their dk, dv up (beta 1 after the first), so no two tasks write the same rows."""
     t = q.dtype.type
     pd = np.empty(tq * tk if p > 0 else 0, q.dtype)
     sc = t(1) / (t(1) - p)
-    for h in range(lo, hi):
-        qo, ldq = _at(lay, Q, h, nh)
-        ko, ldk = _at(lay, K, h, nh)
-        vo, ldv = _at(lay, V, h, nh)
-        go, ldg = _at(lay, O, h, nh)  # dout where out was
-        dqo, lddq = _at(lay, DQ, h, nh)
-        dko, lddk = _at(lay, DK, h, nh)
-        dvo, lddv = _at(lay, DV, h, nh)
-        ao = h * tq * tk
-        # out = P @ v  =>  dP = dout @ v^T, for each block of rows over the keys it sees
-        for r0 in range(0, tq, _ROWS):
-            n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
-            a, c = go + r0 * ldg, ao + r0 * tk
-            gemm_block(NO_TRANS, TRANS, n, kend, hs, 1.0, dout, a, ldg, v, vo, ldv, 0.0, ds, c,
-                       tk)  # fmt: skip
-        # P = att * keep / (1 - p)  =>  datt = dP * keep / (1 - p); att = softmax(s)  =>
-        # ds = att * (datt - rowsum(datt * att)), times the score scale
-        for i in range(tq):
-            lim = min(tk, i + offset + 1)
-            r = ao + i * tk
-            if p > 0:
+    rope = cos.shape[0] > 0
+    qr, dqr = np.empty(tq * hs if rope else 0, q.dtype), np.empty(tq * hs if rope else 0, q.dtype)
+    kr, dkr = np.empty(tk * hs if rope else 0, q.dtype), np.empty(tk * hs if rope else 0, q.dtype)
+    nkv = nh // group
+    for task in range(lo, hi):
+        for r in range(group):
+            h = (task // nkv) * nh + (task % nkv) * group + r
+            beta = 0.0 if r == 0 else 1.0
+            qo, ldq = _at(lay, Q, h, nh)
+            ko, ldk = _at(lay, K, h, nh)
+            vo, ldv = _at(lay, V, h, nh)
+            go, ldg = _at(lay, O, h, nh)  # dout where out was
+            dqo, lddq = _at(lay, DQ, h, nh)
+            dko, lddk = _at(lay, DK, h, nh)
+            dvo, lddv = _at(lay, DV, h, nh)
+            ao = h * tq * tk
+            # under RoPE the scores saw turned q, k: their gradients are taken in that
+            # frame (dq into dqr, dk summed in dkr) and turned back (sign -1) below
+            qs, ks, dqs, dks = q, k, dq, dk
+            if rope:
+                _turn(q, qo, ldq, qr, 0, hs, tq, hs, cos, sin, t(1), tk - tq)
+                _turn(k, ko, ldk, kr, 0, hs, tk, hs, cos, sin, t(1), 0)
+                qs, qo, ldq, ks, ko, ldk = qr, 0, hs, kr, 0, hs
+                dqs, dqo, lddq, dks, dko, lddk = dqr, 0, hs, dkr, 0, hs
+            # out = P @ v  =>  dP = dout @ v^T, for each block of rows over the keys it sees
+            for r0 in range(0, tq, _ROWS):
+                n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
+                a, c = go + r0 * ldg, ao + r0 * tk
+                gemm_block(NO_TRANS, TRANS, n, kend, hs, 1.0, dout, a, ldg, v, vo, ldv, 0.0, ds,
+                           c, tk)  # fmt: skip
+            # P = att * keep / (1 - p)  =>  datt = dP * keep / (1 - p); att = softmax(s)  =>
+            # ds = att * (datt - rowsum(datt * att)), times the score scale
+            for i in range(tq):
+                lim = min(tk, i + offset + 1)
+                row = ao + i * tk
+                if p > 0:
+                    for j in range(lim):
+                        ds[row + j] = ds[row + j] * sc if keep[row + j] else t(0)
+                acc = t(0)
                 for j in range(lim):
-                    ds[r + j] = ds[r + j] * sc if keep[r + j] else t(0)
-            acc = t(0)
-            for j in range(lim):
-                acc += ds[r + j] * att[r + j]
-            for j in range(lim):
-                ds[r + j] = att[r + j] * (ds[r + j] - acc) * scale
-            for j in range(lim, tk):
-                ds[r + j] = t(0)
-        # s = q @ k^T  =>  dq = ds @ k (rows over the keys they see)
-        for r0 in range(0, tq, _ROWS):
-            n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
-            a, c = ao + r0 * tk, dqo + r0 * lddq
-            gemm_block(NO_TRANS, NO_TRANS, n, hs, kend, 1.0, ds, a, tk, k, ko, ldk, 0.0, dq, c,
-                       lddq)  # fmt: skip
-        # dv = P^T @ dout and dk = ds^T @ q, each block of keys over the rows that see it
-        # (key j is seen from row j - offset on)
-        src, so = att, ao
-        if p > 0:
-            _dropped(att, ao, keep, p, tq * tk, pd)
-            src, so = pd, 0
-        for j0 in range(0, tk, _ROWS):
-            m, i0 = min(_ROWS, tk - j0), min(tq, max(0, j0 - offset))
-            a, n = i0 * tk + j0, tq - i0
-            gemm_block(TRANS, NO_TRANS, m, hs, n, 1.0, src, so + a, tk, dout, go + i0 * ldg, ldg,
-                       0.0, dv, dvo + j0 * lddv, lddv)  # fmt: skip
-            gemm_block(TRANS, NO_TRANS, m, hs, n, 1.0, ds, ao + a, tk, q, qo + i0 * ldq, ldq, 0.0,
-                       dk, dko + j0 * lddk, lddk)  # fmt: skip
+                    acc += ds[row + j] * att[row + j]
+                for j in range(lim):
+                    ds[row + j] = att[row + j] * (ds[row + j] - acc) * scale
+                for j in range(lim, tk):
+                    ds[row + j] = t(0)
+            # s = q @ k^T  =>  dq = ds @ k (rows over the keys they see)
+            for r0 in range(0, tq, _ROWS):
+                n, kend = min(_ROWS, tq - r0), min(tk, min(tq, r0 + _ROWS) + offset)
+                a, c = ao + r0 * tk, dqo + r0 * lddq
+                gemm_block(NO_TRANS, NO_TRANS, n, hs, kend, 1.0, ds, a, tk, ks, ko, ldk, 0.0,
+                           dqs, c, lddq)  # fmt: skip
+            if rope:  # q' = R q  =>  dq = R^T dq'
+                dqo, lddq = _at(lay, DQ, h, nh)
+                _turn(dqr, 0, hs, dq, dqo, lddq, tq, hs, cos, sin, t(-1), tk - tq)
+            # dv = P^T @ dout and dk = ds^T @ q, each block of keys over the rows that see
+            # it (key j is seen from row j - offset on)
+            src, so = att, ao
+            if p > 0:
+                _dropped(att, ao, keep, p, tq * tk, pd)
+                src, so = pd, 0
+            for j0 in range(0, tk, _ROWS):
+                m, i0 = min(_ROWS, tk - j0), min(tq, max(0, j0 - offset))
+                a, n = i0 * tk + j0, tq - i0
+                gemm_block(TRANS, NO_TRANS, m, hs, n, 1.0, src, so + a, tk, dout, go + i0 * ldg,
+                           ldg, beta, dv, dvo + j0 * lddv, lddv)  # fmt: skip
+                gemm_block(TRANS, NO_TRANS, m, hs, n, 1.0, ds, ao + a, tk, qs, qo + i0 * ldq, ldq,
+                           beta, dks, dko + j0 * lddk, lddk)  # fmt: skip
+        if rope:  # k' = R k  =>  dk = R^T dk', once the group's sum is complete
+            dko, lddk = _at(lay, DK, h, nh)
+            _turn(dkr, 0, hs, dk, dko, lddk, tk, hs, cos, sin, t(-1), 0)
 
 
 def _apart(nh: int, t: int, hs: int) -> tuple:  # heads stored apart, (B, nh, t, hs)
-    return (0, nh * t * hs, t * hs, hs)
+    return (0, nh * t * hs, t * hs, hs, 1)
 
 
-def _side_by_side(col: int, t: int, hs: int, width: int) -> tuple:  # from col of (B, t, width)
-    return (col, t * width, hs, width)
+def _side_by_side(col: int, t: int, hs: int, width: int, group: int = 1) -> tuple:
+    """The layout row of heads side by side from column col of (B, t, width)."""
+    return (col, t * width, hs, width, group)
 
 
-def _forward(q, k, v, lay, out, att, b, nh, tq, tk, hs, causal, window, u=None, p=0.0):
-    """Runs _attn_fwd; returns keep (the kept probabilities, bool like att) with dropout."""
+def _tables(cos, sin, dt):
+    if cos is None:
+        return np.empty((0, 0), dt), np.empty((0, 0), dt)
+    return np.ascontiguousarray(cos, dt), np.ascontiguousarray(sin, dt)
+
+
+def _forward(q, k, v, lay, out, att, b, nh, tq, tk, hs, causal, window, u=None, p=0.0, rope=()):
+    """Runs _attn_fwd; returns keep (the kept probabilities, bool like att) with dropout.
+    `rope`: the (cos, sin) tables, or nothing."""
     offset = tk - tq if causal else tk
     scale = 1.0 / math.sqrt(hs)
     win = window if causal else 0
     lay = np.array(lay, dtype=np.int64)
     keep = np.empty(att.size if p > 0 else 0, np.bool_)
     u = flat(u) if p > 0 else np.empty(0, q.dtype)
-    args = (q, k, v, lay, scale, offset, win, u, q.dtype.type(p), keep, out.reshape(-1))
-    args = (*args, att.reshape(-1))
-    run(_attn_fwd, (*args, nh, tq, tk, hs), b * nh, 2 * att.size * hs)
+    cos, sin = _tables(*(rope or (None, None)), q.dtype)
+    args = (q, k, v, lay, cos, sin, scale, offset, win, u, q.dtype.type(p), keep)
+    args = (*args, out.reshape(-1), att.reshape(-1), nh, tq, tk, hs)
+    run(_attn_fwd, args, b * nh, 2 * att.size * hs)
     return keep.reshape(att.shape) if p > 0 else None
 
 
-def _backward(dout, q, k, v, att, lay, grads, b, nh, tq, tk, hs, causal, keep=None, p=0.0):
+def _backward(dout, q, k, v, att, lay, grads, b, nh, tq, tk, hs, causal, keep=None, p=0.0,
+              rope=(), group=1):  # fmt: skip
     offset = tk - tq if causal else tk  # masked att entries are 0; rows stop at the mask
     ds = np.empty(b * nh * tq * tk, dtype=q.dtype)
     t = q.dtype.type
     scale = t(1.0 / math.sqrt(hs))
     lay = np.array(lay, dtype=np.int64)
     keep = flat(keep) if p > 0 else np.empty(0, np.bool_)
-    args = (dout, q, k, v, flat(att), keep, t(p), lay, scale, offset, *grads, ds)
-    run(_attn_bwd, (*args, nh, tq, tk, hs), b * nh, 4 * att.size * hs)
+    cos, sin = _tables(*(rope or (None, None)), q.dtype)
+    args = (dout, q, k, v, flat(att), keep, t(p), lay, cos, sin, scale, offset, *grads, ds)
+    run(_attn_bwd, (*args, nh, group, tq, tk, hs), b * nh // group, 4 * att.size * hs)
 
 
 def attention_forward_numba(q, k, v, causal=True, window=0):
@@ -369,32 +395,3 @@ def attention_backward_numba(dout, q, k, v, att, causal=True):
         for g in (dq, dk, dv):
             g[...] = 0
     return dq, dk, dv
-
-
-def _packed(qkv, n_head):
-    """(B, T, C, hs) of qkv (B, T, 3C), and the layout rows of its q, k and v."""
-    b, t, width = qkv.shape
-    c = width // 3
-    hs = c // n_head
-    return b, t, c, hs, [_side_by_side(i * c, t, hs, width) for i in range(3)]
-
-
-def attention_qkv_forward_numba(qkv, n_head, causal=True, window=0, u=None, p=0.0):
-    b, t, c, hs, qkv_lay = _packed(qkv, n_head)
-    y = np.empty((b, t, c), dtype=qkv.dtype)
-    att = np.empty((b, n_head, t, t), dtype=qkv.dtype)
-    if not y.size:
-        return y, att, None
-    x, lay = flat(qkv), (*qkv_lay, _side_by_side(0, t, hs, c))
-    keep = _forward(x, x, x, lay, y, att, b, n_head, t, t, hs, causal, window, u, p)
-    return y, att, keep
-
-
-def attention_qkv_backward_numba(dy, qkv, att, n_head, causal=True, keep=None, p=0.0):
-    b, t, c, hs, qkv_lay = _packed(qkv, n_head)
-    dqkv = np.empty_like(qkv, order="C")  # every entry written: q, k, v cover the width
-    if dqkv.size:
-        x, d, lay = flat(qkv), dqkv.reshape(-1), (*qkv_lay, _side_by_side(0, t, hs, c), *qkv_lay)
-        args = (flat(dy), x, x, x, att, lay, (d, d, d), b, n_head, t, t, hs, causal)
-        _backward(*args, keep, p)
-    return dqkv

@@ -53,6 +53,20 @@ def rope_rows(x, cos, sin, sign, out):
 
 
 @jit
+def turn_rows(x, xo, ldx, out, oo, ldo, n, hs, cos, sin, sign, c0):
+    """n rows of hs values (at xo, ldx apart in the flat x) into the flat out (at oo, ldo
+    apart), turned by the angles of table rows c0.. (by minus them for sign -1): for the
+    attention kernels, which read q and k where the linears wrote them (kernels/attention)."""
+    h = hs // 2
+    for j in range(n):
+        a, o, c, s = xo + j * ldx, oo + j * ldo, cos[c0 + j], sin[c0 + j]
+        for d in range(h):
+            x1, x2, sd = x[a + d], x[a + d + h], sign * s[d]
+            out[o + d] = x1 * c[d] - x2 * sd
+            out[o + d + h] = x2 * c[d] + x1 * sd
+
+
+@jit
 def _rope_heads(x, cos, sin, sign, out, lo, hi):
     # y = R x per pair; dx = R^T dy, the turn by -angle (sign -1)
     for n in range(lo, hi):

@@ -88,11 +88,15 @@ class CausalSelfAttention(Module):
             qkv = self._qkv[0](x)  # (B, T, 3C)
             y = F.attention_qkv(qkv, nh, self.window, drop, self.attn_dropout.rng)  # (B, T, C)
             return self.resid_dropout(self._out[0](y))
-        if len(self._qkv) == 1:
-            qkv = self._qkv[0](x)  # (B, T, C + 2 nkv hs)
-            q, k, v = split(qkv, [C, C + nkv * hs], axis=2)
-        else:
+        if len(self._qkv) == 3:
             q, k, v = (lin(x) for lin in self._qkv)  # (B, T, C), 2 x (B, T, nkv hs)
+            rope = None if self._rope is None else (self._rope[0][:T], self._rope[1][:T])
+            rng = self.attn_dropout.rng
+            y = F.attention_heads(q, k, v, nh, nkv, rope, self.window, drop, rng)  # (B, T, C)
+            return self.resid_dropout(self._out[0](y))
+        # one q|k|v linear with RoPE or grouped-query heads: the explicit path
+        qkv = self._qkv[0](x)  # (B, T, C + 2 nkv hs)
+        q, k, v = split(qkv, [C, C + nkv * hs], axis=2)
         q = q.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         k = k.reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)  # (B, nkv, T, hs)
         v = v.reshape(B, T, nkv, hs).transpose(0, 2, 1, 3)  # (B, nkv, T, hs)

@@ -127,6 +127,17 @@ def test_gradcheck_llama_ops(n, T, half, rep, seed):
             gradcheck(
                 lambda q, k, v: F.scaled_dot_product_attention(q, k, v, window=window), [q, k, v]
             )
+            # the same from the linears' outputs (heads side by side), RoPE and grouped
+            # heads inside the kernel, with and without dropout on the probabilities
+            q = _t(rng.standard_normal((n, T, 2 * rep * hs)))
+            k, v = (_t(rng.standard_normal((n, T, 2 * hs))) for _ in range(2))
+            for p in (0.0, 0.3):
+
+                def heads(q, k, v, p=p):
+                    rng = np.random.default_rng(7)  # the same draws every call
+                    return F.attention_heads(q, k, v, 2 * rep, 2, (cos, sin), window, p, rng)
+
+                gradcheck(heads, [q, k, v])
 
 
 # ---- PyTorch parity, forward and backward ------------------------------------------------
@@ -159,7 +170,10 @@ def test_llama_ops_match_torch_forward_and_backward(dtype, backend):
         qr, kr = F.rope(o["q"], cos, sin), F.rope(o["k"], cos, sin)
         kr, vr = F.repeat_kv(kr, nh // nkv), F.repeat_kv(o["v"], nh // nkv)
         a = F.scaled_dot_product_attention(qr, kr, vr, window=window)
-        return n, a, F.swiglu(o["gate"], o["up"])
+        # the same attention from the heads side by side (as the linears write them)
+        side = [o[name].transpose(0, 2, 1, 3).reshape(B, T, -1) for name in "qkv"]
+        a2 = F.attention_heads(*side, nh, nkv, (cos, sin), window)
+        return n, a, F.swiglu(o["gate"], o["up"]), a2
 
     def theirs_fn(t):
         xt = t["x"]
@@ -171,7 +185,8 @@ def test_llama_ops_match_torch_forward_and_backward(dtype, backend):
         i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
         mask = (j <= i) & (j > i - window)
         a = torch.nn.functional.scaled_dot_product_attention(qr, kr, vr, attn_mask=mask)
-        return n, a, torch.nn.functional.silu(t["gate"]) * t["up"]
+        a2 = a.transpose(1, 2).reshape(B, T, nh * hs)
+        return n, a, torch.nn.functional.silu(t["gate"]) * t["up"], a2
 
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
     outs, refs = ours_fn(ours), theirs_fn(theirs)

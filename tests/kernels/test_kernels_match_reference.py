@@ -204,6 +204,42 @@ def test_attention_qkv(dtype, b, nh, t, hs, window, p, contiguous, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(
+    b=st.integers(1, 2),
+    n_kv=st.integers(1, 2),
+    group=st.integers(1, 3),
+    t=st.integers(1, 40),
+    half=st.integers(1, 12),
+    rope=st.booleans(),
+    p=st.sampled_from([0.0, 0.3]),
+    window=st.sampled_from([0, 3]),
+    seed=seeds,
+)
+def test_attention_heads(dtype, b, n_kv, group, t, half, rope, p, window, seed):
+    """Attention from three linears' outputs: grouped-query heads (each k/v head serving
+    `group` query heads, its gradients summed over them), RoPE turning q and k inside the
+    kernel and the gradients turned back, dropout, a window."""
+    rng = np.random.default_rng(seed)
+    nh, hs = n_kv * group, 2 * half
+    q = arr(rng, (b, t, nh * hs), dtype)
+    k, v = arr(rng, (b, t, n_kv * hs), dtype), arr(rng, (b, t, n_kv * hs), dtype, 1, False)
+    ang = rng.random((t, half)) * 3
+    cos, sin = (np.cos(ang).astype(dtype), np.sin(ang).astype(dtype)) if rope else (None, None)
+    u = rng.random((b, nh, t, t)).astype(dtype) if p else None
+    args = (q, k, v, nh, n_kv, cos, sin, window, u, p)
+    (y1, a1, k1), (y2, a2, k2) = both("attention_heads_forward", *args)
+    close(y1, y2, dtype, 3)
+    close(a1, a2, dtype)
+    if p:
+        np.testing.assert_array_equal(k1, k2)
+    dy = arr(rng, y1.shape, dtype)
+    back = (dy, q, k, v, a1, nh, n_kv, cos, sin, k1, p)
+    for r, g in zip(*both("attention_heads_backward", *back)):
+        close(r, g, dtype, 10 * group)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows, n", [(1000, 50), (2050, 17), (40, 1000)])
 def test_softmax_in_parallel_blocks(dtype, rows, n):
     """Past the parallel threshold: chunks of rows that do not start on the forward's

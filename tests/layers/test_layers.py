@@ -118,6 +118,27 @@ def test_explicit_attention_path_equals_the_fused_one():
     np.testing.assert_allclose(attn._attend_with_dropout(q, k, v).data, fused, rtol=1e-12)
 
 
+def _both_paths(attn, explicit, weights, backend):
+    """The layer's output and the gradients of x and `weights` by attn(x) and by
+    explicit(x), both from the same dropout generators' states, under `backend`."""
+    g = _x(seed=9)
+
+    def run(path):
+        attn.zero_grad()
+        attn.attn_dropout.rng = np.random.default_rng(5)
+        attn.resid_dropout.rng = np.random.default_rng(6)
+        x = Tensor(_x(), requires_grad=True)
+        out = path(x)
+        out.backward(g)
+        return out.data, x.grad, *(w.grad.copy() for w in weights)
+
+    with kernels.use(backend):
+        fused, slow = run(attn), run(explicit)
+    for a, b in zip(fused, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    return fused
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_attention_dropout_in_the_kernel_equals_the_explicit_path(backend):
     """In training, the layer drops attention probabilities inside the attention kernel
@@ -125,28 +146,40 @@ def test_attention_dropout_in_the_kernel_equals_the_explicit_path(backend):
     gradients as the explicit path (scores, softmax, F.dropout, matmul)."""
     attn = CausalSelfAttention(C, NH, dropout=0.25, rng=np.random.default_rng(0))
     attn = _perturb(attn.to(np.float64))
-    g = _x(seed=9)
 
-    def run(explicit):
-        attn.zero_grad()
-        attn.attn_dropout.rng = np.random.default_rng(5)
-        attn.resid_dropout.rng = np.random.default_rng(6)
-        x = Tensor(_x(), requires_grad=True)
-        if explicit:
-            q, k, v = split(attn.c_attn(x), [C, 2 * C], axis=2)
-            q, k, v = (a.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3) for a in (q, k, v))
-            y = attn._attend_with_dropout(q, k, v).transpose(0, 2, 1, 3).reshape(B, T, C)
-            out = attn.resid_dropout(attn.c_proj(y))
-        else:
-            out = attn(x)
-        out.backward(g)
-        return out.data, x.grad, attn.c_attn.weight.grad.copy()
+    def explicit(x):
+        q, k, v = split(attn.c_attn(x), [C, 2 * C], axis=2)
+        q, k, v = (a.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3) for a in (q, k, v))
+        y = attn._attend_with_dropout(q, k, v).transpose(0, 2, 1, 3).reshape(B, T, C)
+        return attn.resid_dropout(attn.c_proj(y))
 
-    with kernels.use(backend):
-        fused, explicit = run(False), run(True)
+    fused = _both_paths(attn, explicit, [attn.c_attn.weight], backend)
     assert not np.allclose(fused[0], attn.eval()(Tensor(_x())).data)  # dropout did something
-    for a, b in zip(fused, explicit):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_llama_attention_in_the_kernel_equals_the_explicit_path(backend):
+    """Transformers' Llama layout (q, k, v linears, grouped-query heads, RoPE), in
+    training with dropout: F.attention_heads turns q and k and shares each k/v head in the
+    kernel, with the draws F.dropout would make; the same output and gradients as the
+    explicit path (rope, repeat_kv, scores, softmax, F.dropout, matmul)."""
+    from npllm.arch import LLAMA_NAMES
+
+    nh, nkv, hs = 4, 2, C // 4
+    ang = np.random.default_rng(3).random((T, hs // 2)) * 3
+    tables = (np.cos(ang), np.sin(ang))
+    kw = dict(rng=np.random.default_rng(0), names=LLAMA_NAMES, n_kv_head=nkv, rope=tables)
+    attn = _perturb(CausalSelfAttention(C, nh, False, 0.25, **kw).to(np.float64))
+
+    def explicit(x):
+        q, k, v = (lin(x) for lin in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k, v = (a.reshape(B, T, -1, hs).transpose(0, 2, 1, 3) for a in (q, k, v))
+        q, k = F.rope(q, *tables), F.rope(k, *tables)
+        k, v = F.repeat_kv(k, nh // nkv), F.repeat_kv(v, nh // nkv)
+        y = attn._attend_with_dropout(q, k, v).transpose(0, 2, 1, 3).reshape(B, T, C)
+        return attn.resid_dropout(attn.o_proj(y))
+
+    _both_paths(attn, explicit, [attn.q_proj.weight, attn.k_proj.weight], backend)
 
 
 def test_attention_dropout_path_passes_gradcheck():
