@@ -51,6 +51,28 @@ def test_gemm_matches_numpy(m, k, n, trans_a, trans_b, dtype, beta, seed):
                                atol=TOL[dtype]["atol"] * scale)  # fmt: skip
 
 
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_few_rows_are_split_by_columns(trans_a, trans_b, dtype):
+    """A product of few rows (a prompt's) goes to the threads by blocks of columns, each
+    reading its part of b: every block, the last partial one, bias and beta."""
+    rng = np.random.default_rng(2)
+    m, k, n = 17, 96, 5 * blas._COLS + 37
+    assert m < blas.FEW_ROWS and n >= 4 * blas._COLS and m * n * k >= PAR_MIN
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    c0, bias = rng.standard_normal((m, n)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    stored_a = np.ascontiguousarray(a.T) if trans_a else a
+    stored_b = np.ascontiguousarray(b.T) if trans_b else b
+    want = a.astype(np.float64) @ b
+    tol = dict(rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * 10)
+    np.testing.assert_allclose(blas.gemm(stored_a, stored_b, trans_a, trans_b), want, **tol)
+    got = blas.gemm(stored_a, stored_b, trans_a, trans_b, out=c0.copy(), beta=0.5)
+    np.testing.assert_allclose(got, want + 0.5 * c0, **tol)
+    got = blas.gemm(stored_a, stored_b, trans_a, trans_b, bias=bias)
+    np.testing.assert_allclose(got, want + bias, **tol)
+
+
 def test_large_product_is_split_across_threads_and_still_exact():
     # big enough that gemm splits the rows into parallel chunks
     rng = np.random.default_rng(0)
