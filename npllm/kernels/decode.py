@@ -72,6 +72,10 @@ PARALLEL = 1 << 17
 # on the other rows (tests/serve/test_step_rows.py checks a row alone against a batch).
 GEMM_COLS = 64
 GEMM_ROWS = 16
+# Weights smaller than this keep `scaled_matmul` at every batch size: a BLAS call per 64
+# outputs cost more than it saved there (llama-small's decode, C = 128: 6,859 -> 5,408
+# tok/s at one row through BLAS; Xeon). guppy's smallest product has 147,456.
+GEMM_MIN_WEIGHTS = 1 << 17
 
 
 @jit
@@ -118,10 +122,24 @@ def _matvec_impl(x, w, s, b, out, par_min):
 
         return int4
 
+    def scaled(x, w, s, b, out, par_min):
+        blocks = w.shape[0] // 4 + 1  # _jit.scaled_matmul's units: 4 outputs, then the rest
+        if w.size * x.shape[0] >= par_min:
+            _scaled_matmul_chunks((x, w, s, b, out), blocks, min(blocks, MOST_CHUNKS))
+        else:
+            scaled_matmul(x, w, s, b, out, 0, blocks)
+
     contiguous = x.layout == "C" and w.layout == "C" and out.layout == "C"
     if w.dtype == types.float32 and x.dtype == types.float32 and contiguous:
 
         def blas(x, w, s, b, out, par_min):
+            if w.size < GEMM_MIN_WEIGHTS:  # by the weight alone: a row's sums never
+                blocks = w.shape[0] // 4 + 1  # depend on the batch it is in
+                if w.size * x.shape[0] >= par_min:
+                    _scaled_matmul_chunks((x, w, s, b, out), blocks, min(blocks, MOST_CHUNKS))
+                else:
+                    scaled_matmul(x, w, s, b, out, 0, blocks)
+                return
             units = (w.shape[0] + GEMM_COLS - 1) // GEMM_COLS
             if w.size * x.shape[0] >= par_min:
                 _gemm_cols_chunks((x, w, s, b, out), units, min(units, MOST_CHUNKS))
@@ -129,13 +147,6 @@ def _matvec_impl(x, w, s, b, out, par_min):
                 _gemm_cols(x, w, s, b, out, 0, units)
 
         return blas
-
-    def scaled(x, w, s, b, out, par_min):
-        blocks = w.shape[0] // 4 + 1  # _jit.scaled_matmul's units: 4 outputs, then the rest
-        if w.size * x.shape[0] >= par_min:
-            _scaled_matmul_chunks((x, w, s, b, out), blocks, min(blocks, MOST_CHUNKS))
-        else:
-            scaled_matmul(x, w, s, b, out, 0, blocks)
 
     return scaled
 
