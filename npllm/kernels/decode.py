@@ -67,11 +67,15 @@ PARALLEL = 1 << 17
 # seeded request gives the same tokens whatever else runs, so a row must be summed alike
 # in any batch: OpenBLAS's sgemm (0.3.34, SkylakeX) gives a row the same bits whatever the
 # other rows for blocks of 64 outputs and up to 18 rows, but not from 19 rows on, nor for
-# widths that are not a multiple of 8. Hence fixed blocks of 64 outputs and 16 rows, and
-# the outputs past the last whole block through `scaled_matmul`, whose sums never depend
-# on the other rows (tests/serve/test_step_rows.py checks a row alone against a batch).
+# widths that are not a multiple of 8, nor past ~768 inputs (beyond its block of the sum,
+# a call of 16 rows sums in stretches and one of 1 row in one go: different bits at
+# K = 1024). Hence fixed blocks of 64 outputs, 16 rows and 256 inputs (the later
+# stretches added in with beta = 1), and the outputs past the last whole block through
+# `scaled_matmul`, whose sums never depend on the other rows (tests/serve/
+# test_step_rows.py checks a row alone against a batch, with 1,024 inputs).
 GEMM_COLS = 64
 GEMM_ROWS = 16
+GEMM_DEPTH = 256
 # Weights smaller than this keep `scaled_matmul` at every batch size: a BLAS call per 64
 # outputs cost more than it saved there (llama-small's decode, C = 128: 6,859 -> 5,408
 # tok/s at one row through BLAS; Xeon). guppy's smallest product has 147,456.
@@ -95,7 +99,10 @@ def _gemm_cols(x, w, s, b, out, lo, hi):
         for i0 in range(0, n, GEMM_ROWS):
             i1 = min(n, i0 + GEMM_ROWS)
             rows, cols, c0 = i1 - i0, GEMM_COLS, i0 * m + j0
-            gemm_block(NO_TRANS, TRANS, rows, cols, k, 1.0, x, i0 * k, k, w, j0 * k, k, 0.0, out, c0, m)  # fmt: skip  # noqa: E501
+            for k0 in range(0, k, GEMM_DEPTH):  # the sum in fixed stretches of the inputs
+                kk, beta = min(GEMM_DEPTH, k - k0), 0.0 if k0 == 0 else 1.0
+                gemm_block(NO_TRANS, TRANS, rows, cols, kk, 1.0, x, i0 * k + k0, k, w,
+                           j0 * k + k0, k, beta, out, c0, m)  # fmt: skip
             for i in range(i0, i1):
                 for j in range(j0, j0 + GEMM_COLS):
                     out[i, j] = out[i, j] * s[j] + b[j]

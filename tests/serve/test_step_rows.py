@@ -15,8 +15,9 @@ from npllm.quant import load_weights, quantize_state_dict
 
 CONFIGS = {
     "gpt2": GPTConfig(vocab_size=41, block_size=12, n_layer=2, n_head=2, n_embd=16),
-    # wide enough for the float32 products' BLAS blocks of 64 outputs, and a leftover of 6
-    "gpt2-wide": GPTConfig(vocab_size=70, block_size=12, n_layer=1, n_head=2, n_embd=64),
+    # products big enough for BLAS (GEMM_MIN_WEIGHTS: qkv, fc and the head here, not the
+    # output projection), in blocks of 64 outputs, the head's 518 with a leftover of 6
+    "gpt2-wide": GPTConfig(vocab_size=518, block_size=12, n_layer=1, n_head=4, n_embd=256),
     "llama-gqa-window": GPTConfig(
         vocab_size=37,
         block_size=12,
@@ -105,9 +106,15 @@ def test_rows_on_the_thread_pool_give_the_same_bits(name):
 def test_a_rows_logits_are_the_same_bits_alone_and_in_any_batch(name, quantized):
     """The server's promise that a seeded request gives the same tokens whatever else runs:
     float32 products go to BLAS in blocks of at most GEMM_ROWS rows (OpenBLAS sums
-    differently from 19 rows on), int8 ones to the register-blocked product; either way a
-    row's logits do not depend on how many rows share the step or where it stands."""
-    from npllm.kernels.decode import GEMM_ROWS
+    differently from 19 rows on), small and int8 ones to the register-blocked product;
+    either way a row's logits do not depend on how many rows share the step or where it
+    stands."""
+    from npllm.kernels.decode import GEMM_MIN_WEIGHTS, GEMM_ROWS
+
+    if name == "gpt2-wide":
+        dec = decoder(name, False)
+        sizes = [r.qkv_w.size for r in dec.weights.blocks] + [dec.weights.head.w.size]
+        assert min(sizes) >= GEMM_MIN_WEIGHTS  # the BLAS path is the one tested
 
     dec = decoder(name, quantized)
     rng = np.random.default_rng(6)
