@@ -23,6 +23,14 @@ def _window(window: Any, op: str) -> int:
     return int(window or 0)
 
 
+def _dropout(p: float, rng: Any, op: str) -> tuple[float, Any]:
+    """Dropout on the attention probabilities as the kernels take it: p in [0, 1), and a
+    fresh unseeded Generator when p > 0 and none was given."""
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"{op}: dropout must be in [0, 1), got {p}")
+    return float(p), (np.random.default_rng() if p > 0 and rng is None else rng)
+
+
 class SDPA(Function):
     @staticmethod
     def forward(
@@ -115,11 +123,8 @@ def attention_qkv(
     and moving them back, without the copies those moves make (and their gradients').
     `dropout` > 0 drops attention probabilities as `F.dropout` on them would, with the
     same draws from `rng` (a fresh unseeded Generator when None)."""
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"attention_qkv: dropout must be in [0, 1), got {dropout}")
-    if dropout > 0 and rng is None:
-        rng = np.random.default_rng()
-    return QKVAttention.apply(qkv, n_head=int(n_head), window=window, p=float(dropout), rng=rng)
+    p, rng = _dropout(dropout, rng, "attention_qkv")
+    return QKVAttention.apply(qkv, n_head=int(n_head), window=window, p=p, rng=rng)
 
 
 class HeadsAttention(Function):
@@ -197,13 +202,10 @@ def attention_heads(
     (T, hs/2) that turn q and k first (`rope`). Returns (B, T, n_head hs). The same as
     moving the heads to their own axis, `rope`, `repeat_kv`, `scaled_dot_product_attention`
     and moving them back, without those copies; `dropout` as in `attention_qkv`."""
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"attention_heads: dropout must be in [0, 1), got {dropout}")
-    if dropout > 0 and rng is None:
-        rng = np.random.default_rng()
+    p, rng = _dropout(dropout, rng, "attention_heads")
     return HeadsAttention.apply(
         q, k, v, n_head=int(n_head), n_kv_head=int(n_kv_head), rope=rope, window=window,
-        p=float(dropout), rng=rng,
+        p=p, rng=rng,
     )  # fmt: skip
 
 

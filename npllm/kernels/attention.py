@@ -332,22 +332,23 @@ def _side_by_side(col: int, t: int, hs: int, width: int, group: int = 1) -> tupl
     return (col, t * width, hs, width, group)
 
 
-def _tables(cos, sin, dt):
-    if cos is None:
+def _tables(rope, dt):
+    """RoPE's (cos, sin) as the kernels take them: empty tables for no RoPE (None)."""
+    if rope is None:
         return np.empty((0, 0), dt), np.empty((0, 0), dt)
-    return np.ascontiguousarray(cos, dt), np.ascontiguousarray(sin, dt)
+    return tuple(np.ascontiguousarray(a, dt) for a in rope)
 
 
-def _forward(q, k, v, lay, out, att, b, nh, tq, tk, hs, causal, window, u=None, p=0.0, rope=()):
+def _forward(q, k, v, lay, out, att, b, nh, tq, tk, hs, causal, window, u=None, p=0.0, rope=None):
     """Runs _attn_fwd; returns keep (the kept probabilities, bool like att) with dropout.
-    `rope`: the (cos, sin) tables, or nothing."""
+    `rope`: the (cos, sin) tables, or None."""
     offset = tk - tq if causal else tk
     scale = 1.0 / math.sqrt(hs)
     win = window if causal else 0
     lay = np.array(lay, dtype=np.int64)
     keep = np.empty(att.size if p > 0 else 0, np.bool_)
     u = flat(u) if p > 0 else np.empty(0, q.dtype)
-    cos, sin = _tables(*(rope or (None, None)), q.dtype)
+    cos, sin = _tables(rope, q.dtype)
     args = (q, k, v, lay, cos, sin, scale, offset, win, u, q.dtype.type(p), keep)
     args = (*args, out.reshape(-1), att.reshape(-1), nh, tq, tk, hs)
     run(_attn_fwd, args, b * nh, 2 * att.size * hs)
@@ -355,14 +356,14 @@ def _forward(q, k, v, lay, out, att, b, nh, tq, tk, hs, causal, window, u=None, 
 
 
 def _backward(dout, q, k, v, att, lay, grads, b, nh, tq, tk, hs, causal, keep=None, p=0.0,
-              rope=(), group=1):  # fmt: skip
+              rope=None, group=1):  # fmt: skip
     offset = tk - tq if causal else tk  # masked att entries are 0; rows stop at the mask
     ds = np.empty(b * nh * tq * tk, dtype=q.dtype)
     t = q.dtype.type
     scale = t(1.0 / math.sqrt(hs))
     lay = np.array(lay, dtype=np.int64)
     keep = flat(keep) if p > 0 else np.empty(0, np.bool_)
-    cos, sin = _tables(*(rope or (None, None)), q.dtype)
+    cos, sin = _tables(rope, q.dtype)
     args = (dout, q, k, v, flat(att), keep, t(p), lay, cos, sin, scale, offset, *grads, ds)
     run(_attn_bwd, (*args, nh, group, tq, tk, hs), b * nh // group, 4 * att.size * hs)
 

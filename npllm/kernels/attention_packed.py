@@ -131,7 +131,7 @@ def attention_heads_forward_numba(q, k, v, n_head, n_kv_head, cos, sin, window=0
     att = np.empty((b, n_head, t, t), dtype=q.dtype)
     if not y.size:
         return y, att, None
-    rope = () if cos is None else (cos, sin)
+    rope = None if cos is None else (cos, sin)
     args = (flat(q), flat(k), flat(v), (ql, kl, vl, ql), y, att, b, n_head, t, t, hs)
     return y, att, _forward(*args, True, window, u, p, rope)
 
@@ -141,7 +141,7 @@ def attention_heads_backward_numba(dy, q, k, v, att, n_head, n_kv_head, cos, sin
     b, t, hs, group, (ql, kl, vl) = _three(q, k, n_head, n_kv_head)
     dq, dk, dv = (np.empty(a.shape, q.dtype) for a in (q, k, v))  # every entry written
     if dq.size:
-        rope = () if cos is None else (cos, sin)
+        rope = None if cos is None else (cos, sin)
         lay = (ql, kl, vl, ql, ql, kl, vl)
         grads = (dq.reshape(-1), dk.reshape(-1), dv.reshape(-1))
         args = (flat(dy), flat(q), flat(k), flat(v), att, lay, grads, b, n_head, t, t, hs)

@@ -144,9 +144,11 @@ _COLS = 64
 
 
 @jit
-def _gemm_cols(trans_a, trans_b, a, b, c, beta, bias, lo, hi):
+def _gemm_col_blocks(trans_a, trans_b, a, b, c, beta, bias, lo, hi):
     """Columns lo..hi of c, as `_gemm_rows` does rows: for products of few rows (a prompt
-    of a few tokens), where each thread would otherwise read all of b (the weights)."""
+    of a few tokens), where each thread would otherwise read all of b (the weights). (The
+    decode step has its own blocks, `decode._gemm_cols`: fixed in rows and depth too, so
+    that a row's bits do not depend on its batch.)"""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     lda, ldb = a.shape[1], b.shape[1]
@@ -205,7 +207,7 @@ def gemm(
     # 128 x 128 x 768: 168 against 211 GFLOP/s)
     args = (trans_a, trans_b, a, b, out, beta, bias)
     if m < FEW_ROWS and n >= 4 * _COLS:
-        run(_gemm_cols, args, n, m * n * k, get_num_threads())
+        run(_gemm_col_blocks, args, n, m * n * k, get_num_threads())
     else:
         run(_gemm_rows, args, m, m * n * k, get_num_threads())
     return out

@@ -113,6 +113,16 @@ _scaled_matmul_chunks = parallel(scaled_matmul, cache=False)
 _gemm_cols_chunks = parallel(_gemm_cols, cache=False)
 
 
+@jit(inline=True, cache=False)  # inlined where a step is compiled, as the drivers it calls
+def _scaled_product(x, w, s, b, out, par_min):
+    """out = (x @ w.T) * s + b by `_jit.scaled_matmul`, on both cores when big enough."""
+    blocks = w.shape[0] // 4 + 1  # _jit.scaled_matmul's units: 4 outputs, then the rest
+    if w.size * x.shape[0] >= par_min:
+        _scaled_matmul_chunks((x, w, s, b, out), blocks, min(blocks, MOST_CHUNKS))
+    else:
+        scaled_matmul(x, w, s, b, out, 0, blocks)
+
+
 def _matvec(x, w, s, b, out, par_min):
     """out = x @ W.T + b for the weight (w, s) of a record, in Numba code only: int8 or
     float32 rows with per-row scales, or int4 codes with per-block scales and offsets."""
@@ -130,22 +140,14 @@ def _matvec_impl(x, w, s, b, out, par_min):
         return int4
 
     def scaled(x, w, s, b, out, par_min):
-        blocks = w.shape[0] // 4 + 1  # _jit.scaled_matmul's units: 4 outputs, then the rest
-        if w.size * x.shape[0] >= par_min:
-            _scaled_matmul_chunks((x, w, s, b, out), blocks, min(blocks, MOST_CHUNKS))
-        else:
-            scaled_matmul(x, w, s, b, out, 0, blocks)
+        _scaled_product(x, w, s, b, out, par_min)
 
     contiguous = x.layout == "C" and w.layout == "C" and out.layout == "C"
     if w.dtype == types.float32 and x.dtype == types.float32 and contiguous:
 
         def blas(x, w, s, b, out, par_min):
             if w.size < GEMM_MIN_WEIGHTS:  # by the weight alone: a row's sums never
-                blocks = w.shape[0] // 4 + 1  # depend on the batch it is in
-                if w.size * x.shape[0] >= par_min:
-                    _scaled_matmul_chunks((x, w, s, b, out), blocks, min(blocks, MOST_CHUNKS))
-                else:
-                    scaled_matmul(x, w, s, b, out, 0, blocks)
+                _scaled_product(x, w, s, b, out, par_min)  # depend on the batch it is in
                 return
             units = (w.shape[0] + GEMM_COLS - 1) // GEMM_COLS
             if w.size * x.shape[0] >= par_min:

@@ -26,6 +26,7 @@ def sse(obj: Any) -> str:
 
 
 _dumps = json.JSONEncoder().encode  # a string's JSON, without json.dumps's dispatch
+_MARK_INDEX, _MARK_TEXT = 987654321, "\x00"  # stand-ins no real chunk holds there
 
 
 class Answer:
@@ -43,15 +44,13 @@ class Answer:
         self.reasons: list[str | None] = [None] * n
         self.error: str | None = None
         self.open = n
-        # a text chunk without log-probabilities: head, the choice's index, text_key, the
-        # text as JSON, tail (what `chunk` makes, prepared)
-        head = sse(self.base("chat.completion.chunk" if self.chat else "text_completion"))
-        self.head = head[: -len("}\n\n")] + ',"choices":[{"index":'
-        if self.chat:
-            self.text_key, end = ',"delta":{"content":', '},"logprobs":null,"finish_reason":null}]'
-        else:
-            self.text_key, end = ',"text":', ',"logprobs":null,"finish_reason":null}]'
-        self.tail = end + (',"usage":null' if req.include_usage else "") + "}\n\n"
+        # a text chunk without log-probabilities, prepared: `chunk`'s own text cut around
+        # the choice's index and its text, which `add` puts in (head, index, text_key,
+        # the text as JSON, tail)
+        probe = sse(self.chunk(_MARK_INDEX, _MARK_TEXT, None, None))
+        head, rest = probe.split(f'"index":{_MARK_INDEX}', 1)
+        self.head = head + '"index":'
+        self.text_key, self.tail = rest.split(_dumps(_MARK_TEXT), 1)
 
     @property
     def finished(self) -> bool:

@@ -90,3 +90,19 @@ def test_the_lean_client_reports_an_http_error(long_server):
 
     out = asyncio.run(run())
     assert "HTTP 404" in out["error"] and not out["done"] and out["tokens"] == 0
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+@pytest.mark.parametrize("usage", [True, False])
+def test_the_prepared_text_chunk_is_the_chunk_itself(kind, usage):
+    """A plain text chunk is written from a template cut out of `Answer.chunk`'s own
+    output; filled in, it is that output to the byte (quotes, newlines, non-ASCII text)."""
+    from types import SimpleNamespace
+
+    from npllm.serve.answer import Answer, _dumps, sse
+
+    req = SimpleNamespace(kind=kind, include_usage=usage)
+    answer = Answer(SimpleNamespace(model_name="m"), req, [[1], [2]], [object(), object()])
+    text = 'h\u00e9 "quoted"\n\\'
+    made = answer.head + "1" + answer.text_key + _dumps(text) + answer.tail
+    assert made == sse(answer.chunk(1, text, None, None))
