@@ -36,6 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="sequences decoded together at most; more wait their turn (default 64)",
     )
     p.add_argument(
+        "--stream-interval",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="a stream's tokens go out at most every MS milliseconds, as one chunk (its first "
+        "token and its end at once); 0: each decode step's tokens as they come (default: 5, "
+        "npllm.serve.app.STREAM_INTERVAL)",
+    )
+    p.add_argument(
         "--max-body-bytes",
         type=int,
         default=1 << 20,
@@ -65,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
     if args.max_batch < 1:
         raise ConfigError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.stream_interval is not None and not 0 <= args.stream_interval <= 1000:
+        raise ConfigError(f"--stream-interval must be in [0, 1000] ms, got {args.stream_interval}")
     if args.max_body_bytes < 1024:
         raise ConfigError(f"--max-body-bytes must be >= 1024, got {args.max_body_bytes}")
     loaded = load_run(args.run, args.checkpoint, quantized=args.quantized)
@@ -77,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         api_key=api_key or None,
         max_batch=args.max_batch,
         max_body_bytes=args.max_body_bytes,
+        **({} if args.stream_interval is None else {"stream_interval": args.stream_interval / 1e3}),
     )
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info")
     server = uvicorn.Server(config)

@@ -87,6 +87,7 @@ def test_serve_the_int8_checkpoint_with_a_key_from_the_environment(chat_run):
         (["--run", "/nonexistent/run"], "/nonexistent/run"),
         (["--port", "70000"], "--port"),
         (["--max-batch", "0"], "--max-batch"),
+        (["--stream-interval", "-1"], "--stream-interval"),
     ],
 )
 def test_bad_serve_input_is_one_line(chat_run, capsys, args, match):

@@ -6,6 +6,7 @@ coalesced chunks included, counting tokens from the usage chunk."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 
 import pytest
@@ -106,3 +107,37 @@ def test_the_prepared_text_chunk_is_the_chunk_itself(kind, usage):
     text = 'h\u00e9 "quoted"\n\\'
     made = answer.head + "1" + answer.text_key + _dumps(text) + answer.tail
     assert made == sse(answer.chunk(1, text, None, None))
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.01])
+def test_the_stream_interval_groups_tokens_but_not_the_first(interval):
+    """With a stream interval, a stream's tokens are handed to the event loop at most that
+    often, as one chunk: its first token alone at once (time to first token), then groups,
+    the end at once. The chunks that hold tokens are at most 1 + elapsed / interval + 1; a
+    small model makes 400 tokens in far less time than 400 intervals."""
+    from npllm.gpt import GPT, GPTConfig
+    from npllm.serve import build_app
+    from npllm.tokenizers import CharTokenizer
+    from tests.serve.conftest import Running
+
+    tok = CharTokenizer.from_text("abcdefghij klmnopqrstuvwxyz.\n")
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=512, n_layer=3, n_head=4, n_embd=128)
+    app = build_app(GPT(config, seed=2), tok, model_name="long", stream_interval=interval)
+    assert app.state.server.stream_interval == interval
+    srv = Running(app)
+    try:
+        t0 = time.perf_counter()
+        (out,) = streams(srv, "lean", 1, 400)
+        elapsed = time.perf_counter() - t0
+    finally:
+        srv.stop()
+    assert out["error"] is None and out["done"] and out["tokens"] == 400
+    sizes = [len(t) for t in out["texts"]]  # one character a token
+    assert sum(sizes) == 400
+    if interval:  # (with none, tokens that piled up while the loop was busy go together)
+        assert sizes[0] == 1
+        assert len(sizes) <= 2 + elapsed / interval, (sizes, elapsed)
+        gaps = [b - a for a, b in zip(out["chunks"][1:], out["chunks"][2:-1])]
+        assert statistics.median(gaps) > interval / 2, gaps  # groups come an interval apart
+    else:
+        assert len(sizes) > 2 + elapsed / 0.05  # the same stream, many more chunks
