@@ -490,9 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--tokens", type=int, default=100, help="max_tokens of each request")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument(
-        "--generations", type=int, default=4, help="baseline generations in each round"
-    )
+    ap.add_argument("--generations", type=int, default=4, help="baseline generations in each round")
     ap.add_argument("--corpus", type=Path, default=CORPUS, help="text to train the BPE on")
     ap.add_argument(
         "--client",
