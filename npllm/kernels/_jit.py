@@ -1,8 +1,8 @@
 """What every Numba kernel shares: the `jit` decorator (cached, lazily compiled, fastmath
 without nnan/ninf); the one parallel driver (`run`: a serial kernel over rows lo..hi, on
 chunks of rows in parallel above one threshold, `PAR_MIN`); the one register-blocked
-product (`scaled_matmul`, for the int8, decode and study GEMM kernels); `fmax`, and
-vectorisable float32 versions of exp and erf.
+product (`scaled_matmul`, for the int8, decode and study GEMM kernels); `fmax`,
+`prefetch`, and vectorisable float32 versions of exp and erf.
 
 Why the approximations: this Numba build has no SVML (`numba.config.USING_SVML` is
 False), so `np.exp`/`np.tanh` inside a loop are scalar library calls that stop LLVM from
@@ -236,6 +236,32 @@ def _int32_bits_as_float32(typingctx, i):
         return builder.bitcast(args[0], ir.FloatType())
 
     return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, i):
+    """Ask the CPU to start loading the cache line that holds element i of the array a
+    (flat, C order; nothing for an array not typed C-contiguous) into every cache level,
+    as LLVM's `prefetch` (read, high locality): a hint that changes no value. For streams
+    too short for the hardware prefetcher to catch in time: the decode step's attention
+    reads each head's keys and values, a few KB each, from the KV cache
+    (kernels/decode.py, `_attend`)."""
+    if not (isinstance(a, types.Array) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        if signature.args[0].layout != "C":  # no flat index to go by: no hint
+            return context.get_dummy_value()
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        )
+        at = builder.bitcast(builder.gep(arr.data, [args[1]]), i8p)
+        builder.call(fn, [at, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.void(a, i), codegen
 
 
 @njit(inline="always", fastmath=FASTMATH, error_model="numpy")

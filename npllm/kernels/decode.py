@@ -41,7 +41,7 @@ from numba import types
 from numba.extending import overload
 
 from npllm.arch import BlockWeights, HeadWeights, Spec
-from npllm.kernels._jit import MOST_CHUNKS, jit, parallel, scaled_matmul
+from npllm.kernels._jit import MOST_CHUNKS, jit, parallel, prefetch, scaled_matmul
 from npllm.kernels.activations import _gelu_erf_fwd, _gelu_tanh_fwd, _relu_fwd
 from npllm.kernels.blas import NO_TRANS, TRANS, gemm_block
 from npllm.kernels.int4 import prepared_matmul_in_kernels
@@ -188,6 +188,12 @@ def _activate(f, spec, out):
         _relu_fwd(a, o, 0, o.size)
 
 
+# How far ahead `_attend` asks for keys and values (cache rows): a head's are a few KB, a
+# stream too short for the hardware prefetcher to reach full speed. 16 rows ahead: the
+# guppy step's attention at 16 rows, position 100, 1.55 -> 1.3 ms (Intel Xeon).
+AHEAD = 16
+
+
 @jit
 def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, nh, window, rope, b0, b1):
     """Rows b0..b1: rotate each row's q and k (RoPE, by row b of the (B, hs/2) tables cos,
@@ -219,10 +225,15 @@ def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, nh, window, rope, b0, b1):
             for d in range(hs):
                 k_cache[b, g, slot, d] = qkv[b, k0 + g * hs + d]
                 v_cache[b, g, slot, d] = qkv[b, v0 + g * hs + d]
+        line = 64 // k_cache.itemsize  # elements a cache line
         for h in range(nh):
             q0 = h * hs
             kc, vc = k_cache[b, h // rep, lo:], v_cache[b, h // rep, lo:]  # (>= S, hs)
+            at = ((b * n_kv + h // rep) * slots + lo) * hs  # kc[0, 0] in the flat cache
             for s in range(S):
+                if s + AHEAD < S:  # the keys AHEAD positions on, on their way meanwhile
+                    for d in range(0, hs, line):
+                        prefetch(k_cache, at + (s + AHEAD) * hs + d)
                 a = t(0)
                 for d in range(hs):
                     a += qkv[b, q0 + d] * kc[s, d]
@@ -231,6 +242,9 @@ def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, nh, window, rope, b0, b1):
             for d in range(hs):
                 y[b, q0 + d] = t(0)
             for s in range(S):
+                if s + AHEAD < S:
+                    for d in range(0, hs, line):
+                        prefetch(v_cache, at + (s + AHEAD) * hs + d)
                 ps = p[0, s]
                 for d in range(hs):
                     y[b, q0 + d] += ps * vc[s, d]

@@ -66,7 +66,7 @@ class Engine:
         V = decoder.config.vocab_size
         self.block_size = decoder.config.block_size
         # ids the model has but the tokenizer cannot decode (a padded vocabulary) never come
-        self.invalid = np.arange(V) >= tokenizer.vocab_size
+        self.valid = min(V, tokenizer.vocab_size)  # ids from here on are not tokens
         self.token_bytes = [b or b"" for b in vocabulary_bytes(tokenizer, V)]
         for text, i in getattr(tokenizer, "specials", {}).items():
             if i < V:
@@ -220,7 +220,7 @@ class Engine:
         batched `process_logits` and `sample` (each row still draws from its own
         generator), which gives every row exactly what it gets alone; rows with
         penalties, a logit bias or a grammar go one by one."""
-        logits[:, self.invalid] = -np.inf
+        logits[:, self.valid :] = -np.inf
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(seqs):
             if s.done:
@@ -231,7 +231,10 @@ class Engine:
             else:
                 self._choose(s, logits[i])
         for (temperature, top_k, top_p), rows in groups.items():
-            raw = logits[rows]  # (k, V)
+            if rows[-1] - rows[0] == len(rows) - 1:  # neighbours (the usual case): a view
+                raw = logits[rows[0] : rows[-1] + 1]  # (k, V), only read
+            else:
+                raw = logits[rows]
             work = raw
             if temperature > 0:
                 none = np.zeros((len(rows), 0), np.int64)
@@ -247,7 +250,7 @@ class Engine:
     def _choose(self, s: Sequence, logits: np.ndarray) -> None:
         """Sample s's next token from its raw logits (V,) and report it."""
         p = s.params
-        logits[self.invalid] = -np.inf
+        logits[self.valid :] = -np.inf
         raw = logits
         work = logits[None]  # (1, V)
         if s.penalised and s.ids:
