@@ -44,3 +44,31 @@ def test_float64_is_the_library_function_within_a_few_ulp():
     assert _ulps(apply_math("exp", x), np.exp(x)).max() <= 4
     assert _ulps(apply_math("erf", x), np.array([math.erf(v) for v in x])).max() <= 4
     assert apply_math("exp", np.array([0.0]))[0] == 1.0
+
+
+def test_prefetch_is_a_hint_that_changes_nothing():
+    """`prefetch` emits the CPU's prefetch instruction for a C-contiguous array (and
+    nothing for a strided one), reads and writes no value, and accepts indexes past the
+    end (a hint never faults)."""
+    from numba import njit
+
+    from npllm.kernels._jit import prefetch
+
+    @njit
+    def total(a, ahead):
+        s = a.dtype.type(0)
+        for i in range(a.size):
+            prefetch(a, i + ahead)
+            s += a[i]
+        return s
+
+    a = np.arange(1000, dtype=np.float32)
+    before = a.copy()
+    assert total(a, 16) == total(a, 0) == a.sum()
+    assert total(a, 10_000) == a.sum()
+    assert np.array_equal(a, before)
+    asm = total.inspect_asm(total.signatures[0])
+    assert "\tprefetcht0" in asm  # locality 3: into every level
+    strided = a[::2]
+    assert total(strided, 16) == strided.sum()
+    assert "\tprefetcht0" not in total.inspect_asm(total.signatures[-1])
