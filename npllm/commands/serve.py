@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="MS",
         help="a stream's tokens go out at most every MS milliseconds, as one chunk (its first "
-        "token and its end at once); 0: each decode step's tokens as they come (default: 5, "
+        "token and its end at once); 0: each decode step's tokens as they come (default: 20, "
         "npllm.serve.app.STREAM_INTERVAL)",
     )
     p.add_argument(
