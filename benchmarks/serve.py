@@ -432,8 +432,9 @@ NOTE = """How to read it: "aggregate" is every stream's tokens over the level's 
 streams); time to first token (TTFT) runs from sending the request to its first text
 chunk, so at 64 streams it includes waiting for the other prompts' prefills; inter-token
 latency (ITL) is the gap between a stream's chunks, and "tokens a chunk" how many tokens
-they carried on average (more than one when the server's event loop fell behind the
-decode loop and sent a stream's piled-up tokens together). Continuous batching: the running
+they carried on average (the server hands a stream's tokens over at most every stream
+interval, 20 ms by default, the first token alone at once, and sends what piled up as one
+chunk; so an ITL near 20 ms is that interval, not a slow step). Continuous batching: the running
 streams share each decode step (the weights are read once per step for all rows), so
 aggregate tokens/s grows with the streams until the step's arithmetic, not the weights'
 memory traffic, is the bound."""
