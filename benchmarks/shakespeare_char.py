@@ -4,7 +4,8 @@ each in its own processes with its own default settings.
 A first npllm process prepares the data (npllm's char tokenizer, 90/10 split) and writes
 to a temporary .npz everything the PyTorch trainer needs to do the same run without
 importing npllm: the initial weights (npllm's seeded init, loaded by name into the
-PyTorch reference model of tests/model/torch_gpt.py: explicit attention, tied lm_head),
+PyTorch reference model of tests/model/torch_gpt.py: torch's scaled_dot_product_attention,
+as nanoGPT's, tied lm_head),
 every training batch (drawn by npllm.data.get_batch from the generator npllm.train
 uses), the evaluation batches, and the learning rate of every iteration (warmup +
 cosine). npllm trains with `npllm.train.train`, the trainer of `npllm train`; PyTorch with

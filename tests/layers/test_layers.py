@@ -87,11 +87,14 @@ def test_mlp_matches_torch(activation):
     _compare(ours, _torch_twin(ours, theirs), _x())
 
 
+@pytest.mark.parametrize("sdpa", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_attention_matches_torch(bias):
+def test_attention_matches_torch(bias, sdpa):
+    """Against torch's explicit attention and its scaled_dot_product_attention (the path
+    the speed benchmarks' PyTorch model takes)."""
     ours = CausalSelfAttention(C, NH, bias, rng=np.random.default_rng(0)).to(np.float64)
     ours = _perturb(ours)
-    theirs = TorchAttention(TorchConfig(10, T, 1, NH, C, bias=bias))
+    theirs = TorchAttention(TorchConfig(10, T, 1, NH, C, bias=bias, sdpa=sdpa))
     _compare(ours, _torch_twin(ours, theirs), _x())
 
 

@@ -1,8 +1,10 @@
 """An independent PyTorch GPT, the reference npllm's model is checked against.
 
 Written from nanoGPT's description with plain torch ops (explicit masked-softmax
-attention, not SDPA) and nothing from npllm; it shares only the state-dict names, so the
-same weights load into both by name. Test-only: the library never imports torch.
+attention by default; `sdpa=True` takes torch's scaled_dot_product_attention, nanoGPT's
+fast path, which the speed benchmarks compare against) and nothing from npllm; it shares
+only the state-dict names, so the same weights load into both by name. Test-only: the
+library never imports torch.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ class TorchConfig:
         bias: bool = True,
         mlp_hidden: int | None = None,
         activation: str = "gelu",
+        sdpa: bool = False,
     ):
         self.vocab_size, self.block_size = vocab_size, block_size
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.bias, self.activation = bias, activation
         self.mlp_hidden = 4 * n_embd if mlp_hidden is None else mlp_hidden
+        self.sdpa = sdpa
 
 
 class TorchLayerNorm(nn.Module):
@@ -45,7 +49,7 @@ class TorchLayerNorm(nn.Module):
 class TorchAttention(nn.Module):
     def __init__(self, c: TorchConfig):
         super().__init__()
-        self.n_head = c.n_head
+        self.n_head, self.sdpa = c.n_head, c.sdpa
         self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
         self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
 
@@ -56,11 +60,14 @@ class TorchAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
-        future = torch.ones(T, T, dtype=torch.bool).triu(1)
-        att = att.masked_fill(future, float("-inf")).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, C)
-        return self.c_proj(y)
+        if self.sdpa:
+            y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
+            future = torch.ones(T, T, dtype=torch.bool).triu(1)
+            att = att.masked_fill(future, float("-inf")).softmax(dim=-1)
+            y = att @ v
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class TorchMLP(nn.Module):
