@@ -195,7 +195,8 @@ def test_attention_qkv(dtype, b, nh, t, hs, window, p, contiguous, seed):
     close(a1, a2, dtype)
     if p:
         np.testing.assert_array_equal(k1, k2)
-        assert 0 < k2.mean() < 1
+        if k2.size >= 200:  # some dropped and some kept (a tiny one may be all either way)
+            assert 0 < k2.mean() < 1
     else:
         assert k1 is None and k2 is None
     assert y2.shape == (b, t, nh * hs) and y2.flags.c_contiguous
