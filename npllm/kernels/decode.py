@@ -191,7 +191,8 @@ def _activate(f, spec, out):
 # How far ahead `_attend` asks for keys and values (cache rows): a head's are a few KB, a
 # stream too short for the hardware prefetcher to reach full speed. 16 rows ahead: the
 # guppy step's attention at 16 rows, position 100, 1.55 -> 1.14 ms, the whole step 4.73 ->
-# 2.94 ms (Intel Xeon; docs/performance.md, "Memory the hardware prefetcher ...").
+# 2.94 ms (Intel Xeon; docs/performance.md, "Memory the hardware prefetcher does not see
+# coming").
 AHEAD = 16
 
 
