@@ -78,9 +78,10 @@ def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row softmax over the last axis; -inf logits get probability exactly 0."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    e = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(e, out=e)  # in place: the same values, two (B, V) temporaries fewer
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
 
 
 def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
