@@ -131,8 +131,13 @@ def server_worker(spec: dict) -> None:
     from npllm.serve import build_app
 
     model, tok = load(spec)
-    extra = {} if spec["stream_interval"] is None else {"stream_interval": spec["stream_interval"]}
-    app = build_app(model, tok, model_name="guppy", max_batch=spec["max_batch"], **extra)
+    app = build_app(
+        model,
+        tok,
+        model_name="guppy",
+        max_batch=spec["max_batch"],
+        stream_interval=spec["stream_interval"],  # None: the server's default
+    )
     config = uvicorn.Config(app, host="127.0.0.1", port=spec["port"], log_level="warning")
     server = uvicorn.Server(config)
     print(f"{MARK}{json.dumps({'info': worker_info('npllm')})}", flush=True)

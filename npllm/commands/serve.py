@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         api_key=api_key or None,
         max_batch=args.max_batch,
         max_body_bytes=args.max_body_bytes,
-        **({} if args.stream_interval is None else {"stream_interval": args.stream_interval / 1e3}),
+        stream_interval=None if args.stream_interval is None else args.stream_interval / 1e3,
     )
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info")
     server = uvicorn.Server(config)

@@ -196,6 +196,14 @@ def _activate(f, spec, out):
 AHEAD = 16
 
 
+@jit(inline=True, cache=False)
+def _ask_ahead(cache, at, s, S, hs, line):
+    """Prefetch cache row s + AHEAD of the (S, hs) rows that start at flat index `at`."""
+    if s + AHEAD < S:
+        for d in range(0, hs, line):
+            prefetch(cache, at + (s + AHEAD) * hs + d)
+
+
 @jit
 def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, nh, window, rope, b0, b1):
     """Rows b0..b1: rotate each row's q and k (RoPE, by row b of the (B, hs/2) tables cos,
@@ -209,6 +217,7 @@ def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, nh, window, rope, b0, b1):
     t = qkv.dtype.type
     scale = t(1) / np.sqrt(t(hs))
     k0, v0 = nh * hs, (nh + n_kv) * hs
+    line = 64 // k_cache.itemsize  # elements a cache line
     for b in range(b0, b1):
         p_b = pos[b]
         slot = p_b % slots  # a rolling cache (npllm.generate) keeps position p in slot p % slots
@@ -227,15 +236,12 @@ def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, nh, window, rope, b0, b1):
             for d in range(hs):
                 k_cache[b, g, slot, d] = qkv[b, k0 + g * hs + d]
                 v_cache[b, g, slot, d] = qkv[b, v0 + g * hs + d]
-        line = 64 // k_cache.itemsize  # elements a cache line
         for h in range(nh):
             q0 = h * hs
             kc, vc = k_cache[b, h // rep, lo:], v_cache[b, h // rep, lo:]  # (>= S, hs)
             at = ((b * n_kv + h // rep) * slots + lo) * hs  # kc[0, 0] in the flat cache
             for s in range(S):
-                if s + AHEAD < S:  # the keys AHEAD positions on, on their way meanwhile
-                    for d in range(0, hs, line):
-                        prefetch(k_cache, at + (s + AHEAD) * hs + d)
+                _ask_ahead(k_cache, at, s, S, hs, line)  # on their way meanwhile
                 a = t(0)
                 for d in range(hs):
                     a += qkv[b, q0 + d] * kc[s, d]
@@ -244,9 +250,7 @@ def _attend(qkv, pos, k_cache, v_cache, cos, sin, y, nh, window, rope, b0, b1):
             for d in range(hs):
                 y[b, q0 + d] = t(0)
             for s in range(S):
-                if s + AHEAD < S:
-                    for d in range(0, hs, line):
-                        prefetch(v_cache, at + (s + AHEAD) * hs + d)
+                _ask_ahead(v_cache, at, s, S, hs, line)
                 ps = p[0, s]
                 for d in range(hs):
                     y[b, q0 + d] += ps * vc[s, d]

@@ -83,10 +83,10 @@ class Server:
         model_name: str,
         api_key: str | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
-        stream_interval: float = STREAM_INTERVAL,
+        stream_interval: float | None = None,
     ) -> None:
         self.engine, self.tokenizer, self.model_name = engine, tokenizer, model_name
-        self.stream_interval = stream_interval
+        self.stream_interval = STREAM_INTERVAL if stream_interval is None else stream_interval
         self.api_key, self.max_body_bytes = api_key, max_body_bytes
         self.config = engine.dec.config
         self.created = int(time.time())
@@ -333,11 +333,12 @@ def build_app(
     api_key: str | None = None,
     max_batch: int = 64,
     max_body_bytes: int = MAX_BODY_BYTES,
-    stream_interval: float = STREAM_INTERVAL,
+    stream_interval: float | None = None,
     static_dir: str | Path | None = STATIC,
 ) -> Starlette:
     """The app over `model` (a GPT or a `Decoder`) and its tokenizer. Its engine thread
-    starts and stops with the app (ASGI lifespan); `app.state.server` is the `Server`."""
+    starts and stops with the app (ASGI lifespan); `app.state.server` is the `Server`.
+    `stream_interval` in seconds, None for `STREAM_INTERVAL`."""
     from contextlib import asynccontextmanager
 
     from npllm.decoder import as_decoder

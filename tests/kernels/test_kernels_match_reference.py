@@ -171,6 +171,20 @@ def test_attention(dtype, b, nh, tq, extra, hs, causal, contiguous, seed):
         close(r, g, dtype, 10)
 
 
+def same_attention(name, dtype, p, *args):
+    """Both backends' forward of a packed attention kernel (args, then the dropout p):
+    outputs and probabilities close, the same dropout mask (none without dropout).
+    Returns the reference's (y, att, keep) and the Numba side's y and keep."""
+    (y1, a1, k1), (y2, a2, k2) = both(name, *args, p)
+    close(y1, y2, dtype, 3)
+    close(a1, a2, dtype)
+    if p:
+        np.testing.assert_array_equal(k1, k2)
+    else:
+        assert k1 is None and k2 is None
+    return y1, a1, k1, y2, k2
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @FEW
 @given(
@@ -190,15 +204,9 @@ def test_attention_qkv(dtype, b, nh, t, hs, window, p, contiguous, seed):
     rng = np.random.default_rng(seed)
     qkv = arr(rng, (b, t, 3 * nh * hs), dtype, 1, contiguous)
     u = rng.random((b, nh, t, t)).astype(dtype) if p else None
-    (y1, a1, k1), (y2, a2, k2) = both("attention_qkv_forward", qkv, nh, True, window, u, p)
-    close(y1, y2, dtype, 3)
-    close(a1, a2, dtype)
-    if p:
-        np.testing.assert_array_equal(k1, k2)
-        if k2.size >= 200:  # some dropped and some kept (a tiny one may be all either way)
-            assert 0 < k2.mean() < 1
-    else:
-        assert k1 is None and k2 is None
+    y1, a1, k1, y2, k2 = same_attention("attention_qkv_forward", dtype, p, qkv, nh, True, window, u)
+    if p and k2.size >= 200:  # some dropped and some kept (a tiny one may be all either way)
+        assert 0 < k2.mean() < 1
     assert y2.shape == (b, t, nh * hs) and y2.flags.c_contiguous
     dy = arr(rng, (b, t, nh * hs), dtype, 1, contiguous)
     close(*both("attention_qkv_backward", dy, qkv, a1, nh, True, k1, p), dtype, 10)
@@ -228,12 +236,8 @@ def test_attention_heads(dtype, b, n_kv, group, t, half, rope, p, window, seed):
     ang = rng.random((t, half)) * 3
     cos, sin = (np.cos(ang).astype(dtype), np.sin(ang).astype(dtype)) if rope else (None, None)
     u = rng.random((b, nh, t, t)).astype(dtype) if p else None
-    args = (q, k, v, nh, n_kv, cos, sin, window, u, p)
-    (y1, a1, k1), (y2, a2, k2) = both("attention_heads_forward", *args)
-    close(y1, y2, dtype, 3)
-    close(a1, a2, dtype)
-    if p:
-        np.testing.assert_array_equal(k1, k2)
+    args = (q, k, v, nh, n_kv, cos, sin, window, u)
+    y1, a1, k1, _, _ = same_attention("attention_heads_forward", dtype, p, *args)
     dy = arr(rng, y1.shape, dtype)
     back = (dy, q, k, v, a1, nh, n_kv, cos, sin, k1, p)
     for r, g in zip(*both("attention_heads_backward", *back)):

@@ -101,12 +101,17 @@ def text_server():
     srv.stop()
 
 
-@pytest.fixture(scope="session")
-def long_server():
-    """A random text model with a long context: generations that last a while, to watch
-    batching, disconnects and /health while it works."""
+def long_app(**options):
+    """The app over a random text model with a long context (one character a token), named
+    "long": generations that last a while. `options` go to build_app."""
     tok = CharTokenizer.from_text("abcdefghij klmnopqrstuvwxyz.\n")
     config = GPTConfig(vocab_size=tok.vocab_size, block_size=2048, n_layer=3, n_head=4, n_embd=128)
-    srv = Running(build_app(GPT(config, seed=1), tok, model_name="long", max_batch=8))
+    return build_app(GPT(config, seed=1), tok, model_name="long", max_batch=8, **options)
+
+
+@pytest.fixture(scope="session")
+def long_server():
+    """`long_app` running: to watch batching, disconnects and /health while it works."""
+    srv = Running(long_app())
     yield srv
     srv.stop()

@@ -115,14 +115,9 @@ def test_the_stream_interval_groups_tokens_but_not_the_first(interval):
     often, as one chunk: its first token alone at once (time to first token), then groups,
     the end at once. The chunks that hold tokens are at most 1 + elapsed / interval + 1; a
     small model makes 400 tokens in far less time than 400 intervals."""
-    from npllm.gpt import GPT, GPTConfig
-    from npllm.serve import build_app
-    from npllm.tokenizers import CharTokenizer
-    from tests.serve.conftest import Running
+    from tests.serve.conftest import Running, long_app
 
-    tok = CharTokenizer.from_text("abcdefghij klmnopqrstuvwxyz.\n")
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=512, n_layer=3, n_head=4, n_embd=128)
-    app = build_app(GPT(config, seed=2), tok, model_name="long", stream_interval=interval)
+    app = long_app(stream_interval=interval)
     assert app.state.server.stream_interval == interval
     srv = Running(app)
     try:
