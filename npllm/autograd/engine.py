@@ -73,6 +73,11 @@ class Context:
     """What a Function's forward leaves for its backward: `saved` arrays, plus any other
     attribute the forward sets (`ctx.axis = ...`)."""
 
+    # For a Function with `writes_grad_homes`, set by the engine just before its backward:
+    # per input, the array its gradient may be written into (a leaf's free `grad_home`,
+    # see `Tensor.backward`), or None.
+    homes: tuple[np.ndarray | None, ...] = ()
+
     def __init__(self, needs_input_grad: tuple[bool, ...]):
         self.saved: tuple[Any, ...] = ()
         self.needs_input_grad = needs_input_grad
@@ -95,6 +100,10 @@ class Function:
     # backends): the engine may then hand them to a leaf without a copy and add into them
     # in place. Ops that pass their gradient through (Add, Reshape) must leave it False.
     fresh_grads = False
+    # True when backward may write an input's gradient straight into `ctx.homes[i]` (and
+    # return that array): the linear layer's weight gradient, the bulk of all parameters'
+    # gradients, then needs no copy into an optimizer's flat buffer.
+    writes_grad_homes = False
 
     @staticmethod
     def forward(ctx: Context, *arrays: np.ndarray, **attrs: Any) -> np.ndarray:
@@ -120,6 +129,29 @@ class Function:
         return result
 
 
+def _fits(home: np.ndarray | None, t: Tensor) -> bool:
+    return home is not None and home.shape == t.shape and home.dtype == t.dtype
+
+
+def _free_homes(parents: Sequence[Tensor | None], grads: dict) -> tuple:
+    """Per parent, its `grad_home` if the walk may write its whole gradient there now: a
+    leaf needing a gradient, without one yet (`.grad` None), with no contribution to it
+    seen so far in this walk, and not an earlier parent of the same node too."""
+    homes = []
+    for i, t in enumerate(parents):
+        free = (
+            t is not None
+            and t._node is None
+            and t.requires_grad
+            and t.grad is None
+            and _fits(t.grad_home, t)
+            and id(t) not in grads
+            and all(t is not u for u in parents[:i])
+        )
+        homes.append(t.grad_home if free else None)
+    return tuple(homes)
+
+
 def _constant(value: Any, like: np.dtype | None) -> Tensor:
     """A non-Tensor operand: Python numbers take the dtype of the Tensor they meet, so
     `x * 2.0` stays float32."""
@@ -133,7 +165,7 @@ def _constant(value: Any, like: np.dtype | None) -> Tensor:
 class Tensor:
     """A NumPy array with an optional gradient and the node that produced it."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_node", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_node", "grad_home", "__weakref__")
     __array_priority__ = 1000  # `ndarray + Tensor` defers to Tensor.__radd__
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None):
@@ -144,6 +176,9 @@ class Tensor:
                 "convert the data to float32 or float64 first"
             )
         self.grad: np.ndarray | None = None
+        # where backward writes this leaf's gradient when .grad is None (else a new array):
+        # an optimizer's flat gradient buffer, see `backward` and npllm/optim/flat.py
+        self.grad_home: np.ndarray | None = None
         self.requires_grad = requires_grad
         self._node: tuple[type[Function], Context, tuple[Tensor | None, ...]] | None = None
 
@@ -197,6 +232,9 @@ class Tensor:
         self, grad: Any = None, retain_graph: bool = False, retain_grads: bool = False
     ) -> None:
         """Accumulate d(self)/d(leaf) * grad into `.grad` of every leaf requiring grad.
+        A leaf whose `.grad` is None gets a new array, or, if it has a `grad_home` (an
+        array of its shape and dtype, given by an optimizer that keeps all gradients in
+        one flat buffer), the gradient is written into that array and `.grad` is it.
         Without `retain_graph` the saved arrays are released as the walk passes them.
         With `retain_grads` every intermediate tensor of the graph keeps its gradient in
         `.grad` too (as torch's `retain_grad()`), e.g. for `npllm.viz.draw_dot`."""
@@ -231,8 +269,13 @@ class Tensor:
             if g is None:
                 continue
             if node._node is None:
+                home = node.grad_home
                 if node.grad is not None:
                     node.grad += g
+                elif _fits(home, node):
+                    if g is not home:  # (a backward may have written it there already)
+                        np.copyto(home, g, casting="unsafe")  # as the astype below
+                    node.grad = home
                 elif key in owned and g.dtype == node.dtype:
                     node.grad = g
                 else:
@@ -246,6 +289,8 @@ class Tensor:
                     "backward() through a graph that was already freed; "
                     "pass retain_graph=True to the first backward() to go through it twice"
                 )
+            if fn.writes_grad_homes:
+                ctx.homes = _free_homes(parents, grads)
             in_grads = fn.backward(ctx, g)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)

@@ -33,6 +33,8 @@ def _broadcasting(name: str, op: Any, a: np.ndarray, b: np.ndarray) -> np.ndarra
 class Add(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a.shape == b.shape and a.dtype == b.dtype and a.dtype.kind == "f":
+            return kernels.add(a, b)  # the residual stream's, on the pool
         return _broadcasting("add", np.add, a, b)
 
     @staticmethod

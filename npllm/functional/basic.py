@@ -46,6 +46,7 @@ def _int_array(a: Any, what: str) -> np.ndarray:
 # ---- linear ----------------------------------------------------------------------------
 class Linear(Function):
     fresh_grads = True
+    writes_grad_homes = True  # the weight gradient, into an optimizer's flat buffer
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -70,7 +71,8 @@ class Linear(Function):
         x2, w = ctx.saved
         need = ctx.needs_input_grad
         g2 = g.reshape(-1, w.shape[0])
-        dx, dw, db = K.linear_backward(g2, x2, w, *need)
+        dw_home = ctx.homes[1] if ctx.homes else None
+        dx, dw, db = K.linear_backward(g2, x2, w, *need, dw_out=dw_home)
         return (dx.reshape(*ctx.lead, w.shape[1]) if dx is not None else None), dw, db
 
 

@@ -235,18 +235,19 @@ def _linear_grad_tasks(dout, x, w, dx, dw, db, lo, hi):
 
 
 def linear_grads(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray, need_db: bool
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray, need_db: bool, dw: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(dx, dw, db) of out = x @ w.T + b for dout (N, out), x (N, in), w (out, in), float32 or
     float64, with the two products side by side on a two-thread pool: each a whole GEMM on
     one thread, instead of each GEMM split in two row halves one after the other (whole
     products keep BLAS's blocking: 4-14% faster at cpu-small's and guppy's shapes, Xeon).
-    Callers use it when the pool has two threads (`gemm` splits otherwise)."""
+    Callers use it when the pool has two threads (`gemm` splits otherwise). `dw`, if
+    given, receives the weight gradient (C-contiguous, (out, in), of the result dtype)."""
     dt = np.result_type(dout, x, w)
     dout, x, w = (np.ascontiguousarray(a, dtype=dt) for a in (dout, x, w))
     n, o = dout.shape
     dx = np.empty((n, x.shape[1]), dt)
-    dw = np.empty((o, x.shape[1]), dt)
+    dw = np.empty((o, x.shape[1]), dt) if dw is None else dw
     db = np.empty(o if need_db else 0, dt)
     run(_linear_grad_tasks, (dout, x, w, dx, dw, db), 2, 2 * dout.size * x.shape[1], 2)
     return dx, dw, (db if need_db else None)

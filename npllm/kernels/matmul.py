@@ -7,9 +7,12 @@ share one pool; the reference is NumPy's `@`.
 
     linear_forward(x, w, b) -> out          x (N, in), w (out, in), b (out,) or None
                                             out = x @ w.T + b
-    linear_backward(dout, x, w, need_dx=True, need_dw=True, need_db=True) -> (dx, dw, db)
+    linear_backward(dout, x, w, need_dx=True, need_dw=True, need_db=True, dw_out=None)
+        -> (dx, dw, db)
         out = x @ w.T + b  =>  dx = dout @ w, dw = dout^T @ x, db = sum_N dout
-        (out_nj = sum_i x_ni w_ji + b_j: d/dx_ni picks w_ji, d/dw_ji picks x_ni)
+        (out_nj = sum_i x_ni w_ji + b_j: d/dx_ni picks w_ji, d/dw_ji picks x_ni);
+        dw is written into `dw_out` (and is it) when that is given, a C-contiguous
+        (out, in) array of the result's dtype: an optimizer's flat gradient buffer
     gemm_numba(a, b) -> a @ b               Numba's register-blocked loop, (M, K) @ (K, N)
 
 The NumPy reference is NumPy's BLAS (`@` on 2-D arrays, transposes passed as flags; the
@@ -54,10 +57,25 @@ def _weight_grad(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
     return dw
 
 
-def linear_backward_numpy(dout, x, w, need_dx=True, need_dw=True, need_db=True):
+def _into(out: np.ndarray | None, shape: tuple, dtype: np.dtype) -> np.ndarray | None:
+    """`out` if it can take a C-contiguous result of that shape and dtype, else None."""
+    fits = (
+        out is not None
+        and out.shape == shape
+        and out.dtype == dtype
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    )
+    return out if fits else None
+
+
+def linear_backward_numpy(dout, x, w, need_dx=True, need_dw=True, need_db=True, dw_out=None):
     # out = x @ w.T + b  =>  dx = dout @ w, dw = dout^T @ x, db = sum_rows(dout)
     dx = dout @ w if need_dx else None
     dw = _weight_grad(dout, x) if need_dw else None
+    if dw is not None and _into(dw_out, dw.shape, dw.dtype) is not None:
+        dw_out[...] = dw
+        dw = dw_out
     db = dout.sum(axis=0) if need_db else None
     return dx, dw, db
 
@@ -82,11 +100,12 @@ def linear_forward_numba(x, w, b):
     return gemm(x, w, trans_b=True, bias=b)
 
 
-def linear_backward_numba(dout, x, w, need_dx=True, need_dw=True, need_db=True):
+def linear_backward_numba(dout, x, w, need_dx=True, need_dw=True, need_db=True, dw_out=None):
     # out = x @ w.T + b  =>  dx = dout @ w, dw = dout^T @ x, db = sum_rows(dout)
+    dw_out = _into(dw_out, (dout.shape[1], x.shape[1]), np.result_type(dout, x, w))
     if need_dx and need_dw and get_num_threads() == 2 and dout.size and x.shape[1]:
-        return linear_grads(dout, x, w, need_db)  # the two GEMMs side by side
+        return linear_grads(dout, x, w, need_db, dw_out)  # the two GEMMs side by side
     dx = gemm(dout, w) if need_dx else None  # (N, out) @ (out, in)
-    dw = gemm(dout, x, trans_a=True) if need_dw else None  # (N, out)^T @ (N, in)
+    dw = gemm(dout, x, trans_a=True, out=dw_out) if need_dw else None  # (N, out)^T @ (N, in)
     db = dout.sum(axis=0) if need_db else None
     return dx, dw, db

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npllm.kernels._jit import fexp, fmax, jit, run
+from npllm.kernels._jit import fexp, fmax, jit, run, wide_vectors
 
 KERNELS = ("softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward")
 
@@ -140,6 +140,7 @@ def _row_sum(a, b):
 @jit
 def _softmax_bwd_rows(dy, y, dx, lo, hi):
     # y = softmax(x)  =>  dx = y * (dy - sum(dy * y)), the Jacobian diag(y) - y y^T times dy
+    wide_vectors()
     for i in range(lo, hi):
         s = _row_sum(dy[i], y[i])
         for j in range(y.shape[1]):

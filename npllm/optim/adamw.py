@@ -1,7 +1,8 @@
 """`AdamW` with PyTorch's exact semantics (torch.optim.AdamW, the default for-loop path):
-decoupled weight decay, bias-corrected moments, per-parameter step counts. The update of
-each parameter is one call of the fused `kernels.adamw_update` (Numba, or its NumPy
-reference), whose docstring spells out the arithmetic."""
+decoupled weight decay, bias-corrected moments, per-parameter step counts. The update is
+the fused kernel of npllm/kernels/adamw.py (Numba, or its NumPy reference), whose
+docstring spells out the arithmetic: one call a parameter group over flat buffers when it
+can (`_OneCall`), else one call a parameter. Both give the same bits."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 
 from npllm import kernels
 from npllm.errors import ConfigError
+from npllm.kernels.adamw import Spans
+from npllm.optim.flat import FlatGrads
 from npllm.optim.optimizer import Optimizer
 
 
@@ -42,8 +45,14 @@ class AdamW(Optimizer):
             if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
                 raise ConfigError(f"AdamW betas must be in [0, 1), got {g['betas']}")
 
+        self._one_call: _OneCall | None = None
+
     def step(self) -> None:
         """Update every parameter that has a gradient; the others are left untouched."""
+        if self._step_one_call():
+            return
+        if self._one_call is not None:
+            self._one_call.synced = False  # step counts may now differ
         for g in self.param_groups:
             beta1, beta2 = g["betas"]
             for p in g["params"]:
@@ -69,3 +78,108 @@ class AdamW(Optimizer):
                     g["weight_decay"],
                     s["step"],
                 )
+
+    def _step_one_call(self) -> bool:
+        """The update as one kernel call a group, if every parameter has a gradient and
+        they share a step count and a dtype; False (nothing done) otherwise."""
+        plan = self._one_call
+        if plan is None or not plan.current(self):
+            plan = self._one_call = _OneCall(self) if _OneCall.possible(self) else None
+            if plan is None:
+                return False
+        if not plan.grads.gather():
+            return False
+        step = plan.step + 1
+        for g, spans, (a, b) in zip(self.param_groups, plan.spans, plan.bounds):
+            beta1, beta2 = g["betas"]
+            kernels.adamw_update_many(
+                spans,
+                plan.grads.buffer[a:b],
+                plan.exp_avg[a:b],
+                plan.exp_avg_sq[a:b],
+                g["lr"],
+                beta1,
+                beta2,
+                g["eps"],
+                g["weight_decay"],
+                step,
+            )
+        plan.step = step
+        for entry in plan.entries:
+            entry["step"] = step
+        return True
+
+
+class _OneCall:
+    """AdamW's state laid out for one kernel call a param group: every parameter's
+    gradient and both moments in flat buffers, group after group (the gradients in a
+    `FlatGrads`, so that the backward writes them there and clipping reads them in one
+    call too). The per-parameter state entries stay, their arrays views of the moment
+    buffers, so `state_dict` and the per-parameter path see the same numbers. The
+    parameters stay where they are (`Spans` holds their addresses)."""
+
+    def __init__(self, opt: AdamW) -> None:
+        self.state = opt.state
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.spans = [Spans([p.data for p in g["params"]]) for g in opt.param_groups]
+        ends = np.cumsum([0] + [s.size for s in self.spans])
+        self.bounds = list(zip(ends[:-1], ends[1:]))
+        dtype = self.params[0].dtype
+        self.grads = FlatGrads(self.params, dtype)
+        self.exp_avg = np.zeros(int(ends[-1]), dtype)
+        self.exp_avg_sq = np.zeros(int(ends[-1]), dtype)
+        self.step = 0
+        self.entries = []
+        starts = np.cumsum([0] + [p.data.size for p in self.params])
+        for p, a, b in zip(self.params, starts, starts[1:]):
+            entry = opt.state.setdefault(id(p), {"step": 0})
+            for name, buf in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+                view = buf[a:b].reshape(p.shape)
+                if name in entry:
+                    view[...] = entry[name]
+                entry[name] = view
+            self.step = entry["step"]
+            self.entries.append(entry)
+        self.synced = True
+
+    @staticmethod
+    def possible(opt: AdamW) -> bool:
+        """Every parameter has a gradient, and all are of one float dtype, C-contiguous
+        and writeable, and at the same step count (none has state, or all the same)."""
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if not params:
+            return False
+        dtype = params[0].dtype
+        if not np.issubdtype(dtype, np.floating):
+            return False
+        steps = set()
+        for p in params:
+            d = p.data
+            if p.grad is None or d.dtype != dtype:
+                return False
+            if not (d.flags.c_contiguous and d.flags.writeable):
+                return False
+            s = opt.state.get(id(p))
+            steps.add(0 if s is None else s["step"])
+        return len(steps) == 1
+
+    def current(self, opt: AdamW) -> bool:
+        """Whether the plan still describes the optimizer: the same state, parameters and
+        parameter arrays, and (after a per-parameter step) still one step count."""
+        if opt.state is not self.state or len(opt.param_groups) != len(self.spans):
+            return False
+        k = 0
+        for g, spans in zip(opt.param_groups, self.spans):
+            params = g["params"]
+            if len(params) != len(spans.arrays):
+                return False
+            for p, a in zip(params, spans.arrays):
+                if p is not self.params[k] or p.data is not a:
+                    return False
+                k += 1
+        if not self.synced:
+            steps = {e["step"] for e in self.entries}
+            if len(steps) != 1:
+                return False
+            self.step, self.synced = steps.pop(), True
+        return k == len(self.params)

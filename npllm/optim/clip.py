@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-import numpy as np
-
+from npllm import kernels
 from npllm.autograd.engine import Tensor
+from npllm.optim.flat import buffer_of
 
 
 def clip_grad_norm(params: Iterable[Tensor] | Tensor, max_norm: float) -> float:
@@ -18,10 +18,13 @@ def clip_grad_norm(params: Iterable[Tensor] | Tensor, max_norm: float) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    # one BLAS dot per array; the squares are summed across arrays in float64
-    total = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads))
+    # one kernel call over an optimizer's flat gradient buffer (flat.py) when the
+    # gradients are exactly its slices, else one a gradient; squares summed in float64
+    buffer = buffer_of(grads)
+    arrays = [buffer] if buffer is not None else grads
+    total = math.sqrt(sum(kernels.sum_squares(g) for g in arrays))
     scale = max_norm / (total + 1e-6)
     if scale < 1.0:
-        for g in grads:
-            g *= g.dtype.type(scale)
+        for g in arrays:
+            kernels.scale_in_place(g, scale)
     return total

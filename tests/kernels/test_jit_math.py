@@ -72,3 +72,36 @@ def test_prefetch_is_a_hint_that_changes_nothing():
     strided = a[::2]
     assert total(strided, 16) == strided.sum()
     assert "\tprefetcht0" not in total.inspect_asm(total.signatures[-1])
+
+
+def test_wide_vectors_asks_llvm_for_512_bit_vectors_in_that_function_only():
+    """`wide_vectors` puts `prefer-vector-width`="512" on the calling function (so on any
+    CPU its IR carries it) and changes no value; on a CPU with AVX-512 the loop then uses
+    zmm registers, the same loop without it does not (LLVM's 256-bit preference)."""
+    import llvmlite.binding as ll
+    from numba import njit
+
+    from npllm.kernels._jit import FASTMATH, wide_vectors
+
+    def body(x, out):
+        for i in range(x.size):
+            out[i] = x[i] * x[i] + np.float32(1)
+
+    @njit(fastmath=FASTMATH)
+    def wide(x, out):
+        wide_vectors()
+        body_(x, out)
+
+    body_ = njit(fastmath=FASTMATH, inline="always")(body)
+    narrow = njit(fastmath=FASTMATH)(body)
+    x = np.linspace(-3, 3, 1000, dtype=np.float32)
+    a, b = np.empty_like(x), np.empty_like(x)
+    wide(x, a)
+    narrow(x, b)
+    assert np.array_equal(a, b)  # (both fuse the multiply-add)
+    np.testing.assert_allclose(a, x * x + 1, rtol=1e-6)
+    assert '"prefer-vector-width"="512"' in wide.inspect_llvm(wide.signatures[0])
+    assert "prefer-vector-width" not in narrow.inspect_llvm(narrow.signatures[0])
+    if ll.get_host_cpu_features().get("avx512f", False):
+        assert "zmm" in wide.inspect_asm(wide.signatures[0])
+        assert "zmm" not in narrow.inspect_asm(narrow.signatures[0])

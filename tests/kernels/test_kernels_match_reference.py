@@ -399,3 +399,78 @@ def test_linear_weight_gradient_in_every_orientation(out_f, in_f):
     _, dw, _ = K.get("linear_backward", "numpy")(dout, x, w, False, True, False)
     assert dw.shape == (out_f, in_f) and dw.flags.c_contiguous
     np.testing.assert_allclose(dw, dout.T @ x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@FEW
+@given(shape=st.lists(st.integers(1, 300), min_size=1, max_size=3), seed=seeds)
+def test_add_and_the_clipping_passes(dtype, shape, seed):
+    rng = np.random.default_rng(seed)
+    a, b = arr(rng, tuple(shape), dtype), arr(rng, tuple(shape), dtype)
+    y, y2 = both("add", a, b)
+    assert np.array_equal(y, y2) and y2.dtype == dtype  # one IEEE addition each: exact
+    x = a.reshape(-1)
+    s, s2 = both("sum_squares", x)
+    assert s2 == pytest.approx(s, rel=1e-12)
+    c, c2 = x.copy(), x.copy()
+    K.get("scale_in_place", "numpy")(c, 0.37)
+    K.get("scale_in_place", "numba")(c2, 0.37)
+    assert np.array_equal(c, c2)
+
+
+def test_the_clipping_passes_run_in_chunks_with_the_same_result():
+    # 2**20 elements: on the pool, in run's fixed chunks (partials added in chunk order)
+    x = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
+    s = K.get("sum_squares", "numba")(x)
+    assert s == pytest.approx(float(np.sum(x.astype(np.float64) ** 2)), rel=1e-12)
+    assert K.get("sum_squares", "numba")(x) == s
+    y = x.copy()
+    K.get("scale_in_place", "numba")(y, 0.5)
+    assert np.array_equal(y, x * np.float32(0.5))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adamw_many_is_adamw_on_each_parameter(dtype):
+    from npllm.kernels.adamw import Spans
+
+    rng = np.random.default_rng(0)
+    shapes = [(300, 70), (0,), (5,), (1,), (129, 257)]  # chunks cross parameter borders
+    start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    for backend in ("numba", "numpy"):
+        ones = [p.copy() for p in start]  # updated one call a parameter
+        manys = [p.copy() for p in start]  # updated all in one call
+        spans = Spans(manys)
+        n = spans.size
+        m, v = np.zeros(n, dtype), np.zeros(n, dtype)
+        ms = [np.zeros(s, dtype) for s in shapes]
+        vs = [np.zeros(s, dtype) for s in shapes]
+        for step in (1, 2, 3):
+            g = rng.standard_normal(n).astype(dtype)
+            K.get("adamw_update_many", backend)(spans, g, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, step)
+            for k, p in enumerate(ones):
+                a, b = spans.starts[k], spans.starts[k + 1]
+                gk = g[a:b].reshape(p.shape)
+                K.get("adamw_update", backend)(
+                    p, gk, ms[k], vs[k], 1e-2, 0.9, 0.95, 1e-8, 0.1, step
+                )
+        for k in range(len(shapes)):  # the same kernel loop on each piece: the same bits
+            a, b = spans.starts[k], spans.starts[k + 1]
+            assert np.array_equal(manys[k], ones[k])
+            assert np.array_equal(m[a:b], ms[k].reshape(-1))
+            assert np.array_equal(v[a:b], vs[k].reshape(-1))
+
+
+def test_adamw_many_refuses_what_it_cannot_update():
+    from npllm.errors import ShapeError
+    from npllm.kernels.adamw import Spans
+
+    p = np.zeros((4, 6), np.float32)
+    with pytest.raises(ShapeError, match="C-contiguous"):
+        Spans([p[:, ::2]])
+    with pytest.raises(ShapeError, match="one floating-point dtype"):
+        Spans([p, p.astype(np.float64)])
+    spans = Spans([p])
+    z = np.zeros(24, np.float32)
+    assert spans.holds([p]) and not spans.holds([p.copy()])
+    with pytest.raises(ShapeError, match=r"\(24,\) float32"):
+        K.adamw_update_many(spans, z[:10], z, z, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
