@@ -215,16 +215,18 @@ def gemm(
 
 @jit
 def _linear_grad_tasks(dout, x, w, dx, dw, db, lo, hi):
-    """Tasks lo..hi of a linear layer's backward: task 0 is dx = dout @ w, task 1 is
-    dw = dout^T @ x and db = dout summed over rows (float64 sums; empty db: none), each one
-    single-threaded BLAS call. `linear_grads` runs the two on the two threads at once."""
+    """Tasks lo..hi of a linear layer's backward: task 0 is dx = dout @ w and db = dout
+    summed over rows (float64 sums; empty db: none), task 1 is dw = dout^T @ x, each one
+    single-threaded BLAS call. `linear_grads` runs the two on the two threads at once. db
+    goes with dx, the shorter product here (it reads dout while the product left it in
+    cache): guppy's and cpu-small's MLP backwards ~5% faster than with dw."""
     n, o = dout.shape
     i = x.shape[1]
     for task in range(lo, hi):
-        if task == 0:
-            gemm_block(NO_TRANS, NO_TRANS, n, i, o, 1.0, dout, 0, o, w, 0, i, 0.0, dx, 0, i)
-        else:
+        if task == 1:
             gemm_block(TRANS, NO_TRANS, o, i, n, 1.0, dout, 0, o, x, 0, i, 0.0, dw, 0, i)
+        else:
+            gemm_block(NO_TRANS, NO_TRANS, n, i, o, 1.0, dout, 0, o, w, 0, i, 0.0, dx, 0, i)
             if db.size:
                 acc = np.zeros(o, np.float64)
                 for r in range(n):
