@@ -32,7 +32,7 @@ import numpy as np
 from numba import carray
 
 from npllm.errors import ShapeError
-from npllm.kernels._jit import address_as, chunk_of, flat, jit, per_chunk, run
+from npllm.kernels._jit import address_as, chunk_of, flat, jit, per_chunk, run, wide_vectors
 
 KERNELS = ("adamw_update", "adamw_update_many", "sum_squares", "scale_in_place")
 
@@ -183,6 +183,7 @@ def sum_squares_numpy(x) -> float:
 
 @jit
 def _sum_squares(x, parts, lo, hi):
+    wide_vectors()
     acc = 0.0
     for i in range(lo, hi):
         xi = np.float64(x[i])

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from npllm.kernels._jit import fexp, flat, fmax, jit, run
+from npllm.kernels._jit import fexp, flat, fmax, jit, run, wide_vectors
 from npllm.kernels.blas import NO_TRANS, TRANS, gemm_block
 from npllm.kernels.rope import turn_rows as _turn
 
@@ -248,6 +248,7 @@ def _attn_bwd(
     for the score gradients. With dropout (p > 0) the products saw P = att * keep / (1 - p).
     Tasks lo..hi are k/v heads (of B * nh / group): each does its group's query heads, and
     adds their dk, dv up (beta 1 after the first), so no two tasks write the same rows."""
+    wide_vectors()
     t = q.dtype.type
     pd = np.empty(tq * tk if p > 0 else 0, q.dtype)
     sc = t(1) / (t(1) - p)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npllm.kernels._jit import chunk_of, jit, per_chunk, run
+from npllm.kernels._jit import chunk_of, jit, per_chunk, run, wide_vectors
 
 KERNELS = ("layernorm_forward", "layernorm_backward")
 
@@ -58,6 +58,7 @@ def layernorm_backward_numpy(dout, x, mean, rstd, w):
 @jit
 def _ln_fwd(x, w, b, eps, out, mean, rstd, lo, hi):
     # xhat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps), out = xhat * w + b
+    wide_vectors()
     c = x.shape[1]
     t = x.dtype.type
     inv_c = t(1) / t(c)
@@ -83,6 +84,7 @@ def _ln_bwd(dout, x, mean, rstd, w, dx, dw_part, db_part, lo, hi):
     # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) (mean and rstd depend on
     # x too: their terms are the two means), dw = sum_rows(dout * xhat), db = sum_rows(dout).
     # dw, db of these rows go to this chunk's row of the partial sums (summed afterwards).
+    wide_vectors()
     c = x.shape[1]
     t = x.dtype.type
     inv_c = t(1) / t(c)
