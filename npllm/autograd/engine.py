@@ -95,10 +95,11 @@ class Function:
     None in its place, and whatever backward returns for it is ignored. Forward checks
     its inputs (one place for every op's checks, whoever calls `apply`)."""
 
-    # True when backward returns only arrays it has just allocated, none shared with
-    # another input's gradient, the incoming gradient or anything saved (both kernel
-    # backends): the engine may then hand them to a leaf without a copy and add into them
-    # in place. Ops that pass their gradient through (Add, Reshape) must leave it False.
+    # True when backward returns only arrays it has just allocated (or the free home it
+    # was given, see below), none shared with another input's gradient, the incoming
+    # gradient or anything saved (both kernel backends): the engine may then hand them to
+    # a leaf without a copy and add into them in place. Ops that pass their gradient
+    # through (Add, Reshape) must leave it False.
     fresh_grads = False
     # True when backward may write an input's gradient straight into `ctx.homes[i]` (and
     # return that array): the linear layer's weight gradient, the bulk of all parameters'

@@ -2,10 +2,12 @@
 with the same signature, and the backend switch that picks between them.
 
 Families: `matmul` (linear layer forward/backward; BLAS reference, BLAS in Numba's pool),
-`softmax` (softmax, log-softmax), `layernorm`, `activations` (ReLU, GELU tanh/erf),
-`crossentropy` (fused softmax + cross-entropy), `attention` (causal SDPA), `embedding`,
-`dropout` and `adamw` (the fused optimizer update); for the Llama family `rmsnorm`,
-`swiglu` and `rope`; the quantized linear layers `int8` and `int4`. `decode` (the fused
+`softmax` (softmax, log-softmax), `layernorm`, `activations` (ReLU, GELU tanh/erf, and
+the residual stream's addition), `crossentropy` (fused softmax + cross-entropy),
+`attention` (causal SDPA), `embedding`, `dropout` and `adamw` (the fused optimizer
+update, for one parameter or many a call, and gradient clipping's two passes); for the
+Llama family `rmsnorm`, `swiglu` and `rope`; the quantized linear layers `int8` and
+`int4`. `decode` (the fused
 KV-cache decode step) sits beside them outside the switch, built from their serial loops.
 `npllm.functional` calls every kernel through the names exported here, e.g.
 `kernels.softmax_forward(x)`.

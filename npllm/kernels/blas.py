@@ -219,7 +219,8 @@ def _linear_grad_tasks(dout, x, w, dx, dw, db, lo, hi):
     summed over rows (float64 sums; empty db: none), task 1 is dw = dout^T @ x, each one
     single-threaded BLAS call. `linear_grads` runs the two on the two threads at once. db
     goes with dx, the shorter product here (it reads dout while the product left it in
-    cache): guppy's and cpu-small's MLP backwards ~5% faster than with dw."""
+    cache), so the two threads finish closer together: cpu-small's linear backwards 2-7%
+    faster than with dw (MLP 820 -> 800 us, lm_head 129 -> 120; Xeon)."""
     n, o = dout.shape
     i = x.shape[1]
     for task in range(lo, hi):
