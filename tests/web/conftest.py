@@ -129,9 +129,12 @@ def serving(run: Path, log: Path, *flags: str):
 
 @pytest.fixture(scope="session")
 def server(chat_run, tmp_path_factory):
-    """The chat model served; yields the base URL."""
+    """The chat model served; yields the base URL. With a stream interval of 0 each
+    step's token goes out at once: the tiny model writes a whole reply within the default
+    20 ms, which would reach the page as two chunks, and the page tests watch tokens
+    arrive one by one (the interval itself is tested in tests/serve)."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with serving(chat_run, log, "--model-name", "pip-tiny") as url:
+    with serving(chat_run, log, "--model-name", "pip-tiny", "--stream-interval", "0") as url:
         yield url
 
 
