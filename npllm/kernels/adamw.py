@@ -178,7 +178,8 @@ def adamw_update_many_numba(spans, grad, m, v, lr, beta1, beta2, eps, weight_dec
 
 # ---- clipping's two passes -------------------------------------------------------------
 def sum_squares_numpy(x) -> float:
-    return float(np.dot(x.astype(np.float64), x.astype(np.float64)))
+    x64 = np.asarray(x, np.float64).reshape(-1)
+    return float(np.dot(x64, x64))
 
 
 @jit

@@ -51,8 +51,6 @@ class AdamW(Optimizer):
         """Update every parameter that has a gradient; the others are left untouched."""
         if self._step_one_call():
             return
-        if self._one_call is not None:
-            self._one_call.synced = False  # step counts may now differ
         for g in self.param_groups:
             beta1, beta2 = g["betas"]
             for p in g["params"]:
@@ -89,7 +87,7 @@ class AdamW(Optimizer):
                 return False
         if not plan.grads.gather():
             return False
-        step = plan.step + 1
+        step = plan.entries[0]["step"] + 1
         for g, spans, (a, b) in zip(self.param_groups, plan.spans, plan.bounds):
             beta1, beta2 = g["betas"]
             kernels.adamw_update_many(
@@ -104,7 +102,6 @@ class AdamW(Optimizer):
                 g["weight_decay"],
                 step,
             )
-        plan.step = step
         for entry in plan.entries:
             entry["step"] = step
         return True
@@ -120,66 +117,49 @@ class _OneCall:
 
     def __init__(self, opt: AdamW) -> None:
         self.state = opt.state
-        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.params = opt._params()
         self.spans = [Spans([p.data for p in g["params"]]) for g in opt.param_groups]
         ends = np.cumsum([0] + [s.size for s in self.spans])
         self.bounds = list(zip(ends[:-1], ends[1:]))
         dtype = self.params[0].dtype
-        self.grads = FlatGrads(self.params, dtype)
-        self.exp_avg = np.zeros(int(ends[-1]), dtype)
-        self.exp_avg_sq = np.zeros(int(ends[-1]), dtype)
-        self.step = 0
+        self.grads = FlatGrads(self.params, dtype)  # the layout the moments share
+        self.exp_avg = np.zeros(self.grads.buffer.size, dtype)
+        self.exp_avg_sq = np.zeros(self.grads.buffer.size, dtype)
         self.entries = []
-        starts = np.cumsum([0] + [p.data.size for p in self.params])
-        for p, a, b in zip(self.params, starts, starts[1:]):
+        for p, a, b in zip(self.params, self.grads.starts, self.grads.starts[1:]):
             entry = opt.state.setdefault(id(p), {"step": 0})
             for name, buf in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
                 view = buf[a:b].reshape(p.shape)
                 if name in entry:
                     view[...] = entry[name]
                 entry[name] = view
-            self.step = entry["step"]
             self.entries.append(entry)
-        self.synced = True
 
     @staticmethod
     def possible(opt: AdamW) -> bool:
         """Every parameter has a gradient, and all are of one float dtype, C-contiguous
         and writeable, and at the same step count (none has state, or all the same)."""
-        params = [p for g in opt.param_groups for p in g["params"]]
-        if not params:
+        params = opt._params()
+        if not params or not np.issubdtype(params[0].dtype, np.floating):
             return False
-        dtype = params[0].dtype
-        if not np.issubdtype(dtype, np.floating):
-            return False
-        steps = set()
         for p in params:
             d = p.data
-            if p.grad is None or d.dtype != dtype:
+            if p.grad is None or d.dtype != params[0].dtype:
                 return False
             if not (d.flags.c_contiguous and d.flags.writeable):
                 return False
-            s = opt.state.get(id(p))
-            steps.add(0 if s is None else s["step"])
-        return len(steps) == 1
+        return len({opt.state.get(id(p), {"step": 0})["step"] for p in params}) == 1
 
     def current(self, opt: AdamW) -> bool:
         """Whether the plan still describes the optimizer: the same state, parameters and
-        parameter arrays, and (after a per-parameter step) still one step count."""
-        if opt.state is not self.state or len(opt.param_groups) != len(self.spans):
+        parameter arrays, and one step count (a per-parameter step may have skipped some)."""
+        params = opt._params()
+        if opt.state is not self.state or len(params) != len(self.params):
             return False
-        k = 0
-        for g, spans in zip(opt.param_groups, self.spans):
-            params = g["params"]
-            if len(params) != len(spans.arrays):
-                return False
-            for p, a in zip(params, spans.arrays):
-                if p is not self.params[k] or p.data is not a:
-                    return False
-                k += 1
-        if not self.synced:
-            steps = {e["step"] for e in self.entries}
-            if len(steps) != 1:
-                return False
-            self.step, self.synced = steps.pop(), True
-        return k == len(self.params)
+        if any(p is not q for p, q in zip(params, self.params)):
+            return False
+        if not all(
+            s.holds([p.data for p in g["params"]]) for g, s in zip(opt.param_groups, self.spans)
+        ):
+            return False
+        return len({e["step"] for e in self.entries}) == 1

@@ -24,15 +24,17 @@ _LIVE: weakref.WeakValueDictionary[int, FlatGrads] = weakref.WeakValueDictionary
 
 
 class FlatGrads:
-    """One zeroed buffer of `dtype` for the gradients of `params`, in their order; each
-    parameter's `grad_home` is set to its slice (`homes`)."""
+    """One zeroed buffer of `dtype` for the gradients of `params`, in their order (the
+    slice of parameter k is starts[k]:starts[k + 1]); each parameter's `grad_home` is set
+    to its slice (`homes`)."""
 
     def __init__(self, params: Sequence[Any], dtype: Any) -> None:
         self.params = tuple(params)
-        starts = np.cumsum([0] + [p.data.size for p in self.params])
-        self.buffer = np.zeros(int(starts[-1]), dtype)
+        self.starts = np.cumsum([0] + [p.data.size for p in self.params])  # p's slice: a:b
+        self.buffer = np.zeros(int(self.starts[-1]), dtype)
         self.homes = tuple(
-            self.buffer[a:b].reshape(p.shape) for p, a, b in zip(self.params, starts, starts[1:])
+            self.buffer[a:b].reshape(p.shape)
+            for p, a, b in zip(self.params, self.starts, self.starts[1:])
         )
         self.ids = frozenset(map(id, self.homes))
         for p, home in zip(self.params, self.homes):

@@ -49,7 +49,7 @@ def test_one_call_gives_the_bits_of_one_call_a_parameter(dtype):
         fast.step()
         slow.step()
         if step < 5:
-            assert fast._one_call.step == step + 1 == fast.state[id(a[0])]["step"]
+            assert fast._one_call.entries[0]["step"] == step + 1 == fast.state[id(a[0])]["step"]
         elif step > 5:  # parameter 3 is a step behind from now on: one call a parameter
             assert fast._one_call is None
         for p, q in zip(a, b):
